@@ -1,0 +1,308 @@
+package agent
+
+import (
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/sabakiio/sabaki/histogram"
+	"github.com/sabakiio/sabaki/metric"
+)
+
+// Normalisation
+//
+// Sources deliver series as the producer reports them; the pipeline turns
+// every counter and histogram into per-window deltas, per raw series (source,
+// name, kind, temporality, resource, attributes as delivered, before rules),
+// so that series the rules later merge are each differenced on their own.
+//
+//   - Delta points are added as they are (a negative counter delta is dropped
+//     and counted as reason="negative_delta").
+//   - Cumulative points: delta = current − previous. A decrease, or a Start
+//     different from the previous Start (when both are known), is a reset: the
+//     new value is the count since the new start, so it is the delta.
+//   - First sight of a cumulative series: when its Start is known and not
+//     before the agent's start (the producer began while we were watching),
+//     the whole value is the first delta and lands in the window of the
+//     point; otherwise the point only sets the baseline and emits nothing (a
+//     long-running producer's lifetime total is not a one-window spike).
+//   - A cumulative point not newer than the previous one is a duplicate or
+//     out of order: dropped, reason="out_of_order".
+//   - Cumulative histograms: delta = current − previous bucket by bucket,
+//     after downscaling the finer of the two to the coarser scale; a lower
+//     count, or any bucket (or the zero bucket) going negative, is a reset.
+//     The delta's min and max are the current ones when they moved in this
+//     interval, else the bounds of the outermost non-empty delta buckets
+//     (clamped to the cumulative min/max).
+//   - Gauges keep last (by point time), min, max, sum and count per window.
+//   - NaN and ±Inf gauge and counter values are dropped, reason="nan".
+//
+// The baseline of a cumulative series is forgotten after it has been silent
+// for 2×lateness + 10 min; when it comes back it is a first sight again.
+
+// rawState is the pipeline's memory of one raw series.
+type rawState struct {
+	// Cumulative baseline.
+	hasBase   bool
+	start     time.Time
+	lastTime  time.Time
+	lastValue float64
+	lastHist  *histogram.Histogram
+
+	// seen is the wall time of the last batch that carried the series.
+	seen time.Time
+
+	// Error marking, from the raw attributes (constant for the series).
+	isError, errTracked bool
+
+	// Cache: the rule output for rs, and the aggregate of the last window.
+	rs  *ruleSet
+	out *outSeries
+	win *window
+	ag  *agg
+}
+
+// markError classifies a raw series: tracked when it carries a status
+// attribute (OTel http.response.status_code or the older http.status_code,
+// Prometheus code or status labels) or error.type; an error when the status
+// is 5xx or error.type is non-empty.
+func markError(attrs metric.Attrs) (isError, tracked bool) {
+	for _, key := range [...]string{"http.response.status_code", "http.status_code", "code", "status"} {
+		v, ok := attrs.Get(key)
+		if !ok {
+			continue
+		}
+		tracked = true
+		if is5xx(v) {
+			isError = true
+		}
+	}
+	if v, ok := attrs.Get("error.type"); ok {
+		tracked = true
+		if v != "" {
+			isError = true
+		}
+	}
+	return isError, tracked
+}
+
+// is5xx reports whether v is an HTTP status 500–599 (or "5xx", as some
+// Prometheus instrumentations aggregate).
+func is5xx(v string) bool {
+	if v == "5xx" || v == "5XX" {
+		return true
+	}
+	n, err := strconv.Atoi(v)
+	return err == nil && n >= 500 && n <= 599
+}
+
+// counterDelta applies a cumulative counter point to the baseline and returns
+// the delta to count, or ok=false when the point only set the baseline.
+func (st *rawState) counterDelta(pt *metric.Point, agentStart time.Time) (delta float64, ok bool) {
+	defer func() {
+		st.hasBase, st.start, st.lastTime, st.lastValue = true, pt.Start, pt.Time, pt.Value
+	}()
+	if !st.hasBase {
+		if !pt.Start.IsZero() && !pt.Start.Before(agentStart) {
+			return pt.Value, true
+		}
+		return 0, false
+	}
+	if pt.Value < st.lastValue || startChanged(st.start, pt.Start) {
+		return pt.Value, true
+	}
+	return pt.Value - st.lastValue, true
+}
+
+func startChanged(prev, cur time.Time) bool {
+	return !prev.IsZero() && !cur.IsZero() && !prev.Equal(cur)
+}
+
+// histDelta applies a cumulative histogram point (whose histogram the
+// pipeline owns) to the baseline and returns the delta histogram (owned by
+// the caller), or nil when the point only set the baseline.
+func (st *rawState) histDelta(pt *metric.Point, agentStart time.Time, maxSize int, maxScale int32) *histogram.Histogram {
+	prev, prevStart, had := st.lastHist, st.start, st.hasBase
+	st.hasBase, st.start, st.lastTime, st.lastHist = true, pt.Start, pt.Time, pt.Hist
+	if !had {
+		if !pt.Start.IsZero() && !pt.Start.Before(agentStart) {
+			return pt.Hist.Clone()
+		}
+		return nil
+	}
+	if startChanged(prevStart, pt.Start) {
+		return pt.Hist.Clone()
+	}
+	if d, ok := subtractHist(pt.Hist, prev, maxSize, maxScale); ok {
+		return d
+	}
+	return pt.Hist.Clone() // reset
+}
+
+// subtractHist returns cur − prev, or ok=false when the result would be
+// negative anywhere (the producer reset).
+func subtractHist(cur, prev *histogram.Histogram, maxSize int, maxScale int32) (*histogram.Histogram, bool) {
+	cd, pd := cur.Data(), prev.Data()
+	if cd.Count < pd.Count || cd.ZeroCount < pd.ZeroCount {
+		return nil, false
+	}
+	scale := min(cd.Scale, pd.Scale)
+	pos, ok := subtractBuckets(downscaleBuckets(cd.Positive, cd.Scale-scale), downscaleBuckets(pd.Positive, pd.Scale-scale))
+	if !ok {
+		return nil, false
+	}
+	neg, ok := subtractBuckets(downscaleBuckets(cd.Negative, cd.Scale-scale), downscaleBuckets(pd.Negative, pd.Scale-scale))
+	if !ok {
+		return nil, false
+	}
+	d := histogram.Data{
+		Scale:         scale,
+		ZeroThreshold: cd.ZeroThreshold,
+		ZeroCount:     cd.ZeroCount - pd.ZeroCount,
+		Positive:      pos,
+		Negative:      neg,
+		Count:         cd.Count - pd.Count,
+		Sum:           cd.Sum - pd.Sum,
+	}
+	// The count must agree with the buckets; trust the buckets.
+	if n := d.ZeroCount + total(pos.Counts) + total(neg.Counts); n != d.Count {
+		d.Count = n
+	}
+	if d.Count > 0 {
+		d.Min, d.Max = deltaMinMax(&d, cd, pd)
+	} else {
+		d.Sum = 0
+	}
+	h, err := histogram.FromData(d, maxSize, maxScale)
+	if err != nil {
+		return nil, false
+	}
+	return h, true
+}
+
+func total(c []uint64) uint64 {
+	var n uint64
+	for _, v := range c {
+		n += v
+	}
+	return n
+}
+
+// deltaMinMax estimates the min and max of the observations between two
+// cumulative snapshots.
+func deltaMinMax(d *histogram.Data, cur, prev histogram.Data) (lo, hi float64) {
+	lo, hi = lowestValue(d), highestValue(d)
+	if cur.Max > prev.Max || prev.Count == 0 {
+		hi = cur.Max
+	} else {
+		hi = min(hi, cur.Max)
+	}
+	if cur.Min < prev.Min || prev.Count == 0 {
+		lo = cur.Min
+	} else {
+		lo = max(lo, cur.Min)
+	}
+	if lo > hi {
+		lo = hi
+	}
+	return lo, hi
+}
+
+// bucketBound returns base^i at scale: the lower bound of bucket i (the
+// upper bound of bucket i-1).
+func bucketBound(i, scale int32) float64 {
+	return math.Exp2(math.Ldexp(float64(i), -int(scale)))
+}
+
+func highestValue(d *histogram.Data) float64 {
+	if i, ok := lastNonZero(d.Positive); ok {
+		return bucketBound(i+1, d.Scale)
+	}
+	if d.ZeroCount > 0 {
+		return 0
+	}
+	if i, ok := firstNonZero(d.Negative); ok {
+		return -bucketBound(i, d.Scale)
+	}
+	return 0
+}
+
+func lowestValue(d *histogram.Data) float64 {
+	if i, ok := lastNonZero(d.Negative); ok {
+		return -bucketBound(i+1, d.Scale)
+	}
+	if d.ZeroCount > 0 {
+		return 0
+	}
+	if i, ok := firstNonZero(d.Positive); ok {
+		return bucketBound(i, d.Scale)
+	}
+	return 0
+}
+
+func lastNonZero(b histogram.Buckets) (int32, bool) {
+	for j := len(b.Counts) - 1; j >= 0; j-- {
+		if b.Counts[j] != 0 {
+			return b.Offset + int32(j), true
+		}
+	}
+	return 0, false
+}
+
+func firstNonZero(b histogram.Buckets) (int32, bool) {
+	for j, c := range b.Counts {
+		if c != 0 {
+			return b.Offset + int32(j), true
+		}
+	}
+	return 0, false
+}
+
+// downscaleBuckets merges buckets by 2^by: bucket i becomes i>>by (an
+// arithmetic shift, so negative indexes round toward −∞ as OTel specifies).
+func downscaleBuckets(b histogram.Buckets, by int32) histogram.Buckets {
+	if by <= 0 || len(b.Counts) == 0 {
+		return b
+	}
+	first := b.Offset >> by
+	last := (b.Offset + int32(len(b.Counts)) - 1) >> by
+	out := histogram.Buckets{Offset: first, Counts: make([]uint64, last-first+1)}
+	for j, c := range b.Counts {
+		out.Counts[((b.Offset+int32(j))>>by)-first] += c
+	}
+	return out
+}
+
+// subtractBuckets returns a − b, or ok=false if any bucket would go negative.
+func subtractBuckets(a, b histogram.Buckets) (histogram.Buckets, bool) {
+	for j, c := range b.Counts {
+		if c == 0 {
+			continue
+		}
+		i := b.Offset + int32(j) - a.Offset
+		if i < 0 || int(i) >= len(a.Counts) || a.Counts[i] < c {
+			return histogram.Buckets{}, false
+		}
+	}
+	out := histogram.Buckets{Offset: a.Offset, Counts: make([]uint64, len(a.Counts))}
+	copy(out.Counts, a.Counts)
+	for j, c := range b.Counts {
+		if c != 0 {
+			out.Counts[b.Offset+int32(j)-a.Offset] -= c
+		}
+	}
+	// Trim empty ends so the delta keeps a compact range.
+	lo, hi := 0, len(out.Counts)
+	for lo < hi && out.Counts[lo] == 0 {
+		lo++
+	}
+	for hi > lo && out.Counts[hi-1] == 0 {
+		hi--
+	}
+	if lo == hi {
+		return histogram.Buckets{}, true
+	}
+	out.Offset += int32(lo)
+	out.Counts = out.Counts[lo:hi]
+	return out, true
+}

@@ -1,0 +1,640 @@
+// Package agent is sabaki's core: the pipeline that normalises, rewrites and
+// aggregates every series into time windows (pipeline.go, normalize.go,
+// rules.go, window.go), the scheduler that runs pull sources
+// (scheduler.go), resource detection (resource.go) and the config sections
+// of the agent (config.go).
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sabakiio/sabaki/histogram"
+	"github.com/sabakiio/sabaki/metric"
+)
+
+// PipelineConfig is what the pipeline needs from the config file.
+type PipelineConfig struct {
+	// Window is the aggregation window (agent.window); it cannot change on
+	// Reload.
+	Window time.Duration
+	// Lateness is how long after its end a window still takes late points.
+	Lateness time.Duration
+	// Grace delays a window's first emission past its end; 0 means
+	// window/10 clamped to [100ms, 5s].
+	Grace time.Duration
+	// Resource holds the static and detected resource attributes; a series'
+	// own resource attributes win over them.
+	Resource metric.Attrs
+	Rules    []RuleConfig
+	// MaxSize and MaxScale configure histograms the pipeline creates.
+	MaxSize  int
+	MaxScale int32
+	// Quantiles choose a window's exemplars (default 0.5, 0.9, 0.95, 0.99).
+	Quantiles []float64
+	// MaxPendingPoints bounds the points of concurrent Consume calls;
+	// beyond it Consume returns metric.ErrFull (default 1,000,000).
+	MaxPendingPoints int
+	// MaxWindowSeries bounds the series (after rules) held across the
+	// windows in memory; points of further series are dropped,
+	// reason="series_limit" (default 1,000,000).
+	MaxWindowSeries int
+}
+
+// Settings are the pipeline's collaborators.
+type Settings struct {
+	Logger *slog.Logger
+	// Registerer receives the sabaki_pipeline_* self-metrics; nil keeps them
+	// private.
+	Registerer prometheus.Registerer
+	// Now is the wall clock (time.Now when nil).
+	Now func() time.Time
+	// OnWindow receives every closed window and every re-emission, from one
+	// goroutine at a time (Run's or Flush's caller). It owns the window.
+	OnWindow func(*metric.Window)
+	// StartTime is the agent's start: a cumulative series first seen with a
+	// Start not before it counts from zero (see normalize.go).
+	StartTime time.Time
+}
+
+// Drop reasons, the values of sabaki_pipeline_dropped_points_total{reason}.
+const (
+	DropNaN           = "nan"
+	DropTooLate       = "too_late"
+	DropFuture        = "future"
+	DropOutOfOrder    = "out_of_order"
+	DropNegativeDelta = "negative_delta"
+	DropInvalid       = "invalid"
+	DropSeriesLimit   = "series_limit"
+)
+
+var dropReasons = []string{DropNaN, DropTooLate, DropFuture, DropOutOfOrder, DropNegativeDelta, DropInvalid, DropSeriesLimit}
+
+// Pipeline aggregates series into windows. It implements metric.Sink;
+// Consume may be called from many goroutines.
+type Pipeline struct {
+	log      *slog.Logger
+	now      func() time.Time
+	onWindow func(*metric.Window)
+	start    time.Time
+
+	window     time.Duration
+	grace      time.Duration
+	maxSize    int
+	maxScale   int32
+	maxPending int64
+	maxSeries  int
+	pending    atomic.Int64
+
+	// emitMu serialises emission (OnWindow calls) and is taken before mu.
+	emitMu sync.Mutex
+
+	mu       sync.Mutex
+	lateness time.Duration
+	cur      *ruleSet
+	prev     *ruleSet
+	switchAt int64 // windows with idx >= switchAt use cur, older ones prev
+	raw      map[string]*rawState
+	windows  map[int64]*window
+	series   int // series across open windows, for MaxWindowSeries
+	lastGC   time.Time
+
+	m pipelineMetrics
+}
+
+type pipelineMetrics struct {
+	points      prometheus.Counter
+	dropped     map[string]prometheus.Counter
+	overflow    prometheus.Counter
+	rejected    prometheus.Counter
+	windows     *prometheus.CounterVec
+	windowLag   prometheus.Gauge
+	rawSeries   prometheus.Gauge
+	windowSerie prometheus.Gauge
+}
+
+func newPipelineMetrics(reg prometheus.Registerer) (pipelineMetrics, error) {
+	dropped := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sabaki_pipeline_dropped_points_total",
+		Help: "Points the pipeline dropped, by reason.",
+	}, []string{"reason"})
+	m := pipelineMetrics{
+		points: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sabaki_pipeline_points_total", Help: "Points received by the pipeline."}),
+		dropped: map[string]prometheus.Counter{},
+		overflow: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sabaki_pipeline_overflow_series_total",
+			Help: "Series folded into an otel.metric.overflow series by a max_series rule (once per series and window)."}),
+		rejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sabaki_pipeline_rejected_batches_total",
+			Help: "Batches refused with ErrFull because too many points were pending."}),
+		windows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sabaki_pipeline_windows_total",
+			Help: "Windows emitted; emission=first or revision (re-emitted after late points)."}, []string{"emission"}),
+		windowLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sabaki_pipeline_window_lag_seconds",
+			Help: "Wall time between the end of the last first-emitted window and its emission."}),
+		rawSeries: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sabaki_pipeline_active_series",
+			Help: "Raw series the pipeline keeps state for (before rules)."}),
+		windowSerie: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sabaki_pipeline_window_series",
+			Help: "Series in the last first-emitted window (after rules)."}),
+	}
+	for _, r := range dropReasons {
+		m.dropped[r] = dropped.WithLabelValues(r)
+	}
+	m.windows.WithLabelValues("first")
+	m.windows.WithLabelValues("revision")
+	for _, c := range []prometheus.Collector{m.points, dropped, m.overflow, m.rejected, m.windows, m.windowLag, m.rawSeries, m.windowSerie} {
+		if err := reg.Register(c); err != nil {
+			return m, fmt.Errorf("register pipeline metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// DefaultQuantiles are the quantiles exemplars are chosen for.
+var DefaultQuantiles = []float64{0.5, 0.9, 0.95, 0.99}
+
+func (c *PipelineConfig) defaults() {
+	if c.MaxSize == 0 {
+		c.MaxSize = histogram.DefaultMaxSize
+	}
+	if c.MaxScale == 0 {
+		c.MaxScale = histogram.DefaultMaxScale
+	}
+	if c.Quantiles == nil {
+		c.Quantiles = DefaultQuantiles
+	}
+	if c.MaxPendingPoints == 0 {
+		c.MaxPendingPoints = 1_000_000
+	}
+	if c.MaxWindowSeries == 0 {
+		c.MaxWindowSeries = 1_000_000
+	}
+	if c.Grace == 0 {
+		c.Grace = min(max(c.Window/10, 100*time.Millisecond), 5*time.Second)
+	}
+}
+
+func (c *PipelineConfig) validate() error {
+	if c.Window < time.Second || c.Window%time.Second != 0 {
+		return fmt.Errorf("window must be a whole number of seconds, at least 1s; got %s", c.Window)
+	}
+	if c.Lateness < 0 {
+		return fmt.Errorf("lateness must not be negative; got %s", c.Lateness)
+	}
+	for _, q := range c.Quantiles {
+		if !(q >= 0 && q <= 1) {
+			return fmt.Errorf("quantile %v is not in [0, 1]", q)
+		}
+	}
+	return nil
+}
+
+// NewPipeline builds a pipeline; Run must be called for windows to close.
+func NewPipeline(cfg PipelineConfig, set Settings) (*Pipeline, error) {
+	cfg.defaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("pipeline: %w", err)
+	}
+	rs, err := compileRules(cfg.Rules, cfg.Resource, cfg.Quantiles)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: %w", err)
+	}
+	if set.Logger == nil {
+		set.Logger = slog.New(slog.DiscardHandler)
+	}
+	if set.Now == nil {
+		set.Now = time.Now
+	}
+	if set.OnWindow == nil {
+		set.OnWindow = func(*metric.Window) {}
+	}
+	if set.Registerer == nil {
+		set.Registerer = prometheus.NewRegistry()
+	}
+	if set.StartTime.IsZero() {
+		set.StartTime = set.Now()
+	}
+	m, err := newPipelineMetrics(set.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Pipeline{
+		log: set.Logger, now: set.Now, onWindow: set.OnWindow, start: set.StartTime,
+		window: cfg.Window, grace: cfg.Grace, maxSize: cfg.MaxSize, maxScale: cfg.MaxScale,
+		maxPending: int64(cfg.MaxPendingPoints), maxSeries: cfg.MaxWindowSeries,
+		lateness: cfg.Lateness, cur: rs, prev: rs,
+		raw: map[string]*rawState{}, windows: map[int64]*window{},
+		m: m,
+	}, nil
+}
+
+// Reload swaps the rules, resource attributes, quantiles and lateness. Rules
+// and resource apply from the next window on; windows already open (and late
+// points for them) keep the rules they opened with. The window length cannot
+// change without a restart.
+func (p *Pipeline) Reload(cfg PipelineConfig) error {
+	cfg.defaults()
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("pipeline reload: %w", err)
+	}
+	if cfg.Window != p.window {
+		return fmt.Errorf("pipeline reload: agent.window changed from %s to %s; restart sabaki to change it", p.window, cfg.Window)
+	}
+	rs, err := compileRules(cfg.Rules, cfg.Resource, cfg.Quantiles)
+	if err != nil {
+		return fmt.Errorf("pipeline reload: %w", err)
+	}
+	next := p.windowIdx(p.now()) + 1
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.prev, p.cur, p.switchAt = p.cur, rs, next
+	p.lateness = cfg.Lateness
+	return nil
+}
+
+func (p *Pipeline) windowIdx(t time.Time) int64 {
+	return floorDiv(t.UnixNano(), int64(p.window))
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && (a < 0) != (b < 0) {
+		q--
+	}
+	return q
+}
+
+// Consume implements metric.Sink. It returns an error wrapping metric.ErrFull
+// when more than MaxPendingPoints are being consumed concurrently (a single
+// batch is always accepted when nothing else is pending). Points it cannot
+// use (NaN, too late, from the future) are dropped and counted, not
+// reported as an error: the rest of the batch is kept.
+func (p *Pipeline) Consume(ctx context.Context, b metric.Batch) error {
+	n := int64(0)
+	for i := range b.Series {
+		n += int64(len(b.Series[i].Points))
+	}
+	if total := p.pending.Add(n); total > p.maxPending && total != n {
+		p.pending.Add(-n)
+		p.m.rejected.Inc()
+		return fmt.Errorf("pipeline: %d points pending, batch of %d from %q refused: %w", total-n, n, b.Source, metric.ErrFull)
+	}
+	defer p.pending.Add(-n)
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("pipeline: %w", err)
+	}
+	p.m.points.Add(float64(n))
+	now := p.now()
+	bufp := keyBufs.Get().(*[]byte)
+	var drops dropCounts
+	for i := range b.Series {
+		s := &b.Series[i]
+		if len(s.Points) == 0 {
+			continue
+		}
+		if s.Kind < metric.Gauge || s.Kind > metric.Histogram || s.Name == "" {
+			drops[dropIndex(DropInvalid)] += len(s.Points)
+			continue
+		}
+		key := appendRawKey((*bufp)[:0], b.Source, s)
+		*bufp = key
+		p.mu.Lock()
+		p.consumeSeries(key, s, now, &drops)
+		p.mu.Unlock()
+	}
+	keyBufs.Put(bufp)
+	for i, c := range drops {
+		if c > 0 {
+			p.m.dropped[dropReasons[i]].Add(float64(c))
+		}
+	}
+	return nil
+}
+
+type dropCounts [7]int
+
+func dropIndex(reason string) int { return slices.Index(dropReasons, reason) }
+
+var (
+	idxNaN, idxTooLate, idxFuture      = dropIndex(DropNaN), dropIndex(DropTooLate), dropIndex(DropFuture)
+	idxOutOfOrder, idxNegative, idxInv = dropIndex(DropOutOfOrder), dropIndex(DropNegativeDelta), dropIndex(DropInvalid)
+	idxSeriesLimit                     = dropIndex(DropSeriesLimit)
+)
+
+var keyBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
+
+// appendRawKey encodes a raw series identity: source, temporality and the
+// identity as delivered.
+func appendRawKey(dst []byte, source string, s *metric.Series) []byte {
+	dst = append(dst, source...)
+	dst = append(dst, 0, byte(s.Temporality), 0)
+	return appendIdentity(dst, s.Name, s.Kind, s.Resource, s.Attrs)
+}
+
+// consumeSeries handles one series under p.mu.
+func (p *Pipeline) consumeSeries(key []byte, s *metric.Series, now time.Time, drops *dropCounts) {
+	st := p.raw[string(key)]
+	if st == nil {
+		st = &rawState{}
+		st.isError, st.errTracked = markError(s.Attrs)
+		p.raw[string(key)] = st
+	}
+	st.seen = now
+	// A window is closed for good once its end + lateness has passed.
+	cutoff := now.Add(-p.lateness).UnixNano()
+	cumulative := s.Kind != metric.Gauge && s.Temporality != metric.Delta
+	for i := range s.Points {
+		pt := &s.Points[i]
+		if pt.Time.IsZero() {
+			cp := *pt // do not write to the caller's batch
+			cp.Time = now
+			pt = &cp
+		}
+		if pt.Time.Sub(now) > p.window {
+			drops[idxFuture]++
+			continue
+		}
+		idx := p.windowIdx(pt.Time)
+		tooLate := (idx+1)*int64(p.window) < cutoff
+		if cumulative && st.hasBase && !pt.Time.After(st.lastTime) {
+			drops[idxOutOfOrder]++
+			continue
+		}
+		switch s.Kind {
+		case metric.Gauge:
+			if bad(pt.Value) {
+				drops[idxNaN]++
+				continue
+			}
+			if tooLate {
+				drops[idxTooLate]++
+				continue
+			}
+			if a := p.aggFor(st, s, idx, drops); a != nil {
+				a.addGauge(pt.Value, pt.Time)
+				p.exemplars(a, pt)
+			}
+		case metric.Counter:
+			if bad(pt.Value) {
+				drops[idxNaN]++
+				continue
+			}
+			delta := pt.Value
+			if cumulative {
+				var ok bool
+				// A too-late point still moves the baseline, so that its
+				// increments are not counted again in a later window.
+				if delta, ok = st.counterDelta(pt, p.start); !ok {
+					continue
+				}
+			} else if delta < 0 {
+				drops[idxNegative]++
+				continue
+			}
+			if tooLate {
+				drops[idxTooLate]++
+				continue
+			}
+			if a := p.aggFor(st, s, idx, drops); a != nil {
+				a.addCounter(delta, st)
+				p.exemplars(a, pt)
+			}
+		case metric.Histogram:
+			if pt.Hist == nil {
+				drops[idxInv]++
+				continue
+			}
+			h := pt.Hist
+			if cumulative {
+				if h = st.histDelta(pt, p.start, p.maxSize, p.maxScale); h == nil {
+					continue
+				}
+			}
+			if tooLate {
+				drops[idxTooLate]++
+				continue
+			}
+			if a := p.aggFor(st, s, idx, drops); a != nil {
+				a.addHist(h, st, p.maxSize, p.maxScale)
+				p.exemplars(a, pt)
+			}
+		}
+	}
+}
+
+func bad(v float64) bool { return math.IsNaN(v) || math.IsInf(v, 0) }
+
+func (p *Pipeline) exemplars(a *agg, pt *metric.Point) {
+	for i := range pt.Exemplars {
+		a.addExemplar(&pt.Exemplars[i])
+	}
+}
+
+func (p *Pipeline) windowEnd(idx int64) time.Time {
+	return time.Unix(0, (idx+1)*int64(p.window))
+}
+
+// aggFor returns the aggregate of st's series in window idx, creating the
+// window and the aggregate as needed; nil when the series limit drops it.
+func (p *Pipeline) aggFor(st *rawState, s *metric.Series, idx int64, drops *dropCounts) *agg {
+	w := st.win
+	if w == nil || w.idx != idx || w.freed {
+		w = p.windows[idx]
+		if w == nil {
+			rules := p.cur
+			if idx < p.switchAt {
+				rules = p.prev
+			}
+			w = &window{idx: idx, start: time.Unix(0, idx*int64(p.window)).UTC(), rules: rules,
+				series: map[string]*agg{}, perMetric: map[string]int{}}
+			p.windows[idx] = w
+		}
+		st.win, st.ag = w, nil
+	}
+	if w.emitted {
+		w.dirty = true
+	}
+	if st.ag != nil {
+		return st.ag
+	}
+	if st.rs != w.rules {
+		st.rs, st.out = w.rules, w.rules.apply(s)
+	}
+	out := st.out
+	a := w.series[out.key]
+	if a == nil {
+		if out.limit > 0 && w.perMetric[out.name] >= out.limit {
+			a = p.overflowAgg(w, out)
+		} else if p.series >= p.maxSeries {
+			drops[idxSeriesLimit]++
+			return nil
+		} else {
+			a = &agg{out: out}
+			w.series[out.key] = a
+			w.perMetric[out.name]++
+			p.series++
+		}
+	}
+	a.errTracked = a.errTracked || st.errTracked
+	st.ag = a
+	return a
+}
+
+func (p *Pipeline) overflowAgg(w *window, out *outSeries) *agg {
+	p.m.overflow.Inc()
+	if w.overflow == nil {
+		w.overflow = map[string]bool{}
+	}
+	if !w.overflow[out.name] {
+		w.overflow[out.name] = true
+		p.log.Warn("max_series limit reached; further series fold into the overflow series",
+			"metric", out.name, "limit", out.limit, "window", w.start, "attribute", OverflowAttr+"=true")
+	}
+	ov := out.overflow()
+	a := w.series[ov.key]
+	if a == nil {
+		a = &agg{out: ov}
+		w.series[ov.key] = a
+		p.series++
+	}
+	return a
+}
+
+// Run closes windows as wall time passes their end plus the grace, calls
+// OnWindow for each (and for windows updated by late points), and forgets
+// stale series. It returns when ctx is done, without flushing: the caller
+// stops the sources and then calls Flush.
+func (p *Pipeline) Run(ctx context.Context) error {
+	tick := min(max(p.window/10, 50*time.Millisecond), time.Second)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			p.tick(p.now())
+		}
+	}
+}
+
+// Flush emits every window not yet emitted (including the current, partial
+// one) and every window with pending late updates, now. It is safe to call
+// more than once and concurrently with Run.
+func (p *Pipeline) Flush() {
+	p.emit(p.now(), true)
+}
+
+// Close releases the pipeline's state. The pipeline must not be used after.
+func (p *Pipeline) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.raw, p.windows = map[string]*rawState{}, map[int64]*window{}
+	return nil
+}
+
+func (p *Pipeline) tick(now time.Time) { p.emit(now, false) }
+
+type emission struct {
+	w     *metric.Window
+	first bool
+}
+
+// emit renders due windows under p.mu and hands them to OnWindow in order,
+// outside p.mu (so Consume is not blocked by the store or exporters).
+func (p *Pipeline) emit(now time.Time, all bool) {
+	p.emitMu.Lock()
+	defer p.emitMu.Unlock()
+	p.mu.Lock()
+	var due []*window
+	for _, w := range p.windows {
+		end := p.windowEnd(w.idx)
+		switch {
+		case !w.emitted && (all || !now.Before(end.Add(p.grace))):
+			due = append(due, w)
+		case w.emitted && w.dirty:
+			due = append(due, w)
+		}
+	}
+	slices.SortFunc(due, func(a, b *window) int {
+		// First emissions in window order, then re-emissions in window order.
+		if a.emitted != b.emitted {
+			if a.emitted {
+				return 1
+			}
+			return -1
+		}
+		return int(a.idx - b.idx)
+	})
+	out := make([]emission, 0, len(due))
+	for _, w := range due {
+		if w.emitted {
+			w.revision++
+		}
+		out = append(out, emission{w: w.render(p.window), first: !w.emitted})
+		w.emitted, w.dirty = true, false
+	}
+	p.gc(now)
+	p.mu.Unlock()
+
+	for _, e := range out {
+		if e.first {
+			p.m.windows.WithLabelValues("first").Inc()
+			p.m.windowLag.Set(now.Sub(e.w.End()).Seconds())
+			p.m.windowSerie.Set(float64(len(e.w.Series)))
+		} else {
+			p.m.windows.WithLabelValues("revision").Inc()
+		}
+		p.onWindow(e.w)
+	}
+}
+
+// gc frees windows past their lateness and forgets series silent for longer
+// than 2×lateness + 10 min. It runs under p.mu.
+func (p *Pipeline) gc(now time.Time) {
+	freed := false
+	for idx, w := range p.windows {
+		if w.emitted && !w.dirty && p.windowEnd(idx).Add(p.lateness).Before(now) {
+			w.freed = true
+			p.series -= len(w.series)
+			delete(p.windows, idx)
+			freed = true
+		}
+	}
+	if !freed && now.Sub(p.lastGC) < time.Minute {
+		return
+	}
+	p.lastGC = now
+	stale := 2*p.lateness + 10*time.Minute
+	for k, st := range p.raw {
+		if now.Sub(st.seen) > stale {
+			delete(p.raw, k)
+			continue
+		}
+		if st.win != nil && st.win.freed {
+			st.win, st.ag = nil, nil
+		}
+	}
+	if p.switchAt > 0 && p.prev != p.cur && len(p.windows) > 0 {
+		oldest := int64(math.MaxInt64)
+		for idx := range p.windows {
+			oldest = min(oldest, idx)
+		}
+		if oldest >= p.switchAt && p.windowIdx(now.Add(-p.lateness-p.window)) >= p.switchAt {
+			p.prev = p.cur
+		}
+	}
+	p.m.rawSeries.Set(float64(len(p.raw)))
+}
