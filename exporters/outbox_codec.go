@@ -1,0 +1,281 @@
+package exporters
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/golang/snappy"
+
+	"github.com/sabakiio/sabaki/histogram"
+	"github.com/sabakiio/sabaki/metric"
+)
+
+// Window encoding used in outbox records (version 1):
+//
+//	payload    = version u8 | start unix-nanos i64 LE | snappy(body)
+//	body       = revision uvarint | duration-nanos varint | nseries uvarint | aggregate*
+//	aggregate  = name str | unit str | description str | kind u8 | resource attrs | attrs attrs
+//	             | sum f64 | count uvarint | last f64 | min f64 | max f64
+//	             | hist bytes (len uvarint, 0 = none; histogram.AppendBinary) | errorCount uvarint
+//	             | errorTracked u8 | nexemplars uvarint | exemplar*
+//	exemplar   = traceID [16] | spanID [8] | value f64 | time unix-nanos varint (0 = zero) | attrs
+//	attrs      = n uvarint | (key str | value str)*
+//	str        = len uvarint | bytes
+//
+// The start time sits outside the compressed body so that reopening an outbox
+// can rebuild its index (and apply the age bound) without decompressing.
+// Snappy is used because names and attribute keys repeat across thousands of
+// series in a window.
+const codecVersion = 1
+
+// payloadHeaderSize is the uncompressed prefix: version and start time.
+const payloadHeaderSize = 1 + 8
+
+func encodeWindow(w *metric.Window) ([]byte, error) {
+	b := make([]byte, 0, 256+len(w.Series)*128)
+	b = binary.AppendUvarint(b, uint64(max(w.Revision, 0)))
+	b = binary.AppendVarint(b, int64(w.Duration))
+	b = binary.AppendUvarint(b, uint64(len(w.Series)))
+	for i := range w.Series {
+		a := &w.Series[i]
+		b = appendString(b, a.Name)
+		b = appendString(b, a.Unit)
+		b = appendString(b, a.Description)
+		b = append(b, byte(a.Kind))
+		b = appendAttrs(b, a.Resource)
+		b = appendAttrs(b, a.Attrs)
+		b = appendFloat(b, a.Sum)
+		b = binary.AppendUvarint(b, a.Count)
+		b = appendFloat(b, a.Last)
+		b = appendFloat(b, a.Min)
+		b = appendFloat(b, a.Max)
+		if a.Hist == nil {
+			b = binary.AppendUvarint(b, 0)
+		} else {
+			hb, herr := a.Hist.AppendBinary(nil)
+			if herr != nil {
+				return nil, fmt.Errorf("encoding histogram of %s: %w", a.Name, herr)
+			}
+			b = binary.AppendUvarint(b, uint64(len(hb)))
+			b = append(b, hb...)
+		}
+		b = binary.AppendUvarint(b, a.ErrorCount)
+		b = appendBool(b, a.ErrorTracked)
+		b = binary.AppendUvarint(b, uint64(len(a.Exemplars)))
+		for _, e := range a.Exemplars {
+			b = append(b, e.TraceID[:]...)
+			b = append(b, e.SpanID[:]...)
+			b = appendFloat(b, e.Value)
+			b = binary.AppendVarint(b, unixNanos(e.Time))
+			b = appendAttrs(b, e.Attrs)
+		}
+	}
+	out := make([]byte, payloadHeaderSize, payloadHeaderSize+snappy.MaxEncodedLen(len(b)))
+	out[0] = codecVersion
+	binary.LittleEndian.PutUint64(out[1:], uint64(unixNanos(w.Start)))
+	out = out[:payloadHeaderSize+len(snappy.Encode(out[payloadHeaderSize:cap(out)], b))]
+	return out, nil
+}
+
+// payloadStart returns the window start stored in a payload's header.
+func payloadStart(p []byte) (time.Time, error) {
+	if len(p) < payloadHeaderSize || p[0] != codecVersion {
+		return time.Time{}, errors.New("unknown record version")
+	}
+	return fromUnixNanos(int64(binary.LittleEndian.Uint64(p[1:]))), nil
+}
+
+func decodeWindow(p []byte) (*metric.Window, error) {
+	start, err := payloadStart(p)
+	if err != nil {
+		return nil, err
+	}
+	body, err := snappy.Decode(nil, p[payloadHeaderSize:])
+	if err != nil {
+		return nil, fmt.Errorf("decompressing window: %w", err)
+	}
+	d := decoder{b: body}
+	w := &metric.Window{Start: start}
+	w.Revision = int(d.uvarint())
+	w.Duration = time.Duration(d.varint())
+	n := d.uvarint()
+	if n > uint64(len(body)) { // each aggregate takes more than one byte
+		return nil, errors.New("corrupt window: series count exceeds payload")
+	}
+	w.Series = make([]metric.Aggregate, n)
+	for i := range w.Series {
+		a := &w.Series[i]
+		a.Name = d.str()
+		a.Unit = d.str()
+		a.Description = d.str()
+		a.Kind = metric.Kind(d.byte())
+		a.Resource = d.attrs()
+		a.Attrs = d.attrs()
+		a.Sum = d.float()
+		a.Count = d.uvarint()
+		a.Last = d.float()
+		a.Min = d.float()
+		a.Max = d.float()
+		if hb := d.bytes(); len(hb) > 0 && d.err == nil {
+			h := histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+			if err := h.UnmarshalBinary(hb); err != nil {
+				return nil, fmt.Errorf("decoding histogram of %s: %w", a.Name, err)
+			}
+			a.Hist = h
+		}
+		a.ErrorCount = d.uvarint()
+		a.ErrorTracked = d.byte() != 0
+		ne := d.uvarint()
+		if ne > uint64(len(body)) {
+			return nil, errors.New("corrupt window: exemplar count exceeds payload")
+		}
+		if ne > 0 {
+			a.Exemplars = make([]metric.Exemplar, ne)
+		}
+		for j := range a.Exemplars {
+			e := &a.Exemplars[j]
+			copy(e.TraceID[:], d.fixed(16))
+			copy(e.SpanID[:], d.fixed(8))
+			e.Value = d.float()
+			e.Time = fromUnixNanos(d.varint())
+			e.Attrs = d.attrs()
+		}
+		if d.err != nil {
+			break
+		}
+	}
+	if d.err != nil {
+		return nil, fmt.Errorf("decoding window %s: %w", start.UTC().Format(time.RFC3339), d.err)
+	}
+	return w, nil
+}
+
+func unixNanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromUnixNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func appendAttrs(b []byte, a metric.Attrs) []byte {
+	b = binary.AppendUvarint(b, uint64(len(a)))
+	for _, kv := range a {
+		b = appendString(b, kv.Key)
+		b = appendString(b, kv.Value)
+	}
+	return b
+}
+
+func appendFloat(b []byte, f float64) []byte {
+	return binary.LittleEndian.AppendUint64(b, math.Float64bits(f))
+}
+
+func appendBool(b []byte, v bool) []byte {
+	if v {
+		return append(b, 1)
+	}
+	return append(b, 0)
+}
+
+// decoder reads the body; the first error sticks and later reads return zero values.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+var errShort = errors.New("truncated record")
+
+func (d *decoder) fail(err error) {
+	if d.err == nil {
+		d.err = err
+	}
+	d.b = nil
+}
+
+func (d *decoder) uvarint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail(errShort)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.fail(errShort)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) fixed(n int) []byte {
+	if len(d.b) < n {
+		d.fail(errShort)
+		return nil
+	}
+	v := d.b[:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) byte() byte {
+	v := d.fixed(1)
+	if v == nil {
+		return 0
+	}
+	return v[0]
+}
+
+func (d *decoder) float() float64 {
+	v := d.fixed(8)
+	if v == nil {
+		return 0
+	}
+	return math.Float64frombits(binary.LittleEndian.Uint64(v))
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if n > uint64(len(d.b)) {
+		d.fail(errShort)
+		return nil
+	}
+	return d.fixed(int(n))
+}
+
+func (d *decoder) str() string { return string(d.bytes()) }
+
+func (d *decoder) attrs() metric.Attrs {
+	n := d.uvarint()
+	if n == 0 || n > uint64(len(d.b)) {
+		if n > 0 {
+			d.fail(errShort)
+		}
+		return nil
+	}
+	a := make(metric.Attrs, n)
+	for i := range a {
+		a[i].Key = d.str()
+		a[i].Value = d.str()
+	}
+	return a
+}
