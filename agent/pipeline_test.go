@@ -1,0 +1,743 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"math"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/sabakiio/sabaki/histogram"
+	"github.com/sabakiio/sabaki/metric"
+)
+
+// t0 is a minute boundary; the agent "starts" there in every test.
+var t0 = time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+
+type harness struct {
+	t    *testing.T
+	p    *Pipeline
+	reg  *prometheus.Registry
+	logs *bytes.Buffer
+
+	mu   sync.Mutex
+	now  time.Time
+	wins []*metric.Window
+}
+
+func newHarness(t *testing.T, cfg PipelineConfig) *harness {
+	t.Helper()
+	if cfg.Window == 0 {
+		cfg.Window = time.Minute
+	}
+	if cfg.Lateness == 0 {
+		cfg.Lateness = 5 * time.Minute
+	}
+	h := &harness{t: t, reg: prometheus.NewRegistry(), logs: &bytes.Buffer{}, now: t0}
+	p, err := NewPipeline(cfg, Settings{
+		Logger:     slog.New(slog.NewTextHandler(h.logs, nil)),
+		Registerer: h.reg,
+		Now:        h.clock,
+		OnWindow: func(w *metric.Window) {
+			h.mu.Lock()
+			h.wins = append(h.wins, w)
+			h.mu.Unlock()
+		},
+		StartTime: t0,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.p = p
+	return h
+}
+
+func (h *harness) clock() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.now
+}
+
+// at sets the wall clock and runs one Run tick.
+func (h *harness) at(d time.Duration) {
+	h.mu.Lock()
+	h.now = t0.Add(d)
+	h.mu.Unlock()
+	h.p.tick(t0.Add(d))
+}
+
+func (h *harness) consume(ss ...metric.Series) {
+	h.t.Helper()
+	if err := h.p.Consume(context.Background(), metric.Batch{Source: "test", Series: ss}); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// take returns and forgets the windows emitted so far.
+func (h *harness) take() []*metric.Window {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	w := h.wins
+	h.wins = nil
+	return w
+}
+
+func (h *harness) dropped(reason string) float64 {
+	return metricValue(h.p.m.dropped[reason])
+}
+
+func find(w *metric.Window, name string, attrs ...string) *metric.Aggregate {
+	want := attrsOf(attrs...)
+	for i := range w.Series {
+		if w.Series[i].Name == name && w.Series[i].Attrs.Equal(want) {
+			return &w.Series[i]
+		}
+	}
+	return nil
+}
+
+func attrsOf(kv ...string) metric.Attrs {
+	m := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return metric.NewAttrs(m)
+}
+
+func counter(temp metric.Temporality, pts ...metric.Point) metric.Series {
+	return metric.Series{Name: "requests", Kind: metric.Counter, Temporality: temp, Attrs: attrsOf("route", "/"), Points: pts}
+}
+
+func pt(at time.Duration, v float64) metric.Point { return metric.Point{Time: t0.Add(at), Value: v} }
+
+func ptStart(start, at time.Duration, v float64) metric.Point {
+	return metric.Point{Start: t0.Add(start), Time: t0.Add(at), Value: v}
+}
+
+// sums returns the counter sum of "requests" per emitted window start
+// offset (seconds from t0); a window without the series maps to -1.
+func sums(ws []*metric.Window) map[int]float64 {
+	out := map[int]float64{}
+	for _, w := range ws {
+		s := -1.0
+		if a := find(w, "requests", "route", "/"); a != nil {
+			s = a.Sum
+		}
+		out[int(w.Start.Sub(t0)/time.Second)] = s
+	}
+	return out
+}
+
+func TestCumulativeCounter(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		pts  []metric.Point
+		want map[int]float64 // window start (s from t0) → delta
+		drop map[string]float64
+	}{
+		{
+			name: "unknown start sets the baseline",
+			pts:  []metric.Point{pt(10*time.Second, 100), pt(20*time.Second, 110), pt(70*time.Second, 130)},
+			want: map[int]float64{0: 10, 60: 20},
+		},
+		{
+			name: "decrease is a reset",
+			pts:  []metric.Point{pt(10*time.Second, 100), pt(20*time.Second, 110), pt(70*time.Second, 5), pt(80*time.Second, 7)},
+			want: map[int]float64{0: 10, 60: 7},
+		},
+		{
+			name: "changed start is a reset even when the value grew",
+			pts: []metric.Point{ptStart(-time.Hour, 10*time.Second, 100), ptStart(-time.Hour, 20*time.Second, 110),
+				ptStart(65*time.Second, 70*time.Second, 150)},
+			want: map[int]float64{0: 10, 60: 150},
+		},
+		{
+			name: "first sight, start after agent start: whole value counts",
+			pts:  []metric.Point{ptStart(time.Second, 10*time.Second, 7), ptStart(time.Second, 20*time.Second, 9)},
+			want: map[int]float64{0: 9},
+		},
+		{
+			name: "first sight, start equal to agent start: whole value counts",
+			pts:  []metric.Point{ptStart(0, 10*time.Second, 7)},
+			want: map[int]float64{0: 7},
+		},
+		{
+			name: "first sight, start before agent start: baseline only",
+			pts:  []metric.Point{ptStart(-time.Hour, 10*time.Second, 1000), ptStart(-time.Hour, 70*time.Second, 1010)},
+			want: map[int]float64{60: 10},
+		},
+		{
+			name: "duplicate and out-of-order points are dropped",
+			pts:  []metric.Point{pt(10*time.Second, 100), pt(20*time.Second, 110), pt(20*time.Second, 110), pt(15*time.Second, 105), pt(30*time.Second, 111)},
+			want: map[int]float64{0: 11},
+			drop: map[string]float64{DropOutOfOrder: 2},
+		},
+		{
+			name: "NaN and Inf are dropped and counted",
+			pts:  []metric.Point{pt(10*time.Second, 1), pt(15*time.Second, math.NaN()), pt(16*time.Second, math.Inf(1)), pt(20*time.Second, 4)},
+			want: map[int]float64{0: 3},
+			drop: map[string]float64{DropNaN: 2},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, PipelineConfig{})
+			for _, p := range tc.pts {
+				h.at(p.Time.Sub(t0))
+				h.consume(counter(metric.Cumulative, p))
+			}
+			h.at(10 * time.Minute)
+			got := sums(h.take())
+			if len(got) != len(tc.want) {
+				t.Fatalf("windows = %v, want %v", got, tc.want)
+			}
+			for k, v := range tc.want {
+				if got[k] != v {
+					t.Errorf("window +%ds: delta %v, want %v (all %v)", k, got[k], v, got)
+				}
+			}
+			for r, n := range tc.drop {
+				if got := h.dropped(r); got != n {
+					t.Errorf("dropped{%s} = %v, want %v", r, got, n)
+				}
+			}
+		})
+	}
+}
+
+func TestDeltaCounterAndGauge(t *testing.T) {
+	h := newHarness(t, PipelineConfig{})
+	h.consume(counter(metric.Delta, pt(time.Second, 3), pt(2*time.Second, 4), pt(3*time.Second, -1)))
+	g := metric.Series{Name: "temp", Kind: metric.Gauge, Points: []metric.Point{
+		pt(5*time.Second, 20), pt(1*time.Second, 10), pt(9*time.Second, 15), pt(10*time.Second, math.NaN())}}
+	h.consume(g)
+	h.at(time.Minute + 5*time.Second)
+	ws := h.take()
+	if len(ws) != 1 {
+		t.Fatalf("%d windows, want 1", len(ws))
+	}
+	c := find(ws[0], "requests", "route", "/")
+	if c == nil || c.Sum != 7 || c.Kind != metric.Counter {
+		t.Errorf("delta counter = %+v, want sum 7", c)
+	}
+	a := find(ws[0], "temp")
+	if a == nil {
+		t.Fatal("gauge missing")
+	}
+	if a.Last != 15 || a.Min != 10 || a.Max != 20 || a.Sum != 45 || a.Count != 3 {
+		t.Errorf("gauge = last %v min %v max %v sum %v count %v; want 15 10 20 45 3", a.Last, a.Min, a.Max, a.Sum, a.Count)
+	}
+	if h.dropped(DropNegativeDelta) != 1 || h.dropped(DropNaN) != 1 {
+		t.Errorf("drops negative=%v nan=%v, want 1 1", h.dropped(DropNegativeDelta), h.dropped(DropNaN))
+	}
+}
+
+func TestWindowAlignment(t *testing.T) {
+	for _, tc := range []struct {
+		window time.Duration
+		at     time.Duration // point time from t0
+		start  time.Duration // expected window start from t0
+	}{
+		{time.Minute, 0, 0},
+		{time.Minute, 59*time.Second + 999*time.Millisecond, 0},
+		{time.Minute, 60 * time.Second, time.Minute},
+		{time.Minute, -time.Nanosecond, -time.Minute},
+		{time.Second, 1500 * time.Millisecond, time.Second},
+		{time.Second, 999 * time.Millisecond, 0},
+		{time.Second, 2 * time.Second, 2 * time.Second},
+		{10 * time.Second, 25 * time.Second, 20 * time.Second},
+	} {
+		h := newHarness(t, PipelineConfig{Window: tc.window})
+		h.at(tc.at)
+		h.consume(metric.Series{Name: "g", Kind: metric.Gauge, Points: []metric.Point{pt(tc.at, 1)}})
+		// Not yet emitted before end + grace.
+		end := tc.start + tc.window
+		h.at(end)
+		if n := len(h.take()); n != 0 {
+			t.Errorf("window %s, point +%s: emitted at its end, before the grace", tc.window, tc.at)
+		}
+		h.at(end + h.p.grace)
+		ws := h.take()
+		if len(ws) != 1 || !ws[0].Start.Equal(t0.Add(tc.start)) || ws[0].Duration != tc.window {
+			t.Errorf("window %s, point +%s: got %v, want one window at +%s", tc.window, tc.at, ws, tc.start)
+		}
+	}
+}
+
+func TestLatePointsReemitAndTooLate(t *testing.T) {
+	h := newHarness(t, PipelineConfig{Lateness: 2 * time.Minute})
+	h.consume(counter(metric.Delta, pt(10*time.Second, 1)))
+	h.at(65 * time.Second)
+	ws := h.take()
+	if len(ws) != 1 || ws[0].Revision != 0 || sums(ws)[0] != 1 {
+		t.Fatalf("first emission = %v", sums(ws))
+	}
+	// A late point for window 0 within lateness: re-emitted whole, Revision 1.
+	h.at(90 * time.Second)
+	h.consume(counter(metric.Delta, pt(20*time.Second, 2)), counter(metric.Delta, pt(30*time.Second, 4)))
+	h.at(91 * time.Second)
+	ws = h.take()
+	if len(ws) != 1 || ws[0].Revision != 1 || !ws[0].Start.Equal(t0) || sums(ws)[0] != 7 {
+		t.Fatalf("re-emission = %d windows, %+v", len(ws), ws)
+	}
+	// Nothing changed: no further emission.
+	h.at(100 * time.Second)
+	if ws := h.take(); len(ws) != 0 {
+		t.Fatalf("unchanged window re-emitted: %v", ws)
+	}
+	// Window 0 ends at +60s; with 2m lateness it is closed for good after +180s.
+	h.at(179 * time.Second)
+	h.consume(counter(metric.Delta, pt(59*time.Second, 8)))
+	h.at(180*time.Second + time.Millisecond)
+	ws = h.take()
+	if len(ws) != 1 || ws[0].Revision != 2 || sums(ws)[0] != 15 {
+		t.Fatalf("second re-emission = %+v", ws)
+	}
+	h.at(181 * time.Second)
+	h.consume(counter(metric.Delta, pt(59*time.Second, 16)))
+	h.at(190 * time.Second)
+	if ws := h.take(); len(ws) != 0 {
+		t.Fatalf("too-late point re-emitted a window: %v", sums(ws))
+	}
+	if got := h.dropped(DropTooLate); got != 1 {
+		t.Errorf("dropped{too_late} = %v, want 1", got)
+	}
+	// From the future (more than a window ahead of now): dropped.
+	h.consume(counter(metric.Delta, pt(190*time.Second+61*time.Second, 1)))
+	if got := h.dropped(DropFuture); got != 1 {
+		t.Errorf("dropped{future} = %v, want 1", got)
+	}
+	if n := len(h.p.windows); n != 0 {
+		t.Errorf("%d windows still held after their lateness", n)
+	}
+}
+
+func TestFlushEmitsOpenWindow(t *testing.T) {
+	h := newHarness(t, PipelineConfig{})
+	h.at(30 * time.Second)
+	h.consume(counter(metric.Delta, pt(10*time.Second, 1)))
+	h.p.Flush()
+	ws := h.take()
+	if len(ws) != 1 || ws[0].Revision != 0 || sums(ws)[0] != 1 {
+		t.Fatalf("flush = %+v", ws)
+	}
+	h.p.Flush()
+	if ws := h.take(); len(ws) != 0 {
+		t.Fatalf("second flush emitted %d windows", len(ws))
+	}
+}
+
+func TestFirstEmissionsInWindowOrder(t *testing.T) {
+	h := newHarness(t, PipelineConfig{Window: time.Second})
+	h.at(4500 * time.Millisecond)
+	for i := 4; i >= 0; i-- {
+		h.consume(counter(metric.Delta, pt(time.Duration(i)*time.Second, 1)))
+	}
+	h.at(10 * time.Second)
+	ws := h.take()
+	if len(ws) != 5 {
+		t.Fatalf("%d windows", len(ws))
+	}
+	for i, w := range ws {
+		if !w.Start.Equal(t0.Add(time.Duration(i) * time.Second)) {
+			t.Errorf("window %d starts at %s", i, w.Start)
+		}
+	}
+}
+
+func newHist(vs ...float64) *histogram.Histogram {
+	h := histogram.New(160, 20)
+	for _, v := range vs {
+		h.Record(v)
+	}
+	return h
+}
+
+func histSeries(temp metric.Temporality, pts ...metric.Point) metric.Series {
+	return metric.Series{Name: "latency", Unit: "s", Kind: metric.Histogram, Temporality: temp, Points: pts}
+}
+
+func hpt(at time.Duration, h *histogram.Histogram) metric.Point {
+	return metric.Point{Time: t0.Add(at), Hist: h}
+}
+
+func TestCumulativeHistogramDelta(t *testing.T) {
+	base := []float64{0.01, 0.02, 0.05, 0.1}
+	more := []float64{0.015, 0.2, 0.3}
+	wide := []float64{1e-6, 1e6} // forces a downscale of the cumulative histogram
+	for _, tc := range []struct {
+		name      string
+		prev, cur []float64
+		curScale  int32 // max scale of the cumulative histogram at cur (0: 20)
+		wantCount uint64
+		wantVals  []float64 // the observations the delta should hold
+	}{
+		{name: "same scale", prev: base, cur: append(append([]float64{}, base...), more...), wantVals: more},
+		{name: "cur coarser (range grew)", prev: base, cur: append(append([]float64{}, base...), append(more, wide...)...), wantVals: append(append([]float64{}, more...), wide...)},
+		{name: "cur finer (producer changed scale)", prev: base, cur: append(append([]float64{}, base...), more...), curScale: 20, wantVals: more},
+		{name: "reset: fewer observations", prev: append(append([]float64{}, base...), more...), cur: []float64{0.5, 0.6}, wantVals: []float64{0.5, 0.6}},
+		{name: "reset: same count, a bucket went down", prev: []float64{1, 2}, cur: []float64{1, 4}, wantVals: []float64{1, 4}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, PipelineConfig{})
+			prev := newHist(tc.prev...)
+			if tc.name == "cur finer (producer changed scale)" {
+				prev = histogram.New(160, 3)
+				for _, v := range tc.prev {
+					prev.Record(v)
+				}
+			}
+			h.consume(histSeries(metric.Cumulative, hpt(10*time.Second, prev)))
+			h.consume(histSeries(metric.Cumulative, hpt(20*time.Second, newHist(tc.cur...))))
+			h.at(2 * time.Minute)
+			ws := h.take()
+			if len(ws) != 1 {
+				t.Fatalf("%d windows", len(ws))
+			}
+			a := find(ws[0], "latency")
+			if a == nil || a.Hist == nil {
+				t.Fatal("histogram missing")
+			}
+			want := newHist(tc.wantVals...)
+			if a.Hist.Count() != want.Count() || a.Count != want.Count() {
+				t.Fatalf("delta count = %d (agg %d), want %d", a.Hist.Count(), a.Count, want.Count())
+			}
+			if math.Abs(a.Hist.Sum()-want.Sum()) > 1e-9 {
+				t.Errorf("delta sum = %v, want %v", a.Hist.Sum(), want.Sum())
+			}
+			// Buckets: the expected observations at the delta's scale.
+			if want.Scale() > a.Hist.Scale() {
+				want.Downscale(want.Scale() - a.Hist.Scale())
+			}
+			gd, wd := a.Hist.Data(), want.Data()
+			if gd.Scale != wd.Scale || !equalBuckets(gd.Positive, wd.Positive) || gd.ZeroCount != wd.ZeroCount {
+				t.Errorf("delta buckets = scale %d %+v, want scale %d %+v", gd.Scale, gd.Positive, wd.Scale, wd.Positive)
+			}
+			if a.Hist.Max() < want.Max()*(1-1e-9) || a.Hist.Min() > want.Min()*(1+1e-9) {
+				t.Errorf("delta min/max = %v/%v, must cover %v/%v", a.Hist.Min(), a.Hist.Max(), want.Min(), want.Max())
+			}
+		})
+	}
+}
+
+func equalBuckets(a, b histogram.Buckets) bool {
+	if len(a.Counts) != len(b.Counts) || (len(a.Counts) > 0 && a.Offset != b.Offset) {
+		return false
+	}
+	for i := range a.Counts {
+		if a.Counts[i] != b.Counts[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestDeltaHistogramsMerge(t *testing.T) {
+	h := newHarness(t, PipelineConfig{})
+	h.consume(histSeries(metric.Delta, hpt(time.Second, newHist(1, 2, 3))))
+	h.at(62 * time.Second)
+	h.consume(histSeries(metric.Delta, hpt(2*time.Second, newHist(4, 5)), hpt(61*time.Second, newHist(6))))
+	h.at(3 * time.Minute)
+	ws := h.take()
+	if len(ws) != 2 {
+		t.Fatalf("%d windows", len(ws))
+	}
+	if a := find(ws[0], "latency"); a.Hist.Count() != 5 || a.Hist.Sum() != 15 || a.Hist.Max() != 5 {
+		t.Errorf("window 0: count %d sum %v max %v", a.Hist.Count(), a.Hist.Sum(), a.Hist.Max())
+	}
+	if a := find(ws[1], "latency"); a.Hist.Count() != 1 {
+		t.Errorf("window 1: count %d", a.Hist.Count())
+	}
+}
+
+// A histogram handed out in an emitted window must not change when a late
+// point updates the window (copy on write).
+func TestEmittedHistogramIsNotMutated(t *testing.T) {
+	h := newHarness(t, PipelineConfig{})
+	h.consume(histSeries(metric.Delta, hpt(time.Second, newHist(1, 2))))
+	h.at(65 * time.Second)
+	first := find(h.take()[0], "latency").Hist
+	h.consume(histSeries(metric.Delta, hpt(2*time.Second, newHist(3))))
+	h.at(66 * time.Second)
+	second := find(h.take()[0], "latency").Hist
+	if first.Count() != 2 || second.Count() != 3 {
+		t.Errorf("counts first %d second %d, want 2 and 3", first.Count(), second.Count())
+	}
+}
+
+func TestErrorRatioFolding(t *testing.T) {
+	keep := []RuleConfig{{KeepAttributes: &KeepAttributesRule{Metric: "*", Keys: []string{"http.route"}}}}
+	h := newHarness(t, PipelineConfig{Rules: keep})
+	mk := func(status string, vs ...float64) metric.Series {
+		return metric.Series{Name: "http.server.request.duration", Kind: metric.Histogram, Temporality: metric.Delta,
+			Attrs: attrsOf("http.route", "/a", "http.response.status_code", status), Points: []metric.Point{hpt(time.Second, newHist(vs...))}}
+	}
+	h.consume(mk("200", 0.1, 0.2, 0.3), mk("503", 1, 2), mk("404", 0.1))
+	// Prometheus-style counter with a code label; and one without any status.
+	prom := func(code string, v float64) metric.Series {
+		return metric.Series{Name: "http_requests_total", Kind: metric.Counter, Temporality: metric.Delta,
+			Attrs: attrsOf("http.route", "/b", "code", code), Points: []metric.Point{pt(time.Second, v)}}
+	}
+	h.consume(prom("200", 10), prom("500", 3), prom("5xx", 1))
+	h.consume(metric.Series{Name: "untracked", Kind: metric.Counter, Temporality: metric.Delta,
+		Attrs: attrsOf("http.route", "/c"), Points: []metric.Point{pt(time.Second, 1)}})
+	h.consume(metric.Series{Name: "otel.errors", Kind: metric.Counter, Temporality: metric.Delta,
+		Attrs: attrsOf("http.route", "/d", "error.type", "timeout"), Points: []metric.Point{pt(time.Second, 2)}})
+	h.at(2 * time.Minute)
+	w := h.take()[0]
+	for _, tc := range []struct {
+		name, route string
+		count, errs uint64
+		tracked     bool
+		sum         float64
+	}{
+		{"http.server.request.duration", "/a", 6, 2, true, 0},
+		{"http_requests_total", "/b", 3, 4, true, 14},
+		{"untracked", "/c", 1, 0, false, 1},
+		{"otel.errors", "/d", 1, 2, true, 2},
+	} {
+		a := find(w, tc.name, "http.route", tc.route)
+		if a == nil {
+			t.Errorf("%s: missing; have %+v", tc.name, w.Series)
+			continue
+		}
+		if a.Kind == metric.Histogram && a.Hist.Count() != tc.count {
+			t.Errorf("%s: count %d, want %d", tc.name, a.Hist.Count(), tc.count)
+		}
+		if a.Kind == metric.Counter && a.Sum != tc.sum {
+			t.Errorf("%s: sum %v, want %v", tc.name, a.Sum, tc.sum)
+		}
+		if a.ErrorCount != tc.errs || a.ErrorTracked != tc.tracked {
+			t.Errorf("%s: errors %d tracked %v, want %d %v", tc.name, a.ErrorCount, a.ErrorTracked, tc.errs, tc.tracked)
+		}
+	}
+}
+
+func TestExemplarChoice(t *testing.T) {
+	h := newHarness(t, PipelineConfig{Quantiles: []float64{0.5, 0.99}})
+	hist := histogram.New(160, 20)
+	for i := 1; i <= 100; i++ {
+		hist.Record(float64(i))
+	}
+	var exs []metric.Exemplar
+	for _, v := range []float64{3, 40, 52, 70, 99, 100, 120} {
+		exs = append(exs, metric.Exemplar{TraceID: [16]byte{byte(v)}, Value: v, Time: t0.Add(time.Second), Attrs: attrsOf("k", "v")})
+	}
+	p := hpt(time.Second, hist)
+	p.Exemplars = exs
+	h.consume(histSeries(metric.Delta, p))
+	exs[0].Attrs[0].Value = "mutated" // the pipeline must not keep the caller's slices
+	h.at(2 * time.Minute)
+	a := find(h.take()[0], "latency")
+	var got []float64
+	for _, e := range a.Exemplars {
+		got = append(got, e.Value)
+	}
+	// Candidates keep the largest per power of two: 3, 40→52? no: 40 and 52
+	// share [32,64) so 52 stays; 70, 99, 100 share [64,128) with 120, so 120.
+	// Max: 120. p50 ≈ 50 → smallest candidate ≥ p50 is 52. p99 ≈ 99 → 120.
+	if len(got) != 2 || got[0] != 52 || got[1] != 120 {
+		t.Errorf("exemplars = %v, want [52 120]", got)
+	}
+	for _, e := range a.Exemplars {
+		if v, _ := e.Attrs.Get("k"); v != "v" {
+			t.Errorf("exemplar attrs changed with the caller's batch: %v", e.Attrs)
+		}
+	}
+}
+
+func TestExemplarCandidatesBounded(t *testing.T) {
+	var a agg
+	for i := range 1000 {
+		e := metric.Exemplar{Value: math.Ldexp(1, i%60) * 1.5}
+		a.addExemplar(&e)
+	}
+	if len(a.cands) > maxCandidates {
+		t.Fatalf("%d candidates kept", len(a.cands))
+	}
+	top := a.exemplars(nil)
+	if len(top) != 1 || top[0].Value != math.Ldexp(1, 59)*1.5 {
+		t.Errorf("max exemplar = %v", top)
+	}
+}
+
+func TestConcurrentConsume(t *testing.T) {
+	h := newHarness(t, PipelineConfig{Window: time.Second})
+	h.at(1500 * time.Millisecond)
+	const workers, batches, series = 4, 50, 20
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for b := range batches {
+				var ss []metric.Series
+				for s := range series {
+					ss = append(ss, metric.Series{Name: "c", Kind: metric.Counter, Temporality: metric.Delta,
+						Attrs:  attrsOf("s", string(rune('a'+s))),
+						Points: []metric.Point{pt(time.Duration(b%3)*time.Second, 1)}})
+					ss = append(ss, histSeries(metric.Delta, hpt(time.Duration(b%3)*time.Second, newHist(float64(w+1)))))
+				}
+				if err := h.p.Consume(context.Background(), metric.Batch{Source: "src", Series: ss}); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for i := range 20 {
+			h.p.tick(t0.Add(1500*time.Millisecond + time.Duration(i)*100*time.Millisecond))
+		}
+	})
+	wg.Wait()
+	h.p.Flush()
+	// Re-emissions repeat a window whole; count each window's last revision.
+	last := map[time.Time]*metric.Window{}
+	for _, w := range h.take() {
+		if l := last[w.Start]; l == nil || w.Revision > l.Revision {
+			last[w.Start] = w
+		}
+	}
+	var total float64
+	var hcount uint64
+	for _, w := range last {
+		for _, a := range w.Series {
+			if a.Kind == metric.Counter {
+				total += a.Sum
+			} else {
+				hcount += a.Hist.Count()
+			}
+		}
+	}
+	if total != workers*batches*series || hcount != workers*batches*series {
+		t.Errorf("counter total %v, histogram count %d; want %d each", total, hcount, workers*batches*series)
+	}
+}
+
+func TestBackpressure(t *testing.T) {
+	h := newHarness(t, PipelineConfig{MaxPendingPoints: 10})
+	batch := func(n int) metric.Batch {
+		var ss []metric.Series
+		for i := range n {
+			ss = append(ss, metric.Series{Name: "g", Kind: metric.Gauge, Attrs: attrsOf("i", string(rune('a'+i))), Points: []metric.Point{pt(0, 1)}})
+		}
+		return metric.Batch{Source: "x", Series: ss}
+	}
+	// Alone, even an oversized batch is accepted.
+	if err := h.p.Consume(context.Background(), batch(20)); err != nil {
+		t.Fatalf("lone batch: %v", err)
+	}
+	// With 8 points in flight elsewhere, 5 more exceed the bound.
+	h.p.pending.Add(8)
+	err := h.p.Consume(context.Background(), batch(5))
+	if !errors.Is(err, metric.ErrFull) {
+		t.Fatalf("err = %v, want ErrFull", err)
+	}
+	if err := h.p.Consume(context.Background(), batch(2)); err != nil {
+		t.Fatalf("within bound: %v", err)
+	}
+	h.p.pending.Add(-8)
+	if got := metricValue(h.p.m.rejected); got != 1 {
+		t.Errorf("rejected = %v", got)
+	}
+}
+
+func TestReloadAppliesFromNextWindow(t *testing.T) {
+	h := newHarness(t, PipelineConfig{})
+	mk := func(at time.Duration) metric.Series {
+		return metric.Series{Name: "old", Kind: metric.Counter, Temporality: metric.Delta, Points: []metric.Point{pt(at, 1)}}
+	}
+	h.at(10 * time.Second)
+	h.consume(mk(10 * time.Second))
+	err := h.p.Reload(PipelineConfig{Window: time.Minute, Lateness: 5 * time.Minute,
+		Rules: []RuleConfig{{RenameMetric: &RenameMetricRule{From: "old", To: "new"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.consume(mk(20*time.Second), mk(70*time.Second))
+	h.at(3 * time.Minute)
+	ws := h.take()
+	if len(ws) != 2 || ws[0].Series[0].Name != "old" || ws[0].Series[0].Sum != 2 || ws[1].Series[0].Name != "new" {
+		t.Fatalf("windows after reload: %+v", ws)
+	}
+	if err := h.p.Reload(PipelineConfig{Window: time.Second}); err == nil || !strings.Contains(err.Error(), "restart") {
+		t.Errorf("window change on reload: err = %v", err)
+	}
+	bad := []RuleConfig{{ReplacePattern: &ReplacePatternRule{Attribute: "a", Pattern: "("}}}
+	if err := h.p.Reload(PipelineConfig{Window: time.Minute, Rules: bad}); err == nil {
+		t.Error("invalid rule accepted on reload")
+	}
+}
+
+func TestStaleSeriesForgotten(t *testing.T) {
+	h := newHarness(t, PipelineConfig{Lateness: time.Minute})
+	h.consume(counter(metric.Cumulative, pt(0, 5)))
+	h.at(5 * time.Minute)
+	if len(h.p.raw) != 1 {
+		t.Fatalf("raw series = %d", len(h.p.raw))
+	}
+	h.at(13 * time.Minute) // > 2×lateness + 10m of silence
+	if len(h.p.raw) != 0 {
+		t.Fatalf("stale series kept: %d", len(h.p.raw))
+	}
+}
+
+func TestMaxWindowSeries(t *testing.T) {
+	h := newHarness(t, PipelineConfig{MaxWindowSeries: 3})
+	for i := range 5 {
+		h.consume(metric.Series{Name: "g", Kind: metric.Gauge, Attrs: attrsOf("i", string(rune('a'+i))), Points: []metric.Point{pt(0, 1)}})
+	}
+	h.at(2 * time.Minute)
+	if ws := h.take(); len(ws[0].Series) != 3 || h.dropped(DropSeriesLimit) != 2 {
+		t.Errorf("series %d, dropped %v", len(ws[0].Series), h.dropped(DropSeriesLimit))
+	}
+}
+
+func TestResourceMergedUnderSeries(t *testing.T) {
+	h := newHarness(t, PipelineConfig{Resource: attrsOf("service.name", "agent", "cloud.region", "asia-northeast1")})
+	h.consume(metric.Series{Name: "g", Kind: metric.Gauge, Resource: attrsOf("service.name", "app"), Points: []metric.Point{pt(0, 1)}})
+	h.at(2 * time.Minute)
+	a := h.take()[0].Series[0]
+	if !a.Resource.Equal(attrsOf("service.name", "app", "cloud.region", "asia-northeast1")) {
+		t.Errorf("resource = %v", a.Resource)
+	}
+}
+
+func TestNewPipelineRejectsBadConfig(t *testing.T) {
+	for _, cfg := range []PipelineConfig{
+		{Window: 500 * time.Millisecond},
+		{Window: 1500 * time.Millisecond},
+		{Window: time.Minute, Lateness: -1},
+		{Window: time.Minute, Quantiles: []float64{1.5}},
+		{Window: time.Minute, Rules: []RuleConfig{{}}},
+	} {
+		if _, err := NewPipeline(cfg, Settings{}); err == nil {
+			t.Errorf("NewPipeline(%+v) accepted", cfg)
+		}
+	}
+}
+
+// metricValue reads a counter or gauge (the sum over its series).
+func metricValue(c prometheus.Collector) float64 {
+	ch := make(chan prometheus.Metric, 64)
+	c.Collect(ch)
+	close(ch)
+	var v float64
+	for m := range ch {
+		var d dto.Metric
+		if err := m.Write(&d); err != nil {
+			panic(err)
+		}
+		switch {
+		case d.Counter != nil:
+			v += d.Counter.GetValue()
+		case d.Gauge != nil:
+			v += d.Gauge.GetValue()
+		}
+	}
+	return v
+}
