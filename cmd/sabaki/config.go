@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -54,13 +55,60 @@ type exporterEntry struct {
 // rawConfig is the top level of the file: known sections, kept as nodes so
 // each is decoded strictly on its own (and lists by their `type`).
 type rawConfig struct {
-	Agent     *yaml.Node   `yaml:"agent"`
-	Resource  *yaml.Node   `yaml:"resource"`
-	Sources   []*yaml.Node `yaml:"sources"`
-	Rules     []*yaml.Node `yaml:"rules"`
-	Histogram *yaml.Node   `yaml:"histogram"`
-	Retention []*yaml.Node `yaml:"retention"`
-	Exporters []*yaml.Node `yaml:"exporters"`
+	Agent, Resource, Histogram           *yaml.Node
+	Sources, Rules, Retention, Exporters []*yaml.Node
+}
+
+var sections = []string{"agent", "resource", "sources", "rules", "histogram", "retention", "exporters"}
+
+// splitSections sorts the top-level keys of doc into raw, reporting unknown
+// keys (with a suggestion) and lists that are not lists.
+func splitSections(doc *yaml.Node, raw *rawConfig) config.Problems {
+	var ps config.Problems
+	list := func(k, v *yaml.Node) []*yaml.Node {
+		switch v.Kind {
+		case yaml.SequenceNode:
+			return v.Content
+		case yaml.ScalarNode:
+			if v.Tag == "!!null" {
+				return nil
+			}
+		}
+		ps = append(ps, config.Problem{Line: v.Line, Col: v.Column, Path: k.Value, Msg: "must be a list (- type: ...)"})
+		return nil
+	}
+	for i := 0; i+1 < len(doc.Content); i += 2 {
+		k, v := doc.Content[i], doc.Content[i+1]
+		if v.Kind == yaml.AliasNode {
+			v = v.Alias
+		}
+		switch k.Value {
+		case "agent":
+			raw.Agent = v
+		case "resource":
+			raw.Resource = v
+		case "histogram":
+			raw.Histogram = v
+		case "sources":
+			raw.Sources = list(k, v)
+		case "rules":
+			raw.Rules = list(k, v)
+		case "retention":
+			raw.Retention = list(k, v)
+			if raw.Retention == nil {
+				raw.Retention = []*yaml.Node{}
+			}
+		case "exporters":
+			raw.Exporters = list(k, v)
+		default:
+			msg := fmt.Sprintf("unknown key %q", k.Value)
+			if s := suggest(k.Value, sections); s != "" {
+				msg += fmt.Sprintf(" (did you mean %q?)", s)
+			}
+			ps = append(ps, config.Problem{Line: k.Line, Col: k.Column, Path: k.Value, Msg: msg})
+		}
+	}
+	return ps
 }
 
 // defaultConfigName is how messages name the embedded default config.
@@ -112,7 +160,7 @@ func parseConfig(file string, data []byte, lookup func(string) (string, bool), i
 	}
 
 	var raw rawConfig
-	ps := config.Decode(doc, "", &raw)
+	ps := splitSections(doc, &raw)
 	if len(ps) > 0 {
 		ps.Sort()
 		return nil, ps
@@ -134,8 +182,8 @@ func parseConfig(file string, data []byte, lookup func(string) (string, bool), i
 		ps = append(ps, config.Decode(n, fmt.Sprintf("rules[%d]", i), &r)...)
 		cfg.Rules = append(cfg.Rules, r)
 	}
-	if raw.Retention == nil {
-		cfg.Retention = store.DefaultRetention()
+	if raw.Retention == nil { // absent; an empty list is reported by crossCheck
+		cfg.Retention = defaultRetention(cfg.Agent.Window.D())
 	}
 	for i, n := range raw.Retention {
 		var t store.TierConfig
@@ -388,6 +436,23 @@ func addCredentialedDefaults(doc *yaml.Node, lookup func(string) (string, bool))
 			add("exporters", "type: mackerel\napi_key: ${MACKEREL_APIKEY}\n")
 		}
 	}
+}
+
+// defaultRetention is store.DefaultRetention with its first tier's
+// resolution set to the agent's window (the store keeps what the pipeline
+// emits), dropping the coarser default tiers that are not multiples of it.
+func defaultRetention(window time.Duration) []store.TierConfig {
+	tiers := store.DefaultRetention()
+	if window <= 0 || tiers[0].Resolution.D() == window {
+		return tiers
+	}
+	out := []store.TierConfig{{Resolution: config.Duration(window), Keep: tiers[0].Keep}}
+	for _, t := range tiers[1:] {
+		if t.Resolution.D() > window && t.Resolution.D()%window == 0 {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // formatProblem renders p as FILE:LINE:COL: path: message, or FILE: message
