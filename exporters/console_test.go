@@ -31,7 +31,7 @@ func consoleWindow() *metric.Window {
 			{Name: "go_goroutines", Kind: metric.Gauge, Last: 12, Min: 10, Max: 14, Sum: 48, Count: 4},
 			{Name: "process_open_fds", Kind: metric.Gauge, Last: 9, Min: 9, Max: 9, Sum: 9, Count: 1},
 			{Name: "http.server.request.duration", Unit: "s", Kind: metric.Histogram,
-				Hist: histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale),
+				Hist:  histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale),
 				Attrs: metric.Attrs{{Key: "http.route", Value: "/idle"}}},
 		},
 	}
