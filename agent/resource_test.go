@@ -58,9 +58,9 @@ func TestDetectResource(t *testing.T) {
 		want     metric.Attrs
 	}{
 		{
-			name: "cloud run service: env and metadata",
-			cfg:  ResourceConfig{Detect: []string{"env", "gcp"}},
-			env:  map[string]string{"K_SERVICE": "toitta", "K_REVISION": "toitta-00042-abc", "K_CONFIGURATION": "toitta"},
+			name:     "cloud run service: env and metadata",
+			cfg:      ResourceConfig{Detect: []string{"env", "gcp"}},
+			env:      map[string]string{"K_SERVICE": "toitta", "K_REVISION": "toitta-00042-abc", "K_CONFIGURATION": "toitta"},
 			metadata: cloudRun,
 			want: attrsOf("service.name", "toitta", "faas.name", "toitta", "service.version", "toitta-00042-abc",
 				"faas.version", "toitta-00042-abc", "gcp.cloud_run.configuration", "toitta", "cloud.provider", "gcp",
