@@ -1,0 +1,163 @@
+package store
+
+import (
+	"math"
+	"math/rand/v2"
+	"reflect"
+	"testing"
+
+	"github.com/sabakiio/sabaki/histogram"
+	"github.com/sabakiio/sabaki/metric"
+)
+
+func latencyHist(r *rand.Rand, n int) *histogram.Histogram {
+	h := histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+	for range n {
+		h.Record(math.Exp(r.NormFloat64()*0.6 - 2.5)) // median ~82 ms
+	}
+	return h
+}
+
+func TestChunkRoundTrip(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	mk := func(n int, f func(i int, p *point)) []point {
+		pts := make([]point, n)
+		for i := range pts {
+			pts[i].start = 1_700_000_040 + int64(i)*60
+			f(i, &pts[i])
+		}
+		return pts
+	}
+	tests := []struct {
+		name string
+		kind metric.Kind
+		pts  []point
+	}{
+		{"counter ints", metric.Counter, mk(120, func(i int, p *point) { p.sum = float64(1000 + r.IntN(100)); p.count = 3 })},
+		{"counter zero", metric.Counter, mk(120, func(i int, p *point) {})},
+		{"counter floats with errors", metric.Counter, mk(50, func(i int, p *point) {
+			p.sum = r.Float64() * 1e6
+			p.errCount, p.errTracked = uint64(r.IntN(3)), true
+		})},
+		{"counter NaN and Inf", metric.Counter, mk(4, func(i int, p *point) { p.sum = []float64{math.NaN(), math.Inf(1), -0.0, 5e-324}[i] })},
+		{"gauge one sample", metric.Gauge, mk(120, func(i int, p *point) {
+			v := float64(r.IntN(8))
+			p.sum, p.count, p.last, p.min, p.max = v, 1, v, v, v
+		})},
+		{"gauge decimals", metric.Gauge, mk(120, func(i int, p *point) {
+			v := float64(r.IntN(10000)) / 100
+			p.sum, p.count, p.last, p.min, p.max = v*4, 4, v, v-1, v+1.5
+		})},
+		{"gauge random", metric.Gauge, mk(120, func(i int, p *point) {
+			p.sum, p.count, p.last, p.min, p.max = r.Float64(), 4, r.Float64(), -r.Float64(), r.ExpFloat64()
+		})},
+		{"gaps", metric.Counter, []point{{start: 60, sum: 1}, {start: 180, sum: 2}, {start: 7140, sum: 3}}},
+		{"histograms", metric.Histogram, mk(120, func(i int, p *point) {
+			p.h = toHData(latencyHist(r, 200))
+			p.errCount, p.errTracked = uint64(r.IntN(3)), true
+		})},
+		{"histograms with empties and negatives", metric.Histogram, mk(30, func(i int, p *point) {
+			h := histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+			for j := range i % 4 * 50 {
+				h.Record(r.NormFloat64() * float64(j))
+			}
+			h.Record(0)
+			p.h = toHData(h)
+		})},
+		{"one point", metric.Histogram, mk(1, func(i int, p *point) { p.h = toHData(latencyHist(r, 5)) })},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := encodeChunk(nil, tc.kind, 60, tc.pts)
+			kind, got, err := decodeChunk(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kind != tc.kind {
+				t.Errorf("kind %v, want %v", kind, tc.kind)
+			}
+			if len(got) != len(tc.pts) {
+				t.Fatalf("%d points, want %d", len(got), len(tc.pts))
+			}
+			for i := range got {
+				if !samePoint(got[i], tc.pts[i]) {
+					t.Fatalf("point %d:\n got %+v %+v\nwant %+v %+v", i, got[i], got[i].h, tc.pts[i], tc.pts[i].h)
+				}
+			}
+			t.Logf("%d points, %d bytes, %.2f B/point", len(got), len(b), float64(len(b))/float64(len(got)))
+		})
+	}
+}
+
+// samePoint compares bit for bit (NaN equals NaN, -0 differs from 0).
+func samePoint(a, b point) bool {
+	fs := func(p point) []uint64 {
+		return []uint64{math.Float64bits(p.sum), math.Float64bits(p.last), math.Float64bits(p.min), math.Float64bits(p.max)}
+	}
+	if a.start != b.start || a.count != b.count || a.errCount != b.errCount || a.errTracked != b.errTracked || !reflect.DeepEqual(fs(a), fs(b)) {
+		return false
+	}
+	if (a.h == nil) != (b.h == nil) {
+		return false
+	}
+	if a.h == nil {
+		return true
+	}
+	x, y := *a.h, *b.h
+	norm := func(b *buckets) {
+		if len(b.counts) == 0 {
+			*b = buckets{}
+		}
+	}
+	norm(&x.pos)
+	norm(&x.neg)
+	norm(&y.pos)
+	norm(&y.neg)
+	return x.scale == y.scale && math.Float64bits(x.zeroThreshold) == math.Float64bits(y.zeroThreshold) &&
+		x.zeroCount == y.zeroCount && x.count == y.count && math.Float64bits(x.sum) == math.Float64bits(y.sum) &&
+		math.Float64bits(x.min) == math.Float64bits(y.min) && math.Float64bits(x.max) == math.Float64bits(y.max) &&
+		reflect.DeepEqual(x.pos, y.pos) && reflect.DeepEqual(x.neg, y.neg)
+}
+
+func FuzzDecodeChunk(f *testing.F) {
+	r := rand.New(rand.NewPCG(3, 4))
+	f.Add(encodeChunk(nil, metric.Counter, 60, []point{{start: 60, sum: 3}, {start: 120, sum: 4}}))
+	f.Add(encodeChunk(nil, metric.Gauge, 60, []point{{start: 60, sum: 3, last: 1.5, count: 2}}))
+	f.Add(encodeChunk(nil, metric.Histogram, 60, []point{{start: 60, h: toHData(latencyHist(r, 50))}, {start: 120, h: toHData(latencyHist(r, 50))}}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		kind, pts, err := decodeChunk(b)
+		if err != nil {
+			return
+		}
+		// Whatever decodes must re-encode to something that decodes the same.
+		if len(pts) > 0 {
+			res := int64(1)
+			for _, p := range pts[1:] {
+				if p.start <= pts[0].start {
+					return
+				}
+			}
+			_, again, err := decodeChunk(encodeChunk(nil, kind, res, pts))
+			if err != nil || len(again) != len(pts) {
+				t.Fatalf("re-encode: %v, %d points want %d", err, len(again), len(pts))
+			}
+		}
+	})
+}
+
+func TestHistogramConversion(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	h := latencyHist(r, 1000)
+	back, err := toHData(h).histogram()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []float64{0.5, 0.9, 0.99} {
+		if a, b := h.Quantile(q), back.Quantile(q); a != b {
+			t.Errorf("p%v: %v after round trip, want %v", q*100, b, a)
+		}
+	}
+	if h.Count() != back.Count() || h.Sum() != back.Sum() || h.Min() != back.Min() || h.Max() != back.Max() {
+		t.Errorf("summary changed: %v %v %v %v vs %v %v %v %v", back.Count(), back.Sum(), back.Min(), back.Max(), h.Count(), h.Sum(), h.Min(), h.Max())
+	}
+}

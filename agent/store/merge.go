@@ -1,0 +1,134 @@
+package store
+
+import (
+	"math"
+
+	"github.com/sabakiio/sabaki/histogram"
+	"github.com/sabakiio/sabaki/metric"
+)
+
+// Agg is the merge of stored points: the same fields as metric.Aggregate.
+//
+// Over time (the windows of one series in a step or rollup slot): Sum, Count
+// and ErrorCount add; Min and Max are the extremes; Last is the latest
+// window's Last; Hist is the exact merge of the windows' histograms.
+// Across series (a -group-by row): the same, except that Last is the sum of
+// each series' Last (the total across instances of, say, memory in use).
+type Agg struct {
+	Sum   float64
+	Count uint64
+	Last  float64
+	Min   float64
+	Max   float64
+	// Hist is nil for counters and gauges.
+	Hist         *histogram.Histogram
+	ErrorCount   uint64
+	ErrorTracked bool
+	// Exemplars is filled by Store.Exemplars only; Query leaves it empty.
+	Exemplars []metric.Exemplar
+}
+
+// merger folds points of one kind.
+type merger struct {
+	kind      metric.Kind
+	agg       Agg
+	n         int
+	lastStart int64
+}
+
+func newMerger(kind metric.Kind) *merger {
+	return &merger{kind: kind, agg: Agg{Min: math.Inf(1), Max: math.Inf(-1)}}
+}
+
+// addPoint folds one stored window of the series.
+func (m *merger) addPoint(p *point) error {
+	a := &m.agg
+	a.ErrorCount += p.errCount
+	a.ErrorTracked = a.ErrorTracked || p.errTracked
+	switch m.kind {
+	case metric.Counter:
+		a.Sum += p.sum
+		a.Count += p.count
+	case metric.Gauge:
+		a.Sum += p.sum
+		a.Count += p.count
+		a.Min = math.Min(a.Min, p.min)
+		a.Max = math.Max(a.Max, p.max)
+		if m.n == 0 || p.start >= m.lastStart {
+			a.Last, m.lastStart = p.last, p.start
+		}
+	case metric.Histogram:
+		if p.h == nil {
+			break
+		}
+		h, err := p.h.histogram()
+		if err != nil {
+			return err
+		}
+		if a.Hist == nil {
+			a.Hist = h
+		} else {
+			a.Hist.Merge(h)
+		}
+		a.Count = a.Hist.Count()
+		a.Sum = a.Hist.Sum()
+		a.Min, a.Max = a.Hist.Min(), a.Hist.Max()
+	}
+	m.n++
+	return nil
+}
+
+// addSeries folds another series' merge (across series: Last adds up).
+func (m *merger) addSeries(o *Agg) {
+	a := &m.agg
+	a.ErrorCount += o.ErrorCount
+	a.ErrorTracked = a.ErrorTracked || o.ErrorTracked
+	switch m.kind {
+	case metric.Counter:
+		a.Sum += o.Sum
+		a.Count += o.Count
+	case metric.Gauge:
+		a.Sum += o.Sum
+		a.Count += o.Count
+		a.Min = math.Min(a.Min, o.Min)
+		a.Max = math.Max(a.Max, o.Max)
+		a.Last += o.Last
+	case metric.Histogram:
+		if o.Hist == nil {
+			break
+		}
+		if a.Hist == nil {
+			a.Hist = o.Hist.Clone()
+		} else {
+			a.Hist.Merge(o.Hist)
+		}
+		a.Count = a.Hist.Count()
+		a.Sum = a.Hist.Sum()
+		a.Min, a.Max = a.Hist.Min(), a.Hist.Max()
+	}
+	m.n++
+}
+
+// result returns the merge; Min and Max are 0 when nothing was merged.
+func (m *merger) result() Agg {
+	a := m.agg
+	if m.kind == metric.Counter || m.n == 0 || (m.kind == metric.Histogram && a.Count == 0) {
+		a.Min, a.Max = 0, 0
+	}
+	return a
+}
+
+// point returns the merge as a stored point for a rollup slot.
+func (m *merger) point(start int64) point {
+	a := m.result()
+	p := point{start: start, sum: a.Sum, count: a.Count, last: a.Last, min: a.Min, max: a.Max,
+		errCount: a.ErrorCount, errTracked: a.ErrorTracked}
+	if m.kind == metric.Histogram {
+		if a.Hist != nil {
+			p.h = toHData(a.Hist)
+		} else {
+			p.h = &hdata{}
+		}
+	}
+	return p
+}

@@ -1,0 +1,159 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/sabakiio/sabaki/metric"
+)
+
+// selection picks series: an explicit sorted ID list, or an ID range
+// [lo, hi] (maintenance walks the ID space in slices to bound memory).
+type selection struct {
+	ids    []int64
+	lo, hi int64
+}
+
+// sql returns the condition on column series and its arguments, one per
+// batch of at most 500 IDs.
+func (sel selection) parts() []struct {
+	cond string
+	args []any
+} {
+	type part = struct {
+		cond string
+		args []any
+	}
+	if sel.ids == nil {
+		return []part{{"series BETWEEN ? AND ?", []any{sel.lo, sel.hi}}}
+	}
+	var out []part
+	for b := 0; b < len(sel.ids); b += 500 {
+		ids := sel.ids[b:min(b+500, len(sel.ids))]
+		args := make([]any, len(ids))
+		for i, id := range ids {
+			args[i] = id
+		}
+		out = append(out, part{"series IN (" + placeholders(len(ids)) + ")", args})
+	}
+	return out
+}
+
+type seriesPoints struct {
+	kind metric.Kind
+	pts  []point
+}
+
+type rowQuerier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// scan returns the points of the selected series in tier with window start
+// in [from, to), merging closed chunks and the head (a head row wins over a
+// chunk point for the same window: it is the newer write).
+func (s *Store) scan(ctx context.Context, q rowQuerier, tier int, from, to int64, sel selection) (map[int64]*seriesPoints, error) {
+	out := map[int64]*seriesPoints{}
+	if from >= to {
+		return out, nil
+	}
+	if sel.ids != nil && len(sel.ids) == 0 {
+		return out, nil
+	}
+	ti := s.tiers[tier]
+	add := func(id int64, data []byte, where string) error {
+		kind, pts, err := decodeChunk(data)
+		if err != nil {
+			return fmt.Errorf("%s of series %d: %w", where, id, err)
+		}
+		sp := out[id]
+		if sp == nil {
+			sp = &seriesPoints{kind: kind}
+			out[id] = sp
+		}
+		for _, p := range pts {
+			if p.start >= from && p.start < to {
+				sp.pts = append(sp.pts, p)
+			}
+		}
+		return nil
+	}
+	parts := sel.parts()
+	// Closed chunks and head rows: walk the distinct starts in range by
+	// seeking (chunk starts are multiples of the span, head starts of the
+	// resolution), then fetch the selected series at each start. This never
+	// scans the time range for all series.
+	for _, t := range []struct {
+		table string
+		from  int64
+	}{{"chunks", alignDown(from, ti.span)}, {"head", from}} {
+		cur := t.from - 1
+		for {
+			var next sql.NullInt64
+			if err := q.QueryRowContext(ctx, `SELECT min(start) FROM `+t.table+` WHERE tier = ? AND start > ? AND start < ?`, tier, cur, to).Scan(&next); err != nil {
+				return nil, err
+			}
+			if !next.Valid {
+				break
+			}
+			cur = next.Int64
+			for _, p := range parts {
+				if err := s.queryBlobs(ctx, q, `SELECT series, data FROM `+t.table+` WHERE tier = ? AND start = ? AND `+p.cond, tier, cur, p.args, func(id int64, data []byte) error {
+					return add(id, data, fmt.Sprintf("%s %d/%d", t.table, tier, cur))
+				}); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	for _, sp := range out {
+		// Stable: for equal starts the head point (appended last) survives.
+		slices.SortStableFunc(sp.pts, func(a, b point) int { return cmpInt(a.start, b.start) })
+		w := 0
+		for i := range sp.pts {
+			if w > 0 && sp.pts[w-1].start == sp.pts[i].start {
+				sp.pts[w-1] = sp.pts[i]
+				continue
+			}
+			sp.pts[w] = sp.pts[i]
+			w++
+		}
+		sp.pts = sp.pts[:w]
+	}
+	return out, nil
+}
+
+func (s *Store) queryBlobs(ctx context.Context, q rowQuerier, query string, tier int, start int64, extra []any, fn func(id int64, data []byte) error) error {
+	args := append([]any{tier, start}, extra...)
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		var data []byte
+		if err := rows.Scan(&id, &data); err != nil {
+			return err
+		}
+		if err := fn(id, data); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+var errReadOnly = errors.New("store opened read-only")

@@ -1,0 +1,281 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/sabakiio/sabaki/metric"
+)
+
+// seriesID is the stable identity of a series: FNV-1a (64 bit) over name,
+// kind, resource and point attributes, each string terminated by a byte that
+// cannot occur in it unescaped. Unit and description are not part of it (a
+// producer fixing a description keeps its history). With 64 bits, an agent
+// with a million series has about a 1 in 30 million chance of any collision.
+func seriesID(name string, kind metric.Kind, resource, attrs metric.Attrs) int64 {
+	const offset, prime = 14695981039346656037, 1099511628211
+	h := uint64(offset)
+	str := func(s string) {
+		for i := 0; i < len(s); i++ {
+			h ^= uint64(s[i])
+			h *= prime
+		}
+		h ^= 0xff
+		h *= prime
+	}
+	str(name)
+	h ^= uint64(kind)
+	h *= prime
+	for _, a := range resource {
+		str(a.Key)
+		str(a.Value)
+	}
+	h ^= 0xfe
+	h *= prime
+	for _, a := range attrs {
+		str(a.Key)
+		str(a.Value)
+	}
+	return int64(h)
+}
+
+// tierFor returns the tier whose resolution is d.
+func (s *Store) tierFor(d time.Duration) (int, error) {
+	for i, t := range s.tiers {
+		if time.Duration(t.res)*time.Second == d {
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("window of %s matches no retention tier (first tier resolution %ds must equal agent.window)", d, s.tiers[0].res)
+}
+
+const (
+	headBatch     = 128 // rows per multi-row INSERT (5 parameters each)
+	exemplarBatch = 64  // 7 parameters each
+)
+
+func headInsertSQL(rows int) string {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO head(tier, start, series, rev, data) VALUES `)
+	for i := range rows {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(`(?,?,?,?,?)`)
+	}
+	// A re-emitted window replaces the values it carries; an older revision
+	// arriving late never overwrites a newer one.
+	b.WriteString(` ON CONFLICT(tier, start, series) DO UPDATE SET rev = excluded.rev, data = excluded.data WHERE excluded.rev >= head.rev`)
+	return b.String()
+}
+
+func exemplarInsertSQL(rows int) string {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO exemplars(start, series, trace_id, span_id, value, time, attrs) VALUES `)
+	for i := range rows {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(`(?,?,?,?,?,?,?)`)
+	}
+	return b.String()
+}
+
+// Write stores a closed window in one transaction: all of it or, on error,
+// none of it. The window's duration selects the tier (normally the first;
+// backfills may write coarser windows straight into a coarser tier). A window
+// re-emitted with late points (same start, higher Revision) replaces the
+// values and exemplars of every series it carries; a lower revision arriving
+// after a higher one is ignored. Windows older than a slot already rolled up
+// mark that slot for Maintain to redo.
+func (s *Store) Write(ctx context.Context, w *metric.Window) error {
+	if s.readOnly {
+		return errors.New("store opened read-only")
+	}
+	tier, err := s.tierFor(w.Duration)
+	if err != nil {
+		return err
+	}
+	ti := s.tiers[tier]
+	start := w.Start.Unix()
+	if w.Start.Nanosecond() != 0 || start%ti.res != 0 {
+		return fmt.Errorf("window start %s is not aligned to %ds", w.Start.UTC().Format(time.RFC3339Nano), ti.res)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.writeWindow(ctx, tier, start, w); err != nil {
+		return s.wrap(fmt.Sprintf("writing window %s", w.Start.UTC().Format(time.RFC3339)), err)
+	}
+	return nil
+}
+
+type headRow struct {
+	series int64
+	data   []byte
+}
+
+func (s *Store) writeWindow(ctx context.Context, tier int, start int64, w *metric.Window) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var seriesStmt *sql.Stmt
+	ti := s.tiers[tier]
+	rows := make([]headRow, 0, len(w.Series))
+	var exArgs []any
+	var ids []int64
+	buf := s.buf[:0]
+	skipped := 0
+	for i := range w.Series {
+		a := &w.Series[i]
+		if a.Kind < metric.Gauge || a.Kind > metric.Histogram || a.Name == "" {
+			skipped++
+			continue
+		}
+		id := seriesID(a.Name, a.Kind, a.Resource, a.Attrs)
+		if _, ok := s.known[id]; !ok {
+			if seriesStmt == nil {
+				seriesStmt, err = tx.PrepareContext(ctx, `INSERT INTO series(id, name, kind, unit, description, resource, attrs) VALUES(?,?,?,?,?,?,?)
+					ON CONFLICT(id) DO UPDATE SET unit = excluded.unit, description = excluded.description`)
+				if err != nil {
+					return err
+				}
+				defer seriesStmt.Close()
+			}
+			if _, err := seriesStmt.ExecContext(ctx, id, a.Name, int(a.Kind), a.Unit, a.Description, attrsJSON(a.Resource), attrsJSON(a.Attrs)); err != nil {
+				return fmt.Errorf("adding series %s: %w", a.Name, err)
+			}
+		}
+		p := pointOf(a, start)
+		off := len(buf)
+		buf = encodeChunk(buf, a.Kind, ti.res, []point{p})
+		rows = append(rows, headRow{series: id, data: buf[off:len(buf):len(buf)]})
+		ids = append(ids, id)
+		for _, e := range a.Exemplars {
+			exArgs = append(exArgs, start, id, e.TraceID[:], e.SpanID[:], e.Value, e.Time.UnixNano(), attrsJSON(e.Attrs))
+		}
+	}
+	// Slices of buf stay valid: buf may have grown (reallocated) meanwhile,
+	// but each row points into the array it was written to.
+	s.buf = buf
+	if err := s.insertHead(ctx, tx, tier, start, int64(w.Revision), rows); err != nil {
+		return err
+	}
+	if w.Revision > 0 && tier == 0 {
+		for b := 0; b < len(ids); b += 500 {
+			part := ids[b:min(b+500, len(ids))]
+			args := []any{start}
+			for _, id := range part {
+				args = append(args, id)
+			}
+			if _, err := tx.ExecContext(ctx, `DELETE FROM exemplars WHERE start = ? AND series IN (`+placeholders(len(part))+`)`, args...); err != nil {
+				return err
+			}
+		}
+	}
+	if tier == 0 {
+		if err := insertExemplars(ctx, tx, exArgs); err != nil {
+			return err
+		}
+	}
+	if next := tier + 1; next < len(s.tiers) && start < s.rolled[next] {
+		if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO dirty(tier, slot) VALUES(?, ?)`, next, alignDown(start, s.tiers[next].res)); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	for _, id := range ids {
+		s.known[id] = struct{}{}
+	}
+	if skipped > 0 {
+		s.log.Warn("store skipped aggregates with no name or an unknown kind", "window", w.Start, "skipped", skipped)
+	}
+	return nil
+}
+
+// insertHead upserts rows at (tier, start) with multi-row INSERTs.
+func (s *Store) insertHead(ctx context.Context, tx *sql.Tx, tier int, start, rev int64, rows []headRow) error {
+	var full *sql.Stmt
+	args := s.args[:0]
+	for b := 0; b < len(rows); b += headBatch {
+		part := rows[b:min(b+headBatch, len(rows))]
+		args = args[:0]
+		for _, r := range part {
+			args = append(args, tier, start, r.series, rev, r.data)
+		}
+		var err error
+		if len(part) == headBatch {
+			if full == nil {
+				if full, err = tx.PrepareContext(ctx, headInsertSQL(headBatch)); err != nil {
+					return err
+				}
+				defer full.Close()
+			}
+			_, err = full.ExecContext(ctx, args...)
+		} else {
+			_, err = tx.ExecContext(ctx, headInsertSQL(len(part)), args...)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	clear(args)
+	s.args = args[:0]
+	return nil
+}
+
+func insertExemplars(ctx context.Context, tx *sql.Tx, args []any) error {
+	const cols = 7
+	for b := 0; b < len(args); b += exemplarBatch * cols {
+		part := args[b:min(b+exemplarBatch*cols, len(args))]
+		if _, err := tx.ExecContext(ctx, exemplarInsertSQL(len(part)/cols), part...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?,", n), ",")
+}
+
+func pointOf(a *metric.Aggregate, start int64) point {
+	p := point{start: start, errCount: a.ErrorCount, errTracked: a.ErrorTracked}
+	switch a.Kind {
+	case metric.Counter:
+		p.sum, p.count = a.Sum, a.Count
+	case metric.Gauge:
+		p.sum, p.count, p.last, p.min, p.max = a.Sum, a.Count, a.Last, a.Min, a.Max
+	case metric.Histogram:
+		if a.Hist != nil {
+			p.h = toHData(a.Hist)
+		} else {
+			p.h = &hdata{}
+		}
+	}
+	return p
+}
+
+func attrsJSON(a metric.Attrs) string {
+	if len(a) == 0 {
+		return "{}"
+	}
+	b, _ := json.Marshal(a.Map())
+	return string(b)
+}
+
+func parseAttrs(s string) (metric.Attrs, error) {
+	var m map[string]string
+	if err := json.Unmarshal([]byte(s), &m); err != nil {
+		return nil, fmt.Errorf("%w: attributes %q: %v", errCorrupt, s, err)
+	}
+	return metric.NewAttrs(m), nil
+}
