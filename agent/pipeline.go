@@ -457,8 +457,14 @@ func (p *Pipeline) aggFor(st *rawState, s *metric.Series, idx int64, drops *drop
 			if idx < p.switchAt {
 				rules = p.prev
 			}
+			// Size the maps like the previous window: growing a map of
+			// 100k series rehashes it many times.
+			hint := 0
+			if pw := p.windows[idx-1]; pw != nil {
+				hint = len(pw.series)
+			}
 			w = &window{idx: idx, start: time.Unix(0, idx*int64(p.window)).UTC(), rules: rules,
-				series: map[string]*agg{}, perMetric: map[string]int{}}
+				series: make(map[string]*agg, hint), perMetric: map[string]int{}}
 			p.windows[idx] = w
 		}
 		st.win, st.ag = w, nil
