@@ -142,7 +142,18 @@ func (h *Histogram) Record(v float64) {
 		h.zeroCount++
 		return
 	}
-	idx := mapIndex(abs, int32(h.scale))
+	// mapIndex, with the lookup-table case (scales 1..lutScale, normal
+	// values, not a power of two) inlined and branch-free.
+	var idx int32
+	s := int32(h.scale)
+	exp, mant := int32(abs>>mantBits), abs&mantMask
+	if uint32(s-1) < lutScale && exp != 0 && mant != 0 {
+		j := int32(lutCand[(lutCandOff(s)+int32(mant>>uint(mantBits-1-s)))&(lutCandLen-1)])
+		j += int32((lutThr[((j+1)<<uint(lutScale-s))&(lutThrLen-1)] - 1 - mant) >> 63)
+		idx = (exp-1023)<<uint(s) + j
+	} else {
+		idx = mapIndex(abs, s)
+	}
 	var slot uint32
 	if b&signBit == 0 {
 		slot = uint32(idx - h.posStart)
@@ -342,3 +353,30 @@ func (h *Histogram) Downscale(by int32) {
 	}
 	h.downscale(by)
 }
+
+// SizeBytes returns the heap memory the histogram holds: the header and
+// the counter buffer, each rounded up to its Go allocation size class (for
+// the sizes a histogram uses: 80-byte header; buffers of 8..1024 bytes in
+// classes of 16 up to 256 and 32..128 above).
+func (h *Histogram) SizeBytes() int {
+	return sizeClass(int(unsafe.Sizeof(*h))) + sizeClass((int(h.cap)<<h.width+7)&^7)
+}
+
+// sizeClass rounds n up to the Go runtime's small-object size classes
+// (runtime/sizeclasses.go) up to 32 KiB; larger sizes are rounded to pages.
+func sizeClass(n int) int {
+	if n == 0 {
+		return 0
+	}
+	for _, c := range sizeClasses {
+		if n <= c {
+			return c
+		}
+	}
+	return (n + 8191) &^ 8191
+}
+
+var sizeClasses = [...]int{8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256,
+	288, 320, 352, 384, 416, 448, 480, 512, 576, 640, 704, 768, 896, 1024, 1152, 1280, 1408, 1536, 1792,
+	2048, 2304, 2688, 3072, 3200, 3456, 4096, 4864, 5376, 6144, 6528, 6784, 6912, 8192, 9472, 9728, 10240,
+	10880, 12288, 13568, 14336, 16384, 18432, 19072, 20480, 21760, 24576, 27264, 28672, 32768}

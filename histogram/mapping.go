@@ -39,10 +39,22 @@ const (
 // it contains at most one boundary and one compare finishes the job.
 var lutCand = buildCand()
 
+// Table lengths, powers of two so that masked indices need no bounds check.
+const (
+	lutCandLen = 1 << (lutScale + 2)
+	lutThrLen  = 1 << (lutScale + 1)
+)
+
+// lutThr is lutThresholds padded to lutThrLen entries.
+var lutThr = func() (t [lutThrLen]uint64) {
+	copy(t[:], lutThresholds[:])
+	return t
+}()
+
 func lutCandOff(s int32) int32 { return 1<<(s+1) - 4 }
 
-func buildCand() []uint16 {
-	out := make([]uint16, 1<<(lutScale+2)-4)
+func buildCand() *[lutCandLen]uint16 {
+	out := new([lutCandLen]uint16)
 	for s := int32(1); s <= lutScale; s++ {
 		off := lutCandOff(s)
 		n := int32(1) << (s + 1)
@@ -81,9 +93,7 @@ func mapIndex(abs uint64, scale int32) int32 {
 	}
 	if scale <= lutScale {
 		j := int32(lutCand[lutCandOff(scale)+int32(mant>>uint(mantBits-1-scale))])
-		if mant >= lutThresholds[(j+1)<<uint(lutScale-scale)] {
-			j++
-		}
+		j += int32((lutThr[(j+1)<<uint(lutScale-scale)] - 1 - mant) >> 63) // +1 if mant >= threshold
 		return e<<uint(scale) + j
 	}
 	return e<<uint(scale) + int32(log2Digits(mant, scale))

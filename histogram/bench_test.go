@@ -1,0 +1,215 @@
+package histogram
+
+import (
+	"fmt"
+	"math"
+	"runtime"
+	"testing"
+)
+
+const benchN = 1 << 16 // values per data set, taken cyclically
+
+var benchSets = []string{"lognormal", "uniform", "pareto"}
+
+func BenchmarkRecord(b *testing.B) {
+	for _, name := range benchSets {
+		vs := dataset(name, benchN)
+		b.Run(name, func(b *testing.B) {
+			h := New(0, 0)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				h.Record(vs[i&(benchN-1)])
+			}
+		})
+	}
+}
+
+// BenchmarkRecordConcurrent: one Concurrent histogram, GOMAXPROCS
+// goroutines (2 on the reference machine); ns/op = wall time / all values.
+func BenchmarkRecordConcurrent(b *testing.B) {
+	vs := dataset("lognormal", benchN)
+	b.Run("parallel", func(b *testing.B) {
+		c := NewConcurrent(0, 0)
+		b.ReportAllocs()
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				c.Record(vs[i&(benchN-1)])
+				i++
+			}
+		})
+	})
+	b.Run("serial", func(b *testing.B) {
+		c := NewConcurrent(0, 0)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			c.Record(vs[i&(benchN-1)])
+		}
+	})
+}
+
+// mergePair returns destination and source as in the notes: same-scale =
+// the two halves of the lognormal set (scale 3); cross-scale = half the
+// uniform set (scale 3) and lognormal with halved log spread (scale 4).
+func mergePair(kind string) (dst, src *Histogram) {
+	ln := dataset("lognormal", 1<<18)
+	switch kind {
+	case "same-scale":
+		return record(New(0, 0), ln[:1<<17]), record(New(0, 0), ln[1<<17:])
+	default:
+		un := dataset("uniform", 1<<18)
+		half := make([]float64, 1<<17)
+		for i := range half {
+			half[i] = math.Exp((math.Log(ln[i])-math.Log(0.05))/2 + math.Log(0.05))
+		}
+		return record(New(0, 0), un[:1<<17]), record(New(0, 0), half)
+	}
+}
+
+func BenchmarkMerge(b *testing.B) {
+	for _, kind := range []string{"same-scale", "cross-scale"} {
+		b.Run(kind, func(b *testing.B) {
+			dst, src := mergePair(kind)
+			dst.Merge(src) // may downscale dst; not timed
+			b.ReportMetric(float64(dst.posLen), "dst-buckets")
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				dst.Merge(src)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(dst.Scale()), "dst-scale")
+			b.ReportMetric(float64(src.Scale()), "src-scale")
+		})
+	}
+}
+
+// BenchmarkMergeAll merges a window of 60 per-second histograms and 1,000
+// per-instance histograms into a fresh destination.
+func BenchmarkMergeAll(b *testing.B) {
+	for _, n := range []int{60, 1000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			vs := dataset("lognormal", n*100)
+			hs := make([]*Histogram, n)
+			for i := range hs {
+				hs[i] = record(New(0, 0), vs[i*100:(i+1)*100])
+			}
+			dst := New(0, 0)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				dst.Reset()
+				MergeAll(dst, hs)
+			}
+		})
+	}
+}
+
+func BenchmarkQuantile(b *testing.B) {
+	h := record(New(0, 0), dataset("lognormal", benchN))
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		h.Quantile(0.99)
+	}
+}
+
+func BenchmarkAppendBinary(b *testing.B) {
+	h := record(New(0, 0), dataset("lognormal", benchN))
+	buf, _ := h.AppendBinary(nil)
+	b.ReportMetric(float64(len(buf)), "bytes/hist")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		buf, _ = h.AppendBinary(buf[:0])
+	}
+}
+
+func BenchmarkUnmarshalBinary(b *testing.B) {
+	buf, _ := record(New(0, 0), dataset("lognormal", benchN)).MarshalBinary()
+	var h Histogram
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if err := h.UnmarshalBinary(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// memoryHistograms builds n histograms that each hold 160 buckets at scale
+// 3 (one value per bucket over 20 powers of two, recorded 1000 times each),
+// as in the notes' memory measurement.
+func memoryHistograms(n int) []*Histogram {
+	vals := make([]float64, 160)
+	for i := range vals {
+		vals[i] = math.Exp2((float64(i-80) + 0.5) / 8) // midpoint of scale-3 bucket i-80
+	}
+	hs := make([]*Histogram, n)
+	for i := range hs {
+		h := New(0, 0)
+		for r := 0; r < 1000; r++ {
+			for _, v := range vals {
+				h.Record(v)
+			}
+		}
+		hs[i] = h
+	}
+	return hs
+}
+
+// retainedBytes measures live heap per histogram after a GC.
+func retainedBytes(n int) (retained, allocated float64, hs []*Histogram) {
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	hs = memoryHistograms(n)
+	runtime.GC()
+	runtime.ReadMemStats(&m1)
+	retained = float64(m1.HeapAlloc-m0.HeapAlloc) / float64(n)
+	allocated = float64(m1.TotalAlloc-m0.TotalAlloc) / float64(n)
+	return retained, allocated, hs
+}
+
+// BenchmarkRetained reports retained heap bytes per histogram holding 160
+// buckets (uint16 counters) as a metric.
+func BenchmarkRetained(b *testing.B) {
+	var r, a float64
+	for i := 0; i < b.N; i++ {
+		var hs []*Histogram
+		r, a, hs = retainedBytes(100)
+		runtime.KeepAlive(hs)
+	}
+	b.ReportMetric(r, "retained-B/hist")
+	b.ReportMetric(a, "allocated-B/hist")
+	b.ReportMetric(0, "ns/op")
+}
+
+func TestRetainedMemory(t *testing.T) {
+	r, a, hs := retainedBytes(200)
+	h := hs[0]
+	if h.Scale() != 3 || h.posLen != 160 {
+		t.Fatalf("scale %d, %d buckets", h.Scale(), h.posLen)
+	}
+	t.Logf("retained %.0f B, allocated %.0f B per histogram of 160 buckets; SizeBytes %d", r, a, h.SizeBytes())
+	if h.SizeBytes() > 400 {
+		t.Errorf("SizeBytes %d > 400", h.SizeBytes())
+	}
+	if r > 440 { // GC noise allowance; SizeBytes is the exact figure
+		t.Errorf("retained %.0f B > 400", r)
+	}
+	runtime.KeepAlive(hs)
+}
+
+// BenchmarkFloor is the notes' "physical limit": one counter increment per
+// value indexed by the exponent bits, for judging noisy runs by ratio.
+func BenchmarkFloor(b *testing.B) {
+	vs := dataset("lognormal", benchN)
+	var counts [2048]uint64
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		counts[math.Float64bits(vs[i&(benchN-1)])>>52&0x7ff]++
+	}
+	runtime.KeepAlive(&counts)
+}
