@@ -554,8 +554,10 @@ func (p *Pipeline) Close() error {
 func (p *Pipeline) tick(now time.Time) { p.emit(now, false) }
 
 type emission struct {
-	w     *metric.Window
-	first bool
+	series   []keyed
+	start    time.Time
+	revision int
+	first    bool
 }
 
 // emit renders due windows under p.mu and hands them to OnWindow in order,
@@ -589,21 +591,22 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 		if w.emitted {
 			w.revision++
 		}
-		out = append(out, emission{w: w.render(p.window), first: !w.emitted})
+		out = append(out, emission{series: w.render(), start: w.start, revision: w.revision, first: !w.emitted})
 		w.emitted, w.dirty = true, false
 	}
 	p.gc(now)
 	p.mu.Unlock()
 
 	for _, e := range out {
+		w := finish(e.series, e.start, p.window, e.revision)
 		if e.first {
 			p.m.windows.WithLabelValues("first").Inc()
-			p.m.windowLag.Set(now.Sub(e.w.End()).Seconds())
-			p.m.windowSerie.Set(float64(len(e.w.Series)))
+			p.m.windowLag.Set(now.Sub(w.End()).Seconds())
+			p.m.windowSerie.Set(float64(len(w.Series)))
 		} else {
 			p.m.windows.WithLabelValues("revision").Inc()
 		}
-		p.onWindow(e.w)
+		p.onWindow(w)
 	}
 }
 

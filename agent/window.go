@@ -224,16 +224,27 @@ func (a *agg) aggregate(quantiles []float64) metric.Aggregate {
 	return r
 }
 
-// render builds the metric.Window for an emission, sorted by identity.
-func (w *window) render(d time.Duration) *metric.Window {
-	keys := make([]string, 0, len(w.series))
-	for k := range w.series {
-		keys = append(keys, k)
+// keyed is an aggregate with its identity, sorted outside the lock.
+type keyed struct {
+	key string
+	a   metric.Aggregate
+}
+
+// render snapshots the window for an emission (under the pipeline's lock);
+// finish sorts it by identity and builds the metric.Window (outside it).
+func (w *window) render() []keyed {
+	out := make([]keyed, 0, len(w.series))
+	for k, a := range w.series {
+		out = append(out, keyed{key: k, a: a.aggregate(w.rules.quantiles)})
 	}
-	slices.SortFunc(keys, strings.Compare)
-	mw := &metric.Window{Start: w.start, Duration: d, Revision: w.revision, Series: make([]metric.Aggregate, len(keys))}
-	for i, k := range keys {
-		mw.Series[i] = w.series[k].aggregate(w.rules.quantiles)
+	return out
+}
+
+func finish(ks []keyed, start time.Time, d time.Duration, revision int) *metric.Window {
+	slices.SortFunc(ks, func(x, y keyed) int { return strings.Compare(x.key, y.key) })
+	mw := &metric.Window{Start: start, Duration: d, Revision: revision, Series: make([]metric.Aggregate, len(ks))}
+	for i := range ks {
+		mw.Series[i] = ks[i].a
 	}
 	return mw
 }
