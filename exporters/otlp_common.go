@@ -1,0 +1,184 @@
+package exporters
+
+// Pieces shared by the OTLP and remote-write exporters: client TLS settings,
+// header handling that never reveals a value, and the error type that carries
+// a server's status and Retry-After hint to the outbox.
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sabakiio/sabaki/internal/config"
+)
+
+// TLSConfig is the client side of TLS for exporters that dial a remote
+// endpoint. With every field empty the system roots verify the server.
+type TLSConfig struct {
+	// CAFile is a PEM bundle that replaces the system roots.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are a client certificate and its key (mTLS); both
+	// or neither.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName overrides the name checked against the server certificate.
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify disables certificate verification (tests only).
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// IsZero reports whether no TLS setting was given.
+func (c TLSConfig) IsZero() bool { return c == TLSConfig{} }
+
+// Validate implements config.Validator.
+func (c *TLSConfig) Validate() error {
+	var errs []error
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		errs = append(errs, config.Field("cert_file", "cert_file and key_file must be set together"))
+	}
+	for _, f := range []struct{ key, path string }{{"ca_file", c.CAFile}, {"cert_file", c.CertFile}, {"key_file", c.KeyFile}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			errs = append(errs, config.Field(f.key, "%v", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Load builds the *tls.Config (TLS 1.2 or later).
+func (c TLSConfig) Load() (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.ServerName, InsecureSkipVerify: c.InsecureSkipVerify} //nolint:gosec // opt-in for tests
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read tls ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls ca_file %s: no PEM certificate found", c.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load tls client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// validateHeaders checks header names and that no value expanded to empty
+// (an unset ${MACKEREL_APIKEY} is the usual cause). Values are never quoted.
+func validateHeaders(field string, h map[string]string) error {
+	var errs []error
+	for _, k := range slices.Sorted(maps.Keys(h)) {
+		if k == "" || strings.ContainsAny(k, " \t\r\n:") {
+			errs = append(errs, config.Field(field, "invalid header name %q", k))
+			continue
+		}
+		if strings.TrimSpace(h[k]) == "" {
+			errs = append(errs, config.Field(field+"."+k, "empty value (is the environment variable it names set?)"))
+		}
+		if strings.ContainsAny(h[k], "\r\n") {
+			errs = append(errs, config.Field(field+"."+k, "value must not contain a line break"))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// redactedHeaders renders headers as "{A: <redacted>, B: <redacted>}" for
+// String methods: the names help debugging, the values are secrets.
+func redactedHeaders(h map[string]string) string {
+	keys := slices.Sorted(maps.Keys(h))
+	for i, k := range keys {
+		keys[i] = k + ": <redacted>"
+	}
+	return "{" + strings.Join(keys, ", ") + "}"
+}
+
+// isLoopbackHost reports whether host (a name or an IP, without port) is a
+// loopback address, so plaintext to it never leaves the machine.
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(strings.Trim(host, "[]"))
+	return ip != nil && ip.IsLoopback()
+}
+
+// remoteError is a failed send with what the server said: the HTTP status or
+// gRPC code, and its Retry-After / RetryInfo hint. It implements RetryAfter
+// so the outbox can wait as long as the server asked.
+type remoteError struct {
+	err   error
+	after time.Duration // 0: no hint
+}
+
+func (e *remoteError) Error() string { return e.err.Error() }
+func (e *remoteError) Unwrap() error { return e.err }
+
+// RetryAfter implements RetryAfter.
+func (e *remoteError) RetryAfter() (float64, bool) {
+	if e.after <= 0 {
+		return 0, false
+	}
+	return e.after.Seconds(), true
+}
+
+var _ RetryAfter = (*remoteError)(nil)
+
+// remoteRetryAfter reads an HTTP Retry-After header: delay-seconds or an
+// HTTP-date (RFC 9110 §10.2.3). It returns 0 when absent or unreadable.
+func remoteRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.ParseFloat(v, 64); err == nil && s >= 0 {
+		return time.Duration(s * float64(time.Second))
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+// classifyHTTP maps an HTTP status to the outbox's two outcomes: 5xx, 429
+// and 408 are worth retrying (honouring Retry-After), every other non-2xx
+// status is permanent. err describes the failure; the result wraps it.
+func classifyHTTP(status int, retryAfter time.Duration, err error) error {
+	switch {
+	case status >= 500, status == http.StatusTooManyRequests, status == http.StatusRequestTimeout:
+		return &remoteError{err: err, after: retryAfter}
+	default:
+		return Permanent(&remoteError{err: err})
+	}
+}
+
+// bodySnippet returns at most 256 bytes of a response body for an error
+// message, on one line.
+func bodySnippet(b []byte) string {
+	const limit = 256
+	s := strings.TrimSpace(string(b))
+	if len(s) > limit {
+		s = s[:limit] + "…"
+	}
+	s = strings.Join(strings.Fields(s), " ")
+	if s == "" {
+		return "(empty body)"
+	}
+	return s
+}
