@@ -1,0 +1,1096 @@
+package sources
+
+import (
+	"bytes"
+	"cmp"
+	"compress/gzip"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/sabakiio/sabaki/histogram"
+	"github.com/sabakiio/sabaki/internal/config"
+	"github.com/sabakiio/sabaki/metric"
+)
+
+// PrometheusConfig configures a Prometheus scrape source (type "prometheus").
+//
+// Every target is scraped once per interval, all targets of the source
+// concurrently, within the scheduler's per-collection timeout. Targets that
+// need a different interval or credentials go into a second source entry.
+type PrometheusConfig struct {
+	Common `yaml:",inline"`
+	// Targets are URLs ("http://127.0.0.1:3000/metrics") or host:port
+	// ("127.0.0.1:3000", scraped at http://host:port/metrics).
+	Targets []string `yaml:"targets"`
+	// FileSD lists Prometheus file_sd files (JSON or YAML: a list of
+	// {targets: [...], labels: {...}}). They are re-read when they change,
+	// checked at every collection. Labels __scheme__ and __metrics_path__
+	// select the URL; other labels starting with "__" are dropped.
+	FileSD []string `yaml:"file_sd"`
+	// Interval between scrapes; Timeout bounds one collection (all targets).
+	Interval config.Duration `yaml:"interval"`
+	Timeout  config.Duration `yaml:"timeout"`
+	// Labels are added to every series of every static target as resource
+	// attributes, next to job (the source name) and instance (host:port).
+	Labels map[string]string `yaml:"labels"`
+	// HonorLabels decides conflicts between an exposed label and a target
+	// label (job, instance, labels above, file_sd labels), as in Prometheus:
+	// false (default) keeps the target's value and renames the exposed one to
+	// exported_<name>; true keeps the exposed value and drops the target label
+	// from that series.
+	HonorLabels bool `yaml:"honor_labels"`
+	// HonorTimestamps uses timestamps present in the exposition (default
+	// true); otherwise every point is stamped with the scheduler's tick.
+	HonorTimestamps bool `yaml:"honor_timestamps"`
+	// BearerToken or BearerTokenFile (re-read at every scrape) sends
+	// "Authorization: Bearer ..."; BasicAuth sends basic credentials.
+	BearerToken     string               `yaml:"bearer_token"`
+	BearerTokenFile string               `yaml:"bearer_token_file"`
+	BasicAuth       *PrometheusBasicAuth `yaml:"basic_auth"`
+	TLS             PrometheusTLS        `yaml:"tls"`
+	// BodySizeLimit caps the uncompressed size of one exposition; a larger
+	// body fails that target's scrape (up=0) with a clear error.
+	BodySizeLimit config.Bytes `yaml:"body_size_limit"`
+}
+
+// PrometheusBasicAuth is HTTP basic authentication; PasswordFile is re-read
+// at every scrape.
+type PrometheusBasicAuth struct {
+	Username     string `yaml:"username"`
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
+}
+
+// PrometheusTLS configures TLS towards https targets.
+type PrometheusTLS struct {
+	CAFile             string `yaml:"ca_file"`
+	CertFile           string `yaml:"cert_file"`
+	KeyFile            string `yaml:"key_file"`
+	ServerName         string `yaml:"server_name"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// DefaultPrometheusConfig returns the defaults: 15 s interval, 10 s timeout,
+// 64 MiB body limit, exposition timestamps honoured.
+func DefaultPrometheusConfig() PrometheusConfig {
+	return PrometheusConfig{
+		Common:          Common{Type: "prometheus"},
+		Interval:        config.Duration(15 * time.Second),
+		Timeout:         config.Duration(10 * time.Second),
+		HonorTimestamps: true,
+		BodySizeLimit:   64 << 20,
+	}
+}
+
+// Validate checks the config; problems name the offending field.
+func (c *PrometheusConfig) Validate() error {
+	var errs []error
+	if len(c.Targets) == 0 && len(c.FileSD) == 0 {
+		errs = append(errs, config.Field("targets", "must list at least one target (or set file_sd)"))
+	}
+	for i, t := range c.Targets {
+		if _, _, err := parsePromTarget(t, nil); err != nil {
+			errs = append(errs, config.Field(fmt.Sprintf("targets[%d]", i), "%v", err))
+		}
+	}
+	for i, f := range c.FileSD {
+		if strings.TrimSpace(f) == "" {
+			errs = append(errs, config.Field(fmt.Sprintf("file_sd[%d]", i), "must not be empty"))
+		}
+	}
+	if c.Interval <= 0 {
+		errs = append(errs, config.Field("interval", "must be positive"))
+	}
+	if c.Timeout <= 0 {
+		errs = append(errs, config.Field("timeout", "must be positive"))
+	} else if c.Interval > 0 && c.Timeout > c.Interval {
+		errs = append(errs, config.Field("timeout", "must not exceed interval (%s)", c.Interval))
+	}
+	for k := range c.Labels {
+		if k == "" || strings.HasPrefix(k, "__") {
+			errs = append(errs, config.Field("labels", "invalid label name %q", k))
+		}
+	}
+	if c.BearerToken != "" && c.BearerTokenFile != "" {
+		errs = append(errs, config.Field("bearer_token_file", "set either bearer_token or bearer_token_file, not both"))
+	}
+	if c.BasicAuth != nil {
+		if c.BearerToken != "" || c.BearerTokenFile != "" {
+			errs = append(errs, config.Field("basic_auth", "cannot be combined with a bearer token"))
+		}
+		if c.BasicAuth.Username == "" {
+			errs = append(errs, config.Field("basic_auth.username", "must not be empty"))
+		}
+		if c.BasicAuth.Password != "" && c.BasicAuth.PasswordFile != "" {
+			errs = append(errs, config.Field("basic_auth.password_file", "set either password or password_file, not both"))
+		}
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		errs = append(errs, config.Field("tls", "cert_file and key_file must be set together"))
+	}
+	if c.BodySizeLimit <= 0 {
+		errs = append(errs, config.Field("body_size_limit", "must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+// Accept header in Prometheus' order: delimited protobuf first (the only
+// format that carries native histograms), then OpenMetrics 1.0.0 and 0.0.1
+// (exemplars, _created), then the classic text format.
+const promAccept = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5," +
+	"application/openmetrics-text;version=1.0.0;q=0.4," +
+	"application/openmetrics-text;version=0.0.1;q=0.3," +
+	"text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
+
+// promFailureLogEvery is how often a target that keeps failing is logged again:
+// the first failure and the recovery are logged at once, repeats are
+// summarised (as vmagent's suppressScrapeErrorsDelay does).
+const promFailureLogEvery = 10 * time.Minute
+
+// Prometheus scrapes Prometheus exposition endpoints.
+//
+// What the pipeline sees per target and collection: one series per exposed
+// sample (counters cumulative with Start from _created when exposed, gauges,
+// summaries as quantile gauges plus _sum/_count counters, histograms as
+// exponential histograms), plus the gauges up, scrape_duration_seconds and
+// scrape_samples_scraped. Resource attributes are job (the source name),
+// instance (host:port) and the configured labels.
+//
+// Staleness: when a series disappears from a target (or the target fails),
+// the source simply stops emitting it; there is no stale marker in sabaki's
+// model. The pipeline therefore sees no further points: a gauge has no value
+// in later windows, a counter contributes no delta, and if the series comes
+// back with a lower value the pipeline's reset detection starts it anew.
+// Disappearances are counted in sabaki_prometheus_stale_series_total.
+type Prometheus struct {
+	cfg    PrometheusConfig
+	name   string
+	log    *slog.Logger
+	client *http.Client
+	m      *promMetrics
+	now    func() time.Time
+
+	mu      sync.Mutex
+	static  []promTargetSpec
+	sd      map[string]*fileSDState
+	targets map[string]*promTarget
+}
+
+var _ Source = (*Prometheus)(nil)
+
+// promTargetSpec is one target as configured: its URL and extra labels.
+type promTargetSpec struct {
+	url      string
+	instance string
+	labels   map[string]string
+}
+
+func (s promTargetSpec) key() string {
+	keys := make([]string, 0, len(s.labels))
+	for k, v := range s.labels {
+		keys = append(keys, k+"="+v)
+	}
+	slices.Sort(keys)
+	return s.url + "\x00" + strings.Join(keys, "\x00")
+}
+
+type fileSDState struct {
+	mod   time.Time
+	size  int64
+	specs []promTargetSpec
+	err   string // last load error, logged once
+}
+
+// promTarget is one target with its scrape state; only the goroutine that
+// scrapes it touches the state during a collection.
+type promTarget struct {
+	spec     promTargetSpec
+	resource metric.Attrs
+	buf      bytes.Buffer
+
+	seen, next map[uint64]struct{}
+
+	failures int
+	down     bool
+	lastLog  time.Time
+}
+
+// NewPrometheus builds the source. It opens no connection; the first scrape
+// happens on the first Collect.
+func NewPrometheus(cfg PrometheusConfig, set Settings) (*Prometheus, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("prometheus source: %w", err)
+	}
+	name := cmp.Or(cfg.Name, "prometheus")
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DisableCompression = true // we ask for gzip and enforce the limit on the uncompressed body
+	tr.MaxIdleConnsPerHost = 2
+	tlsCfg, err := promTLSConfig(cfg.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("prometheus source %q: %w", name, err)
+	}
+	tr.TLSClientConfig = tlsCfg
+	logger := set.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	p := &Prometheus{
+		cfg:     cfg,
+		name:    name,
+		log:     logger,
+		client:  &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return nil }},
+		m:       newPromMetrics(set.Registerer),
+		now:     time.Now,
+		sd:      map[string]*fileSDState{},
+		targets: map[string]*promTarget{},
+	}
+	for _, t := range cfg.Targets {
+		u, inst, _ := parsePromTarget(t, nil)
+		p.static = append(p.static, promTargetSpec{url: u, instance: inst, labels: cfg.Labels})
+	}
+	return p, nil
+}
+
+func promTLSConfig(c PrometheusTLS) (*tls.Config, error) {
+	t := &tls.Config{ServerName: c.ServerName, InsecureSkipVerify: c.InsecureSkipVerify, MinVersion: tls.VersionTLS12} //nolint:gosec // opt-in by config
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read tls.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls.ca_file %s: no PEM certificate found", c.CAFile)
+		}
+		t.RootCAs = pool
+	}
+	if c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load tls.cert_file/key_file: %w", err)
+		}
+		t.Certificates = []tls.Certificate{cert}
+	}
+	return t, nil
+}
+
+// parsePromTarget turns a configured target into a URL and its instance
+// (host:port). labels may hold file_sd's __scheme__ and __metrics_path__.
+func parsePromTarget(t string, labels map[string]string) (string, string, error) {
+	t = strings.TrimSpace(t)
+	if t == "" {
+		return "", "", errors.New("empty target")
+	}
+	if !strings.Contains(t, "://") {
+		scheme := cmp.Or(labels["__scheme__"], "http")
+		path := cmp.Or(labels["__metrics_path__"], "/metrics")
+		t = scheme + "://" + t + path
+	}
+	u, err := url.Parse(t)
+	if err != nil {
+		return "", "", fmt.Errorf("invalid target %q: %w", t, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return "", "", fmt.Errorf("target %q: scheme must be http or https", t)
+	}
+	if u.Host == "" {
+		return "", "", fmt.Errorf("target %q: missing host", t)
+	}
+	inst := u.Host
+	if u.Port() == "" {
+		port := "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+		inst = net.JoinHostPort(u.Hostname(), port)
+	}
+	return u.String(), inst, nil
+}
+
+// Name returns the configured source name.
+func (p *Prometheus) Name() string { return p.name }
+
+// Close releases idle connections.
+func (p *Prometheus) Close() error {
+	p.client.CloseIdleConnections()
+	return nil
+}
+
+type promScrapeResult struct {
+	t        *promTarget
+	series   []metric.Series
+	duration time.Duration
+	err      error
+}
+
+// Collect scrapes every target concurrently and returns all their series.
+// A failing target yields up=0 and a *PartialError; the other targets' data
+// is returned.
+func (p *Prometheus) Collect(ctx context.Context, at time.Time) (metric.Batch, error) {
+	targets := p.currentTargets()
+	results := make([]promScrapeResult, len(targets))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for i, t := range targets {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			start := p.now()
+			series, err := p.scrape(ctx, t, at)
+			results[i] = promScrapeResult{t: t, series: series, duration: p.now().Sub(start), err: err}
+		})
+	}
+	wg.Wait()
+
+	b := metric.Batch{Source: p.name}
+	var errs []error
+	for _, r := range results {
+		up := 1.0
+		if r.err != nil {
+			up = 0
+			errs = append(errs, fmt.Errorf("scrape %s: %w", r.t.spec.url, r.err))
+			p.noteFailure(r.t, r.err)
+		} else {
+			p.noteSuccess(r.t)
+			b.Series = append(b.Series, r.series...)
+		}
+		n := float64(len(r.series))
+		inst := r.t.spec.instance
+		p.m.up.WithLabelValues(p.name, inst).Set(up)
+		p.m.duration.WithLabelValues(p.name, inst).Set(r.duration.Seconds())
+		p.m.samples.WithLabelValues(p.name, inst).Set(n)
+		for _, s := range [...]struct {
+			name string
+			v    float64
+		}{{"up", up}, {"scrape_duration_seconds", r.duration.Seconds()}, {"scrape_samples_scraped", n}} {
+			b.Series = append(b.Series, metric.Series{
+				Name: s.name, Kind: metric.Gauge, Resource: r.t.resource,
+				Points: []metric.Point{{Time: at, Value: s.v}},
+			})
+		}
+	}
+	if len(errs) > 0 {
+		return b, &PartialError{Failed: len(errs), Err: errors.Join(errs...)}
+	}
+	return b, nil
+}
+
+func (p *Prometheus) noteFailure(t *promTarget, err error) {
+	now := p.now()
+	t.failures++
+	p.m.failures.WithLabelValues(p.name, t.spec.instance).Inc()
+	switch {
+	case !t.down:
+		t.down, t.lastLog = true, now
+		p.log.Warn("scrape failing", "target", t.spec.url, "err", err)
+	case now.Sub(t.lastLog) >= promFailureLogEvery:
+		t.lastLog = now
+		p.log.Warn("scrape still failing", "target", t.spec.url, "failures", t.failures,
+			"window", promFailureLogEvery.String(), "last_err", err)
+	}
+}
+
+func (p *Prometheus) noteSuccess(t *promTarget) {
+	if t.down {
+		p.log.Info("scrape recovered", "target", t.spec.url, "failures", t.failures)
+	}
+	t.down, t.failures = false, 0
+}
+
+// currentTargets reloads changed file_sd files and returns the targets,
+// keeping the scrape state of those that persist.
+func (p *Prometheus) currentTargets() []*promTarget {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	specs := slices.Clone(p.static)
+	for _, path := range p.cfg.FileSD {
+		specs = append(specs, p.loadFileSD(path)...)
+	}
+	next := make(map[string]*promTarget, len(specs))
+	out := make([]*promTarget, 0, len(specs))
+	for _, s := range specs {
+		k := s.key()
+		if _, dup := next[k]; dup {
+			continue
+		}
+		t, ok := p.targets[k]
+		if !ok {
+			t = &promTarget{spec: s, resource: p.resourceFor(s), seen: map[uint64]struct{}{}, next: map[uint64]struct{}{}}
+		}
+		next[k] = t
+		out = append(out, t)
+	}
+	for k, t := range p.targets {
+		if _, ok := next[k]; !ok {
+			p.m.forget(p.name, t.spec.instance)
+		}
+	}
+	p.targets = next
+	return out
+}
+
+func (p *Prometheus) resourceFor(s promTargetSpec) metric.Attrs {
+	m := map[string]string{}
+	for k, v := range s.labels {
+		if !strings.HasPrefix(k, "__") {
+			m[k] = v
+		}
+	}
+	m["job"] = p.name
+	m["instance"] = s.instance
+	return metric.NewAttrs(m)
+}
+
+// fileSDGroup is one entry of a Prometheus file_sd file.
+type fileSDGroup struct {
+	Targets []string          `yaml:"targets" json:"targets"`
+	Labels  map[string]string `yaml:"labels" json:"labels"`
+}
+
+func (p *Prometheus) loadFileSD(path string) []promTargetSpec {
+	st := p.sd[path]
+	if st == nil {
+		st = &fileSDState{}
+		p.sd[path] = st
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		p.sdError(st, path, fmt.Errorf("stat: %w", err))
+		return st.specs // keep the last good list
+	}
+	if fi.ModTime().Equal(st.mod) && fi.Size() == st.size {
+		return st.specs
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		p.sdError(st, path, fmt.Errorf("read: %w", err))
+		return st.specs
+	}
+	var groups []fileSDGroup
+	if ext := strings.ToLower(filepath.Ext(path)); ext == ".json" {
+		err = json.Unmarshal(raw, &groups)
+	} else {
+		err = yaml.Unmarshal(raw, &groups)
+	}
+	if err != nil {
+		p.sdError(st, path, fmt.Errorf("decode: %w", err))
+		return st.specs
+	}
+	var specs []promTargetSpec
+	for _, g := range groups {
+		labels := map[string]string{}
+		for k, v := range p.cfg.Labels {
+			labels[k] = v
+		}
+		for k, v := range g.Labels {
+			labels[k] = v
+		}
+		for _, t := range g.Targets {
+			u, inst, err := parsePromTarget(t, labels)
+			if err != nil {
+				p.sdError(st, path, err)
+				continue
+			}
+			specs = append(specs, promTargetSpec{url: u, instance: inst, labels: labels})
+		}
+	}
+	st.mod, st.size, st.specs, st.err = fi.ModTime(), fi.Size(), specs, ""
+	p.log.Info("file_sd loaded", "file", path, "targets", len(specs))
+	return specs
+}
+
+func (p *Prometheus) sdError(st *fileSDState, path string, err error) {
+	if st.err == err.Error() {
+		return
+	}
+	st.err = err.Error()
+	p.log.Warn("file_sd unusable, keeping the previous targets", "file", path, "err", err)
+}
+
+// scrape fetches one target and converts its exposition.
+func (p *Prometheus) scrape(ctx context.Context, t *promTarget, at time.Time) ([]metric.Series, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.spec.url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("build request: %w", err)
+	}
+	req.Header.Set("Accept", promAccept)
+	req.Header.Set("Accept-Encoding", "gzip")
+	req.Header.Set("User-Agent", "sabaki")
+	req.Header.Set("X-Prometheus-Scrape-Timeout-Seconds", strconv.FormatFloat(p.cfg.Timeout.D().Seconds(), 'f', -1, 64))
+	if err := p.authorize(req); err != nil {
+		return nil, err
+	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		return nil, fmt.Errorf("server returned HTTP status %s", resp.Status)
+	}
+	var body io.Reader = resp.Body
+	if strings.EqualFold(resp.Header.Get("Content-Encoding"), "gzip") {
+		gz, err := gzip.NewReader(resp.Body)
+		if err != nil {
+			return nil, fmt.Errorf("read gzip body: %w", err)
+		}
+		defer gz.Close()
+		body = gz
+	}
+	limit := int64(p.cfg.BodySizeLimit)
+	t.buf.Reset()
+	n, err := t.buf.ReadFrom(io.LimitReader(body, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read body: %w", err)
+	}
+	if n > limit {
+		return nil, fmt.Errorf("body exceeds body_size_limit (%s uncompressed); raise body_size_limit or expose fewer series", appFormatBytes(limit))
+	}
+	format := expfmt.ResponseFormat(resp.Header)
+	conv := promConverter{
+		resource:        t.resource,
+		at:              at,
+		honorLabels:     p.cfg.HonorLabels,
+		honorTimestamps: p.cfg.HonorTimestamps,
+	}
+	series, err := conv.parse(t.buf.Bytes(), format)
+	for reason, n := range conv.dropped {
+		p.m.dropped.WithLabelValues(p.name, reason).Add(float64(n))
+	}
+	if err != nil {
+		return nil, err
+	}
+	p.trackStaleness(t, series)
+	if t.buf.Cap() > 4<<20 && n < int64(t.buf.Cap())/4 {
+		t.buf = bytes.Buffer{} // do not hold a large buffer for a target that shrank
+	}
+	return series, nil
+}
+
+func (p *Prometheus) authorize(req *http.Request) error {
+	switch {
+	case p.cfg.BearerToken != "":
+		req.Header.Set("Authorization", "Bearer "+p.cfg.BearerToken)
+	case p.cfg.BearerTokenFile != "":
+		tok, err := os.ReadFile(p.cfg.BearerTokenFile)
+		if err != nil {
+			return fmt.Errorf("read bearer_token_file: %w", err)
+		}
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	case p.cfg.BasicAuth != nil:
+		pw := p.cfg.BasicAuth.Password
+		if f := p.cfg.BasicAuth.PasswordFile; f != "" {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return fmt.Errorf("read basic_auth.password_file: %w", err)
+			}
+			pw = strings.TrimSpace(string(b))
+		}
+		req.SetBasicAuth(p.cfg.BasicAuth.Username, pw)
+	}
+	return nil
+}
+
+var promSeed = maphash.MakeSeed()
+
+// trackStaleness counts series that were in the previous successful scrape
+// of t and are not in this one.
+func (p *Prometheus) trackStaleness(t *promTarget, series []metric.Series) {
+	var h maphash.Hash
+	h.SetSeed(promSeed)
+	clear(t.next)
+	for i := range series {
+		h.Reset()
+		h.WriteString(series[i].Name)
+		for _, a := range series[i].Attrs {
+			h.WriteByte(0)
+			h.WriteString(a.Key)
+			h.WriteByte(0)
+			h.WriteString(a.Value)
+		}
+		t.next[h.Sum64()] = struct{}{}
+	}
+	gone := 0
+	for k := range t.seen {
+		if _, ok := t.next[k]; !ok {
+			gone++
+		}
+	}
+	if gone > 0 {
+		p.m.stale.WithLabelValues(p.name).Add(float64(gone))
+	}
+	t.seen, t.next = t.next, t.seen
+}
+
+func appFormatBytes(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%dGiB", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%dMiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%dKiB", n>>10)
+	}
+	return fmt.Sprintf("%dB", n)
+}
+
+// promMetrics are the source's self-metrics, shared by all prometheus
+// sources registered on the same Registerer.
+type promMetrics struct {
+	up, duration, samples *prometheus.GaugeVec
+	failures              *prometheus.CounterVec
+	stale                 *prometheus.CounterVec
+	dropped               *prometheus.CounterVec
+}
+
+func newPromMetrics(reg prometheus.Registerer) *promMetrics {
+	return &promMetrics{
+		up: appRegister(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sabaki_prometheus_target_up", Help: "1 when the last scrape of the target succeeded, 0 otherwise.",
+		}, []string{"source", "instance"})),
+		duration: appRegister(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sabaki_prometheus_scrape_duration_seconds", Help: "Duration of the last scrape of the target.",
+		}, []string{"source", "instance"})),
+		samples: appRegister(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sabaki_prometheus_scrape_samples", Help: "Series produced by the last scrape of the target.",
+		}, []string{"source", "instance"})),
+		failures: appRegister(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sabaki_prometheus_scrape_failures_total", Help: "Failed scrapes per target.",
+		}, []string{"source", "instance"})),
+		stale: appRegister(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sabaki_prometheus_stale_series_total", Help: "Series that disappeared from a target between two successful scrapes.",
+		}, []string{"source"})),
+		dropped: appRegister(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sabaki_prometheus_dropped_series_total", Help: "Exposed series that could not be converted, by reason.",
+		}, []string{"source", "reason"})),
+	}
+}
+
+func (m *promMetrics) forget(source, instance string) {
+	m.up.DeleteLabelValues(source, instance)
+	m.duration.DeleteLabelValues(source, instance)
+	m.samples.DeleteLabelValues(source, instance)
+	m.failures.DeleteLabelValues(source, instance)
+}
+
+// appRegister registers c, or returns the collector already registered
+// under the same descriptor (two sources of one type share their vectors).
+func appRegister[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if reg == nil {
+		return c
+	}
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+	}
+	return c
+}
+
+// promConverter turns decoded metric families into sabaki series.
+type promConverter struct {
+	resource        metric.Attrs
+	at              time.Time
+	honorLabels     bool
+	honorTimestamps bool
+	// dropped counts exposed series that were skipped, by reason.
+	dropped map[string]int
+}
+
+// parse decodes an exposition body in the given format (FmtUnknown falls
+// back to the classic text format) and converts every family.
+func (c *promConverter) parse(body []byte, format expfmt.Format) ([]metric.Series, error) {
+	what := "text"
+	switch format.FormatType() {
+	case expfmt.TypeProtoDelim:
+		what = "protobuf"
+	case expfmt.TypeOpenMetrics:
+		what = "OpenMetrics"
+	case expfmt.TypeTextPlain:
+	default:
+		format = expfmt.FmtText
+	}
+	dec := expfmt.NewDecoder(bytes.NewReader(body), format)
+	var out []metric.Series
+	var mf dto.MetricFamily
+	for {
+		err := dec.Decode(&mf)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("parse %s exposition: %w", what, err)
+		}
+		out = c.appendFamily(out, &mf)
+	}
+	return out, nil
+}
+
+func (c *promConverter) drop(reason string) {
+	if c.dropped == nil {
+		c.dropped = map[string]int{}
+	}
+	c.dropped[reason]++
+}
+
+// promUnits maps OpenMetrics unit names to UCUM, as OTel writes them.
+var promUnits = map[string]string{
+	"seconds": "s", "milliseconds": "ms", "microseconds": "us", "nanoseconds": "ns",
+	"bytes": "By", "ratio": "1", "percent": "%", "celsius": "Cel",
+}
+
+func (c *promConverter) appendFamily(out []metric.Series, mf *dto.MetricFamily) []metric.Series {
+	name := mf.GetName()
+	unit := mf.GetUnit()
+	if u, ok := promUnits[unit]; ok {
+		unit = u
+	}
+	desc := mf.GetHelp()
+	for _, m := range mf.GetMetric() {
+		if m == nil {
+			continue
+		}
+		attrs, res := c.labels(m, "", "")
+		ts := c.at
+		if c.honorTimestamps && m.TimestampMs != nil {
+			ts = time.UnixMilli(m.GetTimestampMs())
+		}
+		base := metric.Series{Name: name, Unit: unit, Description: desc, Resource: res, Attrs: attrs}
+		switch mf.GetType() {
+		case dto.MetricType_COUNTER:
+			cnt := m.GetCounter()
+			s := base
+			s.Kind, s.Temporality = metric.Counter, metric.Cumulative
+			pt := metric.Point{Start: promCreated(cnt.GetCreatedTimestamp()), Time: ts, Value: cnt.GetValue()}
+			if e, ok := promExemplar(cnt.GetExemplar(), ts); ok {
+				pt.Exemplars = []metric.Exemplar{e}
+			}
+			s.Points = []metric.Point{pt}
+			out = append(out, s)
+		case dto.MetricType_GAUGE:
+			s := base
+			s.Kind = metric.Gauge
+			s.Points = []metric.Point{{Time: ts, Value: m.GetGauge().GetValue()}}
+			out = append(out, s)
+		case dto.MetricType_UNTYPED:
+			s := base
+			s.Kind = metric.Gauge
+			s.Points = []metric.Point{{Time: ts, Value: m.GetUntyped().GetValue()}}
+			out = append(out, s)
+		case dto.MetricType_SUMMARY:
+			out = c.appendSummary(out, base, m, ts)
+		case dto.MetricType_HISTOGRAM:
+			s, err := promHistogram(base, m.GetHistogram(), ts)
+			if err != nil {
+				c.drop("invalid_histogram")
+				continue
+			}
+			out = append(out, s)
+		default: // GAUGE_HISTOGRAM: a snapshot, not a cumulative distribution; no faithful mapping
+			c.drop("unsupported_type")
+		}
+	}
+	return out
+}
+
+func (c *promConverter) appendSummary(out []metric.Series, base metric.Series, m *dto.Metric, ts time.Time) []metric.Series {
+	sum := m.GetSummary()
+	start := promCreated(sum.GetCreatedTimestamp())
+	for _, q := range sum.GetQuantile() {
+		s := base
+		s.Kind = metric.Gauge
+		s.Attrs, s.Resource = c.labels(m, "quantile", strconv.FormatFloat(q.GetQuantile(), 'f', -1, 64))
+		s.Points = []metric.Point{{Time: ts, Value: q.GetValue()}}
+		out = append(out, s)
+	}
+	s := base
+	s.Name, s.Kind, s.Temporality = base.Name+"_sum", metric.Counter, metric.Cumulative
+	s.Points = []metric.Point{{Start: start, Time: ts, Value: sum.GetSampleSum()}}
+	out = append(out, s)
+	s.Name = base.Name + "_count"
+	s.Points = []metric.Point{{Start: start, Time: ts, Value: float64(sum.GetSampleCount())}}
+	out = append(out, s)
+	return out
+}
+
+// labels returns the point attributes of m (plus one extra pair when
+// extraKey is set) and the resource to use, applying honor_labels on
+// conflicts between exposed and target labels.
+func (c *promConverter) labels(m *dto.Metric, extraKey, extraVal string) (metric.Attrs, metric.Attrs) {
+	lp := m.GetLabel()
+	attrs := make(metric.Attrs, 0, len(lp)+1)
+	res := c.resource
+	for _, l := range lp {
+		k, v := l.GetName(), l.GetValue()
+		if _, clash := c.resource.Get(k); clash {
+			if c.honorLabels {
+				res = promWithoutKey(res, k)
+			} else {
+				k = "exported_" + k
+			}
+		}
+		attrs = append(attrs, metric.Attr{Key: k, Value: v})
+	}
+	if extraKey != "" {
+		attrs = append(attrs, metric.Attr{Key: extraKey, Value: extraVal})
+	}
+	if !slices.IsSortedFunc(attrs, func(a, b metric.Attr) int { return strings.Compare(a.Key, b.Key) }) {
+		attrs.Sort()
+	}
+	return attrs, res
+}
+
+func promWithoutKey(a metric.Attrs, key string) metric.Attrs {
+	out := make(metric.Attrs, 0, len(a))
+	for _, kv := range a {
+		if kv.Key != key {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// created returns a created timestamp as a point's Start; zero when absent.
+func promCreated(ts *timestamppb.Timestamp) time.Time {
+	if ts == nil || !ts.IsValid() || ts.GetSeconds() <= 0 {
+		return time.Time{}
+	}
+	return ts.AsTime()
+}
+
+// promIsNative follows Prometheus: a histogram is native when it has
+// spans or a zero bucket (client_golang adds an empty span to an empty one).
+func promIsNative(h *dto.Histogram) bool {
+	return len(h.GetPositiveSpan()) > 0 || len(h.GetNegativeSpan()) > 0 ||
+		h.GetZeroThreshold() > 0 || h.GetZeroCount() > 0 || h.GetZeroCountFloat() > 0
+}
+
+// promHistogram converts a histogram metric. A family exposing both the
+// native and the classic form (client_golang with Buckets and
+// NativeHistogramBucketFactor) is read as native: it is exact and finer;
+// the classic buckets are used only when no native form is present.
+func promHistogram(base metric.Series, h *dto.Histogram, ts time.Time) (metric.Series, error) {
+	var (
+		hist *histogram.Histogram
+		err  error
+	)
+	if promIsNative(h) {
+		hist, err = promNative(h)
+	} else {
+		hist, err = promClassic(h)
+	}
+	if err != nil {
+		return metric.Series{}, err
+	}
+	base.Kind, base.Temporality = metric.Histogram, metric.Cumulative
+	pt := metric.Point{Start: promCreated(h.GetCreatedTimestamp()), Time: ts, Hist: hist}
+	for _, e := range h.GetExemplars() {
+		if x, ok := promExemplar(e, ts); ok {
+			pt.Exemplars = append(pt.Exemplars, x)
+		}
+	}
+	for _, b := range h.GetBucket() {
+		if x, ok := promExemplar(b.GetExemplar(), ts); ok && !promHasExemplar(pt.Exemplars, x) {
+			pt.Exemplars = append(pt.Exemplars, x)
+		}
+	}
+	base.Points = []metric.Point{pt}
+	return base, nil
+}
+
+func promHasExemplar(es []metric.Exemplar, x metric.Exemplar) bool {
+	for _, e := range es {
+		if e.TraceID == x.TraceID && e.SpanID == x.SpanID && e.Value == x.Value && e.Time.Equal(x.Time) {
+			return true
+		}
+	}
+	return false
+}
+
+// promNative converts a native histogram. histogram.FromNative takes the
+// Prometheus layout as is (schema = scale, Prometheus index = OTel index+1,
+// the zero threshold kept); float histograms are accepted when their counts
+// are whole numbers.
+func promNative(h *dto.Histogram) (*histogram.Histogram, error) {
+	n := histogram.Native{
+		Schema:         h.GetSchema(),
+		ZeroThreshold:  h.GetZeroThreshold(),
+		ZeroCount:      h.GetZeroCount(),
+		Count:          h.GetSampleCount(),
+		Sum:            h.GetSampleSum(),
+		PositiveSpans:  promSpans(h.GetPositiveSpan()),
+		NegativeSpans:  promSpans(h.GetNegativeSpan()),
+		PositiveDeltas: h.GetPositiveDelta(),
+		NegativeDeltas: h.GetNegativeDelta(),
+	}
+	if h.SampleCountFloat != nil || len(h.GetPositiveCount()) > 0 || len(h.GetNegativeCount()) > 0 {
+		var err error
+		if n.Count, err = promWholeCount(h.GetSampleCountFloat()); err != nil {
+			return nil, err
+		}
+		if n.ZeroCount, err = promWholeCount(h.GetZeroCountFloat()); err != nil {
+			return nil, err
+		}
+		if n.PositiveDeltas, err = promFloatDeltas(h.GetPositiveCount()); err != nil {
+			return nil, err
+		}
+		if n.NegativeDeltas, err = promFloatDeltas(h.GetNegativeCount()); err != nil {
+			return nil, err
+		}
+	}
+	hist, err := histogram.FromNative(n, histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+	if err != nil {
+		return nil, fmt.Errorf("native histogram: %w", err)
+	}
+	return hist, nil
+}
+
+func promSpans(in []*dto.BucketSpan) []histogram.Span {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]histogram.Span, len(in))
+	for i, s := range in {
+		out[i] = histogram.Span{Offset: s.GetOffset(), Length: s.GetLength()}
+	}
+	return out
+}
+
+func promWholeCount(f float64) (uint64, error) {
+	if f < 0 || f != math.Trunc(f) || f > 1<<53 {
+		return 0, fmt.Errorf("float histogram count %v is not a whole number", f)
+	}
+	return uint64(f), nil
+}
+
+func promFloatDeltas(counts []float64) ([]int64, error) {
+	out := make([]int64, len(counts))
+	var prev int64
+	for i, f := range counts {
+		c, err := promWholeCount(f)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = int64(c) - prev
+		prev = int64(c)
+	}
+	return out, nil
+}
+
+// promClassic converts cumulative `le` buckets into per-bucket counts (the
+// last one the +Inf overflow) and then into an exponential histogram.
+func promClassic(h *dto.Histogram) (*histogram.Histogram, error) {
+	count := h.GetSampleCount()
+	if h.SampleCountFloat != nil {
+		var err error
+		if count, err = promWholeCount(h.GetSampleCountFloat()); err != nil {
+			return nil, err
+		}
+	}
+	buckets := h.GetBucket()
+	bounds := make([]float64, 0, len(buckets))
+	counts := make([]uint64, 0, len(buckets)+1)
+	var prev uint64
+	for _, b := range buckets {
+		cum := b.GetCumulativeCount()
+		if b.CumulativeCountFloat != nil {
+			var err error
+			if cum, err = promWholeCount(b.GetCumulativeCountFloat()); err != nil {
+				return nil, err
+			}
+		}
+		ub := b.GetUpperBound()
+		if math.IsNaN(ub) {
+			return nil, errors.New("classic histogram: NaN bucket bound")
+		}
+		if cum < prev {
+			return nil, fmt.Errorf("classic histogram: cumulative count decreases at le=%v", ub)
+		}
+		if len(bounds) > 0 && ub <= bounds[len(bounds)-1] {
+			return nil, fmt.Errorf("classic histogram: bucket bounds not increasing at le=%v", ub)
+		}
+		if math.IsInf(ub, +1) {
+			break // the +Inf bucket equals the count; the overflow is computed below
+		}
+		bounds = append(bounds, ub)
+		counts = append(counts, cum-prev)
+		prev = cum
+	}
+	if count < prev {
+		return nil, fmt.Errorf("classic histogram: count %d below the last bucket's %d", count, prev)
+	}
+	counts = append(counts, count-prev)
+	hist, err := histogram.FromExplicit(bounds, counts, h.GetSampleSum(), histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+	if err != nil {
+		return nil, fmt.Errorf("classic histogram: %w", err)
+	}
+	return hist, nil
+}
+
+// promExemplar converts an exemplar; trace_id and span_id labels (hex)
+// become the trace context, other labels its attributes.
+func promExemplar(e *dto.Exemplar, ts time.Time) (metric.Exemplar, bool) {
+	if e == nil {
+		return metric.Exemplar{}, false
+	}
+	x := metric.Exemplar{Value: e.GetValue(), Time: ts}
+	if e.Timestamp != nil {
+		x.Time = e.GetTimestamp().AsTime()
+	}
+	for _, l := range e.GetLabel() {
+		switch k, v := l.GetName(), l.GetValue(); {
+		case k == "trace_id" && promHexID(x.TraceID[:], v):
+		case k == "span_id" && promHexID(x.SpanID[:], v):
+		default:
+			x.Attrs = append(x.Attrs, metric.Attr{Key: k, Value: v})
+		}
+	}
+	x.Attrs.Sort()
+	return x, true
+}
+
+// promHexID decodes a hex ID right-aligned into dst (a 64-bit trace ID
+// fills the low half of a 128-bit one, as Jaeger and Zipkin do). It reports
+// false when v is not hex or is too long.
+func promHexID(dst []byte, v string) bool {
+	if len(v) == 0 || len(v)%2 != 0 || len(v)/2 > len(dst) {
+		return false
+	}
+	var tmp [16]byte
+	n, err := hex.Decode(tmp[:], []byte(v))
+	if err != nil {
+		return false
+	}
+	clear(dst)
+	copy(dst[len(dst)-n:], tmp[:n])
+	return true
+}

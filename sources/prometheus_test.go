@@ -1,0 +1,891 @@
+package sources
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/sabakiio/sabaki/internal/config"
+	"github.com/sabakiio/sabaki/metric"
+)
+
+var promRoutes = []struct {
+	route  string
+	median float64
+}{{"/api/users/:id", 0.05}, {"/api/orders", 0.2}}
+
+// promApp is a client_golang registry instrumented like an application:
+// a latency histogram with native and classic buckets per route (with
+// exemplars), a request counter with exemplars, a gauge and a summary.
+type promApp struct {
+	reg      *prometheus.Registry
+	values   map[string][]float64 // observations per route
+	traceIDs map[string]string    // trace_id -> span_id used in exemplars
+}
+
+func newPromApp(t testing.TB) *promApp {
+	t.Helper()
+	a := &promApp{reg: prometheus.NewRegistry(), values: map[string][]float64{}, traceIDs: map[string]string{}}
+	lat := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:                        "http_server_request_duration_seconds",
+		Help:                        "Request latency.",
+		Buckets:                     []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		NativeHistogramBucketFactor: 1.1,
+	}, []string{"route", "method"})
+	reqs := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "http_requests_total", Help: "Requests."}, []string{"route", "code"})
+	inflight := prometheus.NewGauge(prometheus.GaugeOpts{Name: "http_inflight_requests", Help: "In flight."})
+	sum := prometheus.NewSummary(prometheus.SummaryOpts{Name: "rpc_duration_seconds", Help: "RPC latency.", Objectives: map[float64]float64{0.5: 0.05, 0.99: 0.001}})
+	a.reg.MustRegister(lat, reqs, inflight, sum)
+
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, r := range promRoutes {
+		for i := range 2000 {
+			v := math.Exp(math.Log(r.median) + 0.8*rng.NormFloat64())
+			a.values[r.route] = append(a.values[r.route], v)
+			if i%97 == 0 {
+				tid, sid := promRandHex(rng, 16), promRandHex(rng, 8)
+				a.traceIDs[tid] = sid
+				lat.WithLabelValues(r.route, "GET").(prometheus.ExemplarObserver).ObserveWithExemplar(v, prometheus.Labels{"trace_id": tid, "span_id": sid})
+				reqs.WithLabelValues(r.route, "200").(prometheus.ExemplarAdder).AddWithExemplar(1, prometheus.Labels{"trace_id": tid, "span_id": sid, "tenant": "acme"})
+			} else {
+				lat.WithLabelValues(r.route, "GET").Observe(v)
+				reqs.WithLabelValues(r.route, "200").Inc()
+			}
+			sum.Observe(v)
+		}
+	}
+	inflight.Set(3)
+	return a
+}
+
+func promRandHex(rng *rand.Rand, n int) string {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(rng.UintN(256))
+	}
+	return hex.EncodeToString(b)
+}
+
+// promServe serves the registry in one fixed exposition format, announced
+// as ct (the format itself when ct is empty).
+func promServe(g prometheus.Gatherer, f expfmt.Format, ct string, opts ...expfmt.EncoderOption) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		mfs, err := g.Gather()
+		if err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		if ct == "" {
+			ct = string(f)
+		}
+		w.Header().Set("Content-Type", ct)
+		enc := expfmt.NewEncoder(w, f, opts...)
+		for _, mf := range mfs {
+			if err := enc.Encode(mf); err != nil {
+				panic(err)
+			}
+		}
+		if c, ok := enc.(expfmt.Closer); ok {
+			_ = c.Close()
+		}
+	})
+}
+
+func newTestPrometheus(t testing.TB, cfg PrometheusConfig, logger *slog.Logger) (*Prometheus, *prometheus.Registry) {
+	t.Helper()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	reg := prometheus.NewRegistry()
+	p, err := NewPrometheus(cfg, Settings{Logger: logger, Registerer: reg})
+	if err != nil {
+		t.Fatalf("NewPrometheus: %v", err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	return p, reg
+}
+
+func promCfg(targets ...string) PrometheusConfig {
+	c := DefaultPrometheusConfig()
+	c.Name = "app"
+	c.Targets = targets
+	return c
+}
+
+func promFind(b metric.Batch, name string, attrs map[string]string) []metric.Series {
+	var out []metric.Series
+	for _, s := range b.Series {
+		if s.Name != name {
+			continue
+		}
+		ok := true
+		for k, v := range attrs {
+			if got, _ := s.Attrs.Get(k); got != v {
+				ok = false
+			}
+		}
+		if ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func promOne(t *testing.T, b metric.Batch, name string, attrs map[string]string) metric.Series {
+	t.Helper()
+	s := promFind(b, name, attrs)
+	if len(s) != 1 {
+		t.Fatalf("series %s %v: found %d, want 1 (batch has %d series)", name, attrs, len(s), len(b.Series))
+	}
+	return s[0]
+}
+
+// promNativeBuckets expands a native histogram's positive spans into
+// Prometheus index -> count.
+func promNativeBuckets(h *dto.Histogram) map[int32]uint64 {
+	out := map[int32]uint64{}
+	var idx int32
+	var c int64
+	k := 0
+	for i, sp := range h.GetPositiveSpan() {
+		if i == 0 {
+			idx = sp.GetOffset()
+		} else {
+			idx += sp.GetOffset()
+		}
+		for range sp.GetLength() {
+			c += h.GetPositiveDelta()[k]
+			k++
+			if c != 0 {
+				out[idx] = uint64(c)
+			}
+			idx++
+		}
+	}
+	return out
+}
+
+func promGatherFamily(t *testing.T, g prometheus.Gatherer, name string) *dto.MetricFamily {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf
+		}
+	}
+	t.Fatalf("family %s not gathered", name)
+	return nil
+}
+
+func promLabelMap(m *dto.Metric) map[string]string {
+	out := map[string]string{}
+	for _, l := range m.GetLabel() {
+		out[l.GetName()] = l.GetValue()
+	}
+	return out
+}
+
+func promExactQuantile(vals []float64, q float64) float64 {
+	s := slices.Clone(vals)
+	slices.Sort(s)
+	return s[int(math.Floor(q*float64(len(s)-1)))]
+}
+
+// TestPrometheusNative scrapes a real client_golang handler, which
+// negotiates the protobuf format, and checks native histograms bucket for
+// bucket, p95 per route, exemplars, counters with created timestamps,
+// gauges, summaries and the per-target series.
+func TestPrometheusNative(t *testing.T) {
+	app := newPromApp(t)
+	var gotCT string
+	var mu sync.Mutex
+	h := promhttp.HandlerFor(app.reg, promhttp.HandlerOpts{EnableOpenMetrics: true})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		mu.Lock()
+		gotCT = rec.Header().Get("Content-Type")
+		mu.Unlock()
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
+	}))
+	defer srv.Close()
+
+	p, reg := newTestPrometheus(t, promCfg(srv.URL+"/metrics"), nil)
+	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	b, err := p.Collect(context.Background(), at)
+	if err != nil {
+		t.Fatalf("Collect: %v", err)
+	}
+	if !strings.HasPrefix(gotCT, "application/vnd.google.protobuf") {
+		t.Fatalf("negotiated %q, want delimited protobuf", gotCT)
+	}
+	if b.Source != "app" {
+		t.Errorf("batch source %q", b.Source)
+	}
+
+	fam := promGatherFamily(t, app.reg, "http_server_request_duration_seconds")
+	for _, m := range fam.GetMetric() {
+		lm := promLabelMap(m)
+		route := lm["route"]
+		want := m.GetHistogram()
+		s := promOne(t, b, "http_server_request_duration_seconds", lm)
+		if s.Kind != metric.Histogram || s.Temporality != metric.Cumulative {
+			t.Fatalf("%s: kind %v temporality %v", route, s.Kind, s.Temporality)
+		}
+		if inst, _ := s.Resource.Get("instance"); inst != strings.TrimPrefix(srv.URL, "http://") {
+			t.Errorf("instance = %q", inst)
+		}
+		if job, _ := s.Resource.Get("job"); job != "app" {
+			t.Errorf("job = %q", job)
+		}
+		pt := s.Points[0]
+		if !pt.Time.Equal(at) {
+			t.Errorf("point time %v, want tick %v", pt.Time, at)
+		}
+		if !pt.Start.Equal(want.GetCreatedTimestamp().AsTime()) {
+			t.Errorf("start %v, want created %v", pt.Start, want.GetCreatedTimestamp().AsTime())
+		}
+		hist := pt.Hist
+		if hist.Count() != want.GetSampleCount() || hist.Sum() != want.GetSampleSum() {
+			t.Errorf("%s: count/sum %d/%v, want %d/%v", route, hist.Count(), hist.Sum(), want.GetSampleCount(), want.GetSampleSum())
+		}
+		if hist.Scale() != want.GetSchema() {
+			t.Errorf("%s: scale %d, want schema %d", route, hist.Scale(), want.GetSchema())
+		}
+		// Bucket for bucket: OTel index = Prometheus index - 1.
+		d := hist.Data()
+		got := map[int32]uint64{}
+		for i, c := range d.Positive.Counts {
+			if c != 0 {
+				got[d.Positive.Offset+int32(i)+1] = c
+			}
+		}
+		wantB := promNativeBuckets(want)
+		if len(got) != len(wantB) {
+			t.Errorf("%s: %d populated buckets, want %d", route, len(got), len(wantB))
+		}
+		for idx, c := range wantB {
+			if got[idx] != c {
+				t.Errorf("%s: prometheus bucket %d = %d, want %d", route, idx, got[idx], c)
+			}
+		}
+		if d.ZeroCount != want.GetZeroCount() || d.ZeroThreshold != want.GetZeroThreshold() {
+			t.Errorf("%s: zero bucket %d@%v, want %d@%v", route, d.ZeroCount, d.ZeroThreshold, want.GetZeroCount(), want.GetZeroThreshold())
+		}
+		// p95 per route: the bucket holding rank floor(0.95(n-1)) per the
+		// exposed buckets, and the exact value within the error bound.
+		k := uint64(math.Floor(0.95 * float64(want.GetSampleCount()-1)))
+		idxs := slices.Sorted(func(yield func(int32) bool) {
+			for i := range wantB {
+				if !yield(i) {
+					return
+				}
+			}
+		})
+		var cum uint64
+		var lo, hi float64
+		base := math.Pow(2, math.Pow(2, -float64(want.GetSchema())))
+		for _, i := range idxs {
+			cum += wantB[i]
+			if cum > k {
+				lo, hi = math.Pow(base, float64(i-1)), math.Pow(base, float64(i))
+				break
+			}
+		}
+		p95 := hist.QuantileMidpoint(0.95)
+		if p95 < lo*(1-1e-12) || p95 > hi*(1+1e-12) {
+			t.Errorf("%s: p95 %v outside the rank's bucket (%v, %v]", route, p95, lo, hi)
+		}
+		exact := promExactQuantile(app.values[route], 0.95)
+		if rel := math.Abs(p95-exact) / exact; rel > hist.RelativeError() {
+			t.Errorf("%s: p95 %v vs exact %v: relative error %.4f > bound %.4f", route, p95, exact, rel, hist.RelativeError())
+		}
+		t.Logf("%s: p95 %.5f exact %.5f (bucket (%.5f, %.5f])", route, p95, exact, lo, hi)
+
+		// Exemplars: every exposed one (native and per-bucket) arrives with
+		// its trace and span ID.
+		var wantEx []*dto.Exemplar
+		wantEx = append(wantEx, want.GetExemplars()...)
+		for _, bk := range want.GetBucket() {
+			if bk.GetExemplar() != nil {
+				wantEx = append(wantEx, bk.GetExemplar())
+			}
+		}
+		if len(wantEx) == 0 {
+			t.Fatalf("%s: the registry exposed no exemplars", route)
+		}
+		for _, we := range wantEx {
+			wl := promLabelMap(&dto.Metric{Label: we.GetLabel()})
+			found := false
+			for _, e := range pt.Exemplars {
+				if hex.EncodeToString(e.TraceID[:]) == wl["trace_id"] && hex.EncodeToString(e.SpanID[:]) == wl["span_id"] && e.Value == we.GetValue() {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("%s: exemplar trace_id=%s missing", route, wl["trace_id"])
+			}
+		}
+		for _, e := range pt.Exemplars {
+			tid := hex.EncodeToString(e.TraceID[:])
+			if sid, ok := app.traceIDs[tid]; !ok || sid != hex.EncodeToString(e.SpanID[:]) {
+				t.Errorf("%s: unexpected exemplar trace %s span %x", route, tid, e.SpanID)
+			}
+		}
+	}
+
+	// Counter: cumulative, created timestamp, exemplar with extra attrs.
+	c := promOne(t, b, "http_requests_total", map[string]string{"route": "/api/orders", "code": "200"})
+	if c.Kind != metric.Counter || c.Temporality != metric.Cumulative || c.Points[0].Value != 2000 {
+		t.Errorf("counter: %+v", c)
+	}
+	if c.Points[0].Start.IsZero() {
+		t.Errorf("counter start not taken from the created timestamp")
+	}
+	if len(c.Points[0].Exemplars) != 1 || !c.Points[0].Exemplars[0].HasTrace() {
+		t.Fatalf("counter exemplars: %+v", c.Points[0].Exemplars)
+	}
+	if v, _ := c.Points[0].Exemplars[0].Attrs.Get("tenant"); v != "acme" {
+		t.Errorf("exemplar attrs %v, want tenant=acme", c.Points[0].Exemplars[0].Attrs)
+	}
+	// Gauge and summary.
+	if g := promOne(t, b, "http_inflight_requests", nil); g.Kind != metric.Gauge || g.Points[0].Value != 3 {
+		t.Errorf("gauge: %+v", g)
+	}
+	if q := promOne(t, b, "rpc_duration_seconds", map[string]string{"quantile": "0.99"}); q.Kind != metric.Gauge || q.Points[0].Value <= 0 {
+		t.Errorf("summary quantile: %+v", q)
+	}
+	if n := promOne(t, b, "rpc_duration_seconds_count", nil); n.Kind != metric.Counter || n.Points[0].Value != 4000 {
+		t.Errorf("summary count: %+v", n)
+	}
+	promOne(t, b, "rpc_duration_seconds_sum", nil)
+	// Per-target series and self-metrics.
+	if up := promOne(t, b, "up", nil); up.Points[0].Value != 1 {
+		t.Errorf("up = %v", up.Points[0].Value)
+	}
+	samples := promOne(t, b, "scrape_samples_scraped", nil).Points[0].Value
+	if want := float64(len(b.Series) - 3); samples != want {
+		t.Errorf("scrape_samples_scraped = %v, want %v", samples, want)
+	}
+	promOne(t, b, "scrape_duration_seconds", nil)
+	inst := strings.TrimPrefix(srv.URL, "http://")
+	if v := promSelfValue(p.m.up.WithLabelValues("app", inst)); v != 1 {
+		t.Errorf("self-metric up = %v", v)
+	}
+	if n, err := promGatherCount(reg, "sabaki_prometheus_scrape_samples"); err != nil || n != 1 {
+		t.Errorf("self-metric scrape_samples: %d, %v", n, err)
+	}
+}
+
+// TestPrometheusTextFormats checks the fallbacks: OpenMetrics (exemplars,
+// _created) and the classic text format (classic histogram buckets).
+func TestPrometheusTextFormats(t *testing.T) {
+	app := newPromApp(t)
+	for _, tc := range []struct {
+		name      string
+		format    expfmt.Format
+		ct        string
+		opts      []expfmt.EncoderOption
+		exemplars bool
+		created   bool
+	}{
+		{"openmetrics", expfmt.FmtOpenMetrics_1_0_0, "", []expfmt.EncoderOption{expfmt.WithCreatedLines()}, true, true},
+		{"text", expfmt.FmtText, "", nil, false, false},
+		{"unknown content type", expfmt.FmtText, "text/weird", nil, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(promServe(app.reg, tc.format, tc.ct, tc.opts...))
+			defer srv.Close()
+			p, _ := newTestPrometheus(t, promCfg(srv.URL), nil)
+			b, err := p.Collect(context.Background(), time.Now())
+			if err != nil {
+				t.Fatalf("Collect: %v", err)
+			}
+			fam := promGatherFamily(t, app.reg, "http_server_request_duration_seconds")
+			for _, m := range fam.GetMetric() {
+				lm := promLabelMap(m)
+				want := m.GetHistogram()
+				s := promOne(t, b, "http_server_request_duration_seconds", lm)
+				hist := s.Points[0].Hist
+				if hist.Count() != want.GetSampleCount() || math.Abs(hist.Sum()-want.GetSampleSum()) > 1e-9*want.GetSampleSum() {
+					t.Errorf("%v: count/sum %d/%v, want %d/%v", lm, hist.Count(), hist.Sum(), want.GetSampleCount(), want.GetSampleSum())
+				}
+				// Classic buckets: the p95 lies in the `le` bucket holding its rank
+				// (widened by one exponential bucket: the conversion spreads each
+				// explicit bucket over the exponential ones it overlaps).
+				k := uint64(math.Floor(0.95 * float64(want.GetSampleCount()-1)))
+				lo, hi := 0.0, math.Inf(1)
+				for _, bk := range want.GetBucket() {
+					if bk.GetCumulativeCount() > k {
+						hi = bk.GetUpperBound()
+						break
+					}
+					lo = bk.GetUpperBound()
+				}
+				base := math.Pow(2, math.Pow(2, -float64(hist.Scale())))
+				if p95 := hist.Quantile(0.95); p95 < lo/base || p95 > hi*base {
+					t.Errorf("%v: p95 %v outside classic bucket (%v, %v]", lm, p95, lo, hi)
+				}
+				if got := len(s.Points[0].Exemplars) > 0; got != tc.exemplars {
+					t.Errorf("exemplars present = %v, want %v", got, tc.exemplars)
+				}
+				for _, e := range s.Points[0].Exemplars {
+					if _, ok := app.traceIDs[hex.EncodeToString(e.TraceID[:])]; !ok {
+						t.Errorf("unexpected exemplar trace %x", e.TraceID)
+					}
+				}
+				if got := !s.Points[0].Start.IsZero(); got != tc.created {
+					t.Errorf("start set = %v, want %v", got, tc.created)
+				}
+			}
+			c := promOne(t, b, "http_requests_total", map[string]string{"route": "/api/users/:id"})
+			if c.Kind != metric.Counter || c.Points[0].Value != 2000 {
+				t.Errorf("counter %+v", c)
+			}
+			if got := len(c.Points[0].Exemplars) == 1; got != tc.exemplars {
+				t.Errorf("counter exemplar present = %v, want %v", got, tc.exemplars)
+			}
+		})
+	}
+}
+
+func TestPrometheusGzipAndAuth(t *testing.T) {
+	app := newPromApp(t)
+	var buf bytes.Buffer
+	promServe(app.reg, expfmt.FmtText, "").ServeHTTP(&promRecorder{h: http.Header{}, w: &buf}, httptest.NewRequest("GET", "/", nil))
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	_, _ = zw.Write(buf.Bytes())
+	_ = zw.Close()
+
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		cfg   func(*PrometheusConfig)
+		check func(*http.Request) bool
+	}{
+		{"bearer token", func(c *PrometheusConfig) { c.BearerToken = "s3cret" }, func(r *http.Request) bool { return r.Header.Get("Authorization") == "Bearer s3cret" }},
+		{"bearer token file", func(c *PrometheusConfig) { c.BearerTokenFile = tokenFile }, func(r *http.Request) bool { return r.Header.Get("Authorization") == "Bearer s3cret" }},
+		{"basic auth", func(c *PrometheusConfig) { c.BasicAuth = &PrometheusBasicAuth{Username: "u", Password: "p"} }, func(r *http.Request) bool {
+			u, pw, ok := r.BasicAuth()
+			return ok && u == "u" && pw == "p"
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if !tc.check(r) {
+					http.Error(w, "unauthorized", http.StatusUnauthorized)
+					return
+				}
+				if r.Header.Get("Accept-Encoding") != "gzip" {
+					t.Errorf("Accept-Encoding %q", r.Header.Get("Accept-Encoding"))
+				}
+				w.Header().Set("Content-Type", string(expfmt.FmtText))
+				w.Header().Set("Content-Encoding", "gzip")
+				_, _ = w.Write(gz.Bytes())
+			}))
+			defer srv.Close()
+			cfg := promCfg(srv.URL)
+			tc.cfg(&cfg)
+			p, _ := newTestPrometheus(t, cfg, nil)
+			b, err := p.Collect(context.Background(), time.Now())
+			if err != nil {
+				t.Fatalf("Collect: %v", err)
+			}
+			if c := promOne(t, b, "http_requests_total", map[string]string{"route": "/api/orders"}); c.Points[0].Value != 2000 {
+				t.Errorf("counter %v", c.Points[0].Value)
+			}
+			// Without credentials the same server refuses: up=0.
+			cfg = promCfg(srv.URL)
+			p2, _ := newTestPrometheus(t, cfg, nil)
+			b, err = p2.Collect(context.Background(), time.Now())
+			if !IsPartial(err) || !strings.Contains(err.Error(), "401") {
+				t.Errorf("without credentials: err %v", err)
+			}
+			if up := promOne(t, b, "up", nil); up.Points[0].Value != 0 {
+				t.Errorf("up = %v", up.Points[0].Value)
+			}
+		})
+	}
+}
+
+type promRecorder struct {
+	h http.Header
+	w *bytes.Buffer
+}
+
+func (r *promRecorder) Header() http.Header         { return r.h }
+func (r *promRecorder) Write(b []byte) (int, error) { return r.w.Write(b) }
+func (r *promRecorder) WriteHeader(int)             {}
+
+func TestPrometheusBadBodies(t *testing.T) {
+	big := strings.Repeat("# filler comment line to make the body large\n", 100) + "x 1\n"
+	for _, tc := range []struct {
+		name, ct, body string
+		gzip           bool
+		want           string
+	}{
+		{"oversized", string(expfmt.FmtText), big, false, "body exceeds body_size_limit (1KiB uncompressed)"},
+		{"oversized after gunzip", string(expfmt.FmtText), big, true, "body exceeds body_size_limit"},
+		{"malformed text", string(expfmt.FmtText), "metric{a=\"b\" 1\n", false, "parse text exposition"},
+		{"malformed openmetrics", string(expfmt.FmtOpenMetrics_1_0_0), "# TYPE x counter\nx_total 1\n", false, "parse OpenMetrics exposition"},
+		{"malformed protobuf", string(expfmt.FmtProtoDelim), "\xff\xff\xff", false, "parse protobuf exposition"},
+		{"bad gzip", string(expfmt.FmtText), "not gzip", false, "gzip"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", tc.ct)
+				body := []byte(tc.body)
+				if tc.gzip || tc.name == "bad gzip" {
+					w.Header().Set("Content-Encoding", "gzip")
+				}
+				if tc.gzip {
+					var gz bytes.Buffer
+					zw := gzip.NewWriter(&gz)
+					_, _ = zw.Write(body)
+					_ = zw.Close()
+					body = gz.Bytes()
+				}
+				_, _ = w.Write(body)
+			}))
+			defer srv.Close()
+			cfg := promCfg(srv.URL)
+			cfg.BodySizeLimit = 1024
+			p, _ := newTestPrometheus(t, cfg, nil)
+			b, err := p.Collect(context.Background(), time.Now())
+			var pe *PartialError
+			if !errors.As(err, &pe) || pe.Failed != 1 {
+				t.Fatalf("err = %v, want a partial error for one target", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v, want it to mention %q", err, tc.want)
+			}
+			if up := promOne(t, b, "up", nil); up.Points[0].Value != 0 {
+				t.Errorf("up = %v", up.Points[0].Value)
+			}
+			if len(b.Series) != 3 {
+				t.Errorf("got %d series, want only the 3 per-target ones", len(b.Series))
+			}
+		})
+	}
+}
+
+func TestPrometheusHonorLabels(t *testing.T) {
+	body := "# TYPE m gauge\nm{instance=\"exposed:1\",job=\"theirs\",route=\"/a\"} 1\n"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", string(expfmt.FmtText))
+		_, _ = w.Write([]byte(body))
+	}))
+	defer srv.Close()
+	inst := strings.TrimPrefix(srv.URL, "http://")
+	for _, tc := range []struct {
+		honor        bool
+		wantAttrs    map[string]string
+		wantResource map[string]string
+	}{
+		{false,
+			map[string]string{"exported_instance": "exposed:1", "exported_job": "theirs", "route": "/a"},
+			map[string]string{"instance": inst, "job": "app", "team": "web"}},
+		{true,
+			map[string]string{"instance": "exposed:1", "job": "theirs", "route": "/a"},
+			map[string]string{"team": "web"}},
+	} {
+		t.Run(fmt.Sprintf("honor_labels=%v", tc.honor), func(t *testing.T) {
+			cfg := promCfg(srv.URL)
+			cfg.HonorLabels = tc.honor
+			cfg.Labels = map[string]string{"team": "web"}
+			p, _ := newTestPrometheus(t, cfg, nil)
+			b, err := p.Collect(context.Background(), time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := promOne(t, b, "m", nil)
+			if !s.Attrs.Equal(metric.NewAttrs(tc.wantAttrs)) {
+				t.Errorf("attrs %v, want %v", s.Attrs, tc.wantAttrs)
+			}
+			if !s.Resource.Equal(metric.NewAttrs(tc.wantResource)) {
+				t.Errorf("resource %v, want %v", s.Resource, tc.wantResource)
+			}
+		})
+	}
+}
+
+// TestPrometheusStalenessAndLogging checks that a disappeared series stops
+// and is counted, that a failing target logs once (not per scrape), and
+// that the recovery is logged.
+func TestPrometheusStalenessAndLogging(t *testing.T) {
+	var mu sync.Mutex
+	body, status := "# TYPE m gauge\nm{k=\"a\"} 1\nm{k=\"b\"} 2\n", 200
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		w.Header().Set("Content-Type", string(expfmt.FmtText))
+		w.WriteHeader(status)
+		_, _ = w.Write([]byte(body))
+	}))
+	defer srv.Close()
+	logs := &promLogs{}
+	p, reg := newTestPrometheus(t, promCfg(srv.URL), slog.New(logs))
+	collect := func() (metric.Batch, error) { return p.Collect(context.Background(), time.Now()) }
+	if _, err := collect(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	body = "# TYPE m gauge\nm{k=\"a\"} 1\n"
+	mu.Unlock()
+	b, err := collect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(promFind(b, "m", map[string]string{"k": "b"})) != 0 {
+		t.Errorf("disappeared series still emitted")
+	}
+	if v := promSelfValue(p.m.stale.WithLabelValues("app")); v != 1 {
+		t.Errorf("stale series = %v, want 1", v)
+	}
+	mu.Lock()
+	status = 500
+	mu.Unlock()
+	for range 5 {
+		if _, err := collect(); !IsPartial(err) {
+			t.Fatalf("want a partial error, got %v", err)
+		}
+	}
+	if got := logs.count("scrape failing"); got != 1 {
+		t.Errorf("logged the failure %d times in 5 scrapes, want once", got)
+	}
+	p.now = func() time.Time { return time.Now().Add(promFailureLogEvery + time.Second) }
+	_, _ = collect()
+	if got := logs.count("scrape still failing"); got != 1 {
+		t.Errorf("summary after the window logged %d times, want 1", got)
+	}
+	mu.Lock()
+	status = 200
+	mu.Unlock()
+	if _, err := collect(); err != nil {
+		t.Fatal(err)
+	}
+	if got := logs.count("scrape recovered"); got != 1 {
+		t.Errorf("recovery logged %d times", got)
+	}
+	if n, _ := promGatherCount(reg, "sabaki_prometheus_scrape_failures_total"); n != 1 {
+		t.Errorf("failures self-metric series = %d", n)
+	}
+}
+
+type promLogs struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (l *promLogs) Enabled(context.Context, slog.Level) bool { return true }
+func (l *promLogs) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.msgs = append(l.msgs, r.Message)
+	return nil
+}
+func (l *promLogs) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *promLogs) WithGroup(string) slog.Handler      { return l }
+func (l *promLogs) count(msg string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, m := range l.msgs {
+		if m == msg {
+			n++
+		}
+	}
+	return n
+}
+
+func TestPrometheusFileSD(t *testing.T) {
+	mk := func(v string) *httptest.Server {
+		return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/custom" {
+				http.NotFound(w, r)
+				return
+			}
+			w.Header().Set("Content-Type", string(expfmt.FmtText))
+			_, _ = fmt.Fprintf(w, "# TYPE v gauge\nv %s\n", v)
+		}))
+	}
+	s1, s2 := mk("1"), mk("2")
+	defer s1.Close()
+	defer s2.Close()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "targets.json")
+	write := func(srv *httptest.Server, env string) {
+		t.Helper()
+		js := fmt.Sprintf(`[{"targets": [%q], "labels": {"env": %q, "__metrics_path__": "/custom"}}]`, strings.TrimPrefix(srv.URL, "http://"), env)
+		if err := os.WriteFile(file, []byte(js), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(s1, "prod")
+	cfg := DefaultPrometheusConfig()
+	cfg.Name = "sd"
+	cfg.FileSD = []string{file}
+	p, _ := newTestPrometheus(t, cfg, nil)
+	b, err := p.Collect(context.Background(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := promOne(t, b, "v", nil)
+	if env, _ := v.Resource.Get("env"); env != "prod" || v.Points[0].Value != 1 {
+		t.Errorf("first target: resource %v value %v", v.Resource, v.Points[0].Value)
+	}
+	if _, ok := v.Resource.Get("__metrics_path__"); ok {
+		t.Errorf("__ label kept in resource")
+	}
+	write(s2, "staging")
+	future := time.Now().Add(time.Minute)
+	_ = os.Chtimes(file, future, future)
+	b, err = p.Collect(context.Background(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v = promOne(t, b, "v", nil)
+	if env, _ := v.Resource.Get("env"); env != "staging" || v.Points[0].Value != 2 {
+		t.Errorf("reloaded target: resource %v value %v", v.Resource, v.Points[0].Value)
+	}
+	// A broken file keeps the previous targets.
+	if err := os.WriteFile(file, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Chtimes(file, future.Add(time.Minute), future.Add(time.Minute))
+	if b, err = p.Collect(context.Background(), time.Now()); err != nil || promOne(t, b, "v", nil).Points[0].Value != 2 {
+		t.Errorf("after a broken file: %v", err)
+	}
+}
+
+func TestPrometheusConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		want       string // substring of the problem, "" for valid
+	}{
+		{"valid", "type: prometheus\ntargets: [http://127.0.0.1:3000/metrics, 'localhost:9100']\ninterval: 30s\ntimeout: 5s\nbody_size_limit: 10MiB\n", ""},
+		{"no targets", "type: prometheus\n", "targets: must list at least one target"},
+		{"bad scheme", "type: prometheus\ntargets: ['ftp://x/metrics']\n", "targets[0]: target \"ftp://x/metrics\": scheme must be http or https"},
+		{"timeout above interval", "type: prometheus\ntargets: [a:1]\ninterval: 5s\ntimeout: 10s\n", "timeout: must not exceed interval"},
+		{"two tokens", "type: prometheus\ntargets: [a:1]\nbearer_token: x\nbearer_token_file: /f\n", "bearer_token_file: set either"},
+		{"half tls", "type: prometheus\ntargets: ['https://a:1/m']\ntls: {cert_file: c.pem}\n", "tls: cert_file and key_file"},
+		{"typo", "type: prometheus\ntargets: [a:1]\nintervall: 5s\n", "did you mean"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var n yaml.Node
+			if err := yaml.Unmarshal([]byte(tc.yaml), &n); err != nil {
+				t.Fatal(err)
+			}
+			cfg := DefaultPrometheusConfig()
+			ps := config.Decode(&n, "sources[0]", &cfg)
+			if tc.want == "" {
+				if len(ps) > 0 {
+					t.Fatalf("unexpected problems: %v", ps)
+				}
+				if _, err := NewPrometheus(cfg, Settings{}); err != nil {
+					t.Fatalf("NewPrometheus: %v", err)
+				}
+				return
+			}
+			if len(ps) == 0 || !strings.Contains(ps.Error(), tc.want) {
+				t.Fatalf("problems %v, want %q", ps, tc.want)
+			}
+		})
+	}
+}
+
+// FuzzParse runs arbitrary bytes through the text and OpenMetrics paths:
+// no panic, and whatever converts is well-formed.
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{
+		"# TYPE a counter\na_total{x=\"1\"} 3 1700000000000\n",
+		"# HELP g help\n# TYPE g gauge\ng 1.5\ng{a=\"b\"} NaN\n",
+		"# TYPE h histogram\nh_bucket{le=\"0.1\"} 1\nh_bucket{le=\"1\"} 3\nh_bucket{le=\"+Inf\"} 4\nh_sum 2.5\nh_count 4\n",
+		"# TYPE h histogram\nh_bucket{le=\"1\"} 5\nh_bucket{le=\"0.5\"} 3\nh_bucket{le=\"+Inf\"} 4\nh_count 4\n",
+		"# TYPE s summary\ns{quantile=\"0.5\"} 1\ns_sum 3\ns_count 2\n",
+		"# TYPE c counter\nc_total 1 # {trace_id=\"0af7651916cd43dd8448eb211c80319c\",span_id=\"b7ad6b7169203331\"} 0.5 1700000000.1\nc_created 1700000000\n# EOF\n",
+		"# TYPE h histogram\nh_bucket{le=\"1\"} 1 # {trace_id=\"zz\"} 0.3\nh_bucket{le=\"+Inf\"} 1\nh_count 1\nh_sum 0.3\nh_created 1700000000\n# EOF\n",
+		"untyped_metric 12\n",
+		"",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, format := range []expfmt.Format{expfmt.FmtText, expfmt.FmtOpenMetrics_1_0_0} {
+			c := promConverter{resource: metric.Attrs{{Key: "job", Value: "j"}}, at: time.Unix(1700000000, 0), honorTimestamps: true}
+			series, err := c.parse(data, format)
+			if err != nil {
+				continue
+			}
+			for _, s := range series {
+				if s.Name == "" || len(s.Points) != 1 {
+					t.Fatalf("malformed series %+v", s)
+				}
+				if (s.Kind == metric.Histogram) != (s.Points[0].Hist != nil) {
+					t.Fatalf("kind %v with hist %v", s.Kind, s.Points[0].Hist)
+				}
+				if !slices.IsSortedFunc(s.Attrs, func(a, b metric.Attr) int { return strings.Compare(a.Key, b.Key) }) {
+					t.Fatalf("attrs not sorted: %v", s.Attrs)
+				}
+			}
+		}
+	})
+}
+
+// promSelfValue reads a gauge or counter's current value.
+func promSelfValue(m prometheus.Metric) float64 {
+	var d dto.Metric
+	if err := m.Write(&d); err != nil {
+		return math.NaN()
+	}
+	if d.Counter != nil {
+		return d.GetCounter().GetValue()
+	}
+	return d.GetGauge().GetValue()
+}
+
+// promGatherCount counts the series of the named family in g.
+func promGatherCount(g prometheus.Gatherer, name string) (int, error) {
+	mfs, err := g.Gather()
+	if err != nil {
+		return 0, err
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return len(mf.GetMetric()), nil
+		}
+	}
+	return 0, nil
+}
