@@ -191,7 +191,7 @@ func NewOutbox(cfg OutboxConfig, exp Exporter, set Settings) (*Outbox, error) {
 		exp:    exp,
 		name:   exp.Name(),
 		dir:    filepath.Join(set.DataDir, "outbox", exp.Name()),
-		log:    log.With("exporter", exp.Name()),
+		log:    log, // the agent scopes it with the exporter's name
 		now:    time.Now,
 		sleep:  sleepCtx,
 		jitter: rand.Float64,
@@ -829,19 +829,10 @@ func (m *outboxMetrics) register(reg prometheus.Registerer, o *Outbox) error {
 	enqFailed := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sabaki_exporter_enqueue_failures_total", Help: "Windows that could not be written to the outbox (disk full, encoding).",
 	}, []string{"exporter"})
-	if reg != nil {
-		for _, c := range []**prometheus.CounterVec{&sent, &dropped, &failed, &enq, &enqFailed} {
-			if err := reg.Register(*c); err != nil {
-				are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err)
-				if !ok {
-					return err
-				}
-				existing, ok := are.ExistingCollector.(*prometheus.CounterVec)
-				if !ok {
-					return err
-				}
-				*c = existing
-			}
+	for _, c := range []**prometheus.CounterVec{&sent, &dropped, &failed, &enq, &enqFailed} {
+		var err error
+		if *c, err = registerCounterVec(reg, *c); err != nil {
+			return err
 		}
 	}
 	m.reg, m.name = reg, o.name

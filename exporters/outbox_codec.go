@@ -19,7 +19,8 @@ import (
 //	body       = revision uvarint | duration-nanos varint | nseries uvarint | aggregate*
 //	aggregate  = name str | unit str | description str | kind u8 | resource attrs | attrs attrs
 //	             | sum f64 | count uvarint | last f64 | min f64 | max f64
-//	             | hist bytes (len uvarint, 0 = none; histogram.AppendBinary) | errorCount uvarint
+//	             | hist (len uvarint, 0 = none | histogram.AppendBinary | maxSize uvarint | maxScale varint)
+//	             | errorCount uvarint
 //	             | errorTracked u8 | nexemplars uvarint | exemplar*
 //	exemplar   = traceID [16] | spanID [8] | value f64 | time unix-nanos varint (0 = zero) | attrs
 //	attrs      = n uvarint | (key str | value str)*
@@ -61,6 +62,8 @@ func encodeWindow(w *metric.Window) ([]byte, error) {
 			}
 			b = binary.AppendUvarint(b, uint64(len(hb)))
 			b = append(b, hb...)
+			b = binary.AppendUvarint(b, uint64(a.Hist.MaxSize()))
+			b = binary.AppendVarint(b, int64(a.Hist.MaxScale()))
 		}
 		b = binary.AppendUvarint(b, a.ErrorCount)
 		b = appendBool(b, a.ErrorTracked)
@@ -120,7 +123,11 @@ func decodeWindow(p []byte) (*metric.Window, error) {
 		a.Min = d.float()
 		a.Max = d.float()
 		if hb := d.bytes(); len(hb) > 0 && d.err == nil {
-			h := histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+			maxSize, maxScale := d.uvarint(), d.varint()
+			if d.err != nil || maxSize == 0 || maxSize > 1<<16 || maxScale < -10 || maxScale > 20 {
+				return nil, fmt.Errorf("decoding histogram of %s: bad limits", a.Name)
+			}
+			h := histogram.New(int(maxSize), int32(maxScale))
 			if err := h.UnmarshalBinary(hb); err != nil {
 				return nil, fmt.Errorf("decoding histogram of %s: %w", a.Name, err)
 			}

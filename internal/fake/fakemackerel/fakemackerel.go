@@ -194,7 +194,17 @@ type Server struct {
 	annotations []Annotation
 	monitors    []json.RawMessage
 	hosts       []Host
+	traces      []Trace
 	nextID      int
+}
+
+// Trace is a trace the fake trace search can find.
+type Trace struct {
+	TraceID       string `json:"traceId"`
+	ServiceName   string `json:"serviceName"`
+	Title         string `json:"title"`
+	StartAt       int64  `json:"traceStartAt"`
+	LatencyMillis int64  `json:"traceLatencyMillis"`
 }
 
 // New starts a fake Mackerel.
@@ -350,6 +360,13 @@ func (s *Server) Hosts() []Host {
 	return slices.Clone(s.hosts)
 }
 
+// AddTrace makes a trace findable by POST /api/v0/traces.
+func (s *Server) AddTrace(t Trace) {
+	s.mu.Lock()
+	s.traces = append(s.traces, t)
+	s.mu.Unlock()
+}
+
 // ---- serving ----
 
 var (
@@ -444,7 +461,8 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) int {
 	if !ok {
 		return writeErr(w, errf(s.rules.BadKeyStatus, "Authentication failed. Please try again after logging in."))
 	}
-	write := r.Method != http.MethodGet
+	// The trace search is a POST that needs only read permission.
+	write := r.Method != http.MethodGet && r.URL.Path != "/api/v0/traces"
 	if write && !perm.Write || !write && !perm.Read {
 		return writeErr(w, errf(http.StatusForbidden, "Permission denied."))
 	}
@@ -517,6 +535,8 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) int {
 		res, e = s.createAnnotation(body)
 	case p == "/api/v0/graph-annotations" && r.Method == http.MethodGet:
 		res, e = s.findAnnotations(r)
+	case p == "/api/v0/traces" && r.Method == http.MethodPost:
+		res, e = s.searchTraces(body)
 	case p == "/api/v0/monitors" && r.Method == http.MethodGet:
 		res, e = s.listMonitors()
 	case p == "/api/v0/monitors" && r.Method == http.MethodPost:
@@ -899,4 +919,74 @@ func (s *Server) putMonitor(id string, body []byte) (any, *apiError) {
 		}
 	}
 	return nil, errf(http.StatusNotFound, "monitor not found: %s", id)
+}
+
+var traceIDRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
+
+// searchTraces implements the documented subset of the trace search:
+// serviceName, from/to (seconds), traceId, minLatencyMillis, page, perPage,
+// order by LATENCY or START_AT.
+func (s *Server) searchTraces(body []byte) (any, *apiError) {
+	var p struct {
+		ServiceName      string  `json:"serviceName"`
+		From             int64   `json:"from"`
+		To               int64   `json:"to"`
+		TraceID          *string `json:"traceId"`
+		MinLatencyMillis *int64  `json:"minLatencyMillis"`
+		Page             *int    `json:"page"`
+		PerPage          *int    `json:"perPage"`
+		Order            struct {
+			Column    *string `json:"column"`
+			Direction *string `json:"direction"`
+		} `json:"order"`
+	}
+	if err := json.Unmarshal(body, &p); err != nil {
+		return nil, errf(http.StatusBadRequest, "malformed trace search")
+	}
+	page, perPage := 1, 20
+	if p.Page != nil {
+		page = *p.Page
+	}
+	if p.PerPage != nil {
+		perPage = *p.PerPage
+	}
+	switch {
+	case p.ServiceName == "":
+		return nil, errf(http.StatusBadRequest, "serviceName is required")
+	case p.From > p.To:
+		return nil, errf(http.StatusBadRequest, "from must not be after to")
+	case p.TraceID != nil && !traceIDRE.MatchString(*p.TraceID):
+		return nil, errf(http.StatusBadRequest, "traceId must be 32 lower-case hex digits")
+	case page < 1 || perPage < 1 || perPage > 100:
+		return nil, errf(http.StatusBadRequest, "page must be >= 1 and perPage in 1..100")
+	case p.Order.Column != nil && *p.Order.Column != "LATENCY" && *p.Order.Column != "START_AT":
+		return nil, errf(http.StatusBadRequest, "order.column must be LATENCY or START_AT")
+	case p.Order.Direction != nil && *p.Order.Direction != "ASC" && *p.Order.Direction != "DESC":
+		return nil, errf(http.StatusBadRequest, "order.direction must be ASC or DESC")
+	}
+	s.mu.Lock()
+	var found []Trace
+	for _, t := range s.traces {
+		if t.ServiceName == p.ServiceName && t.StartAt >= p.From && t.StartAt <= p.To &&
+			(p.MinLatencyMillis == nil || t.LatencyMillis >= *p.MinLatencyMillis) &&
+			(p.TraceID == nil || t.TraceID == *p.TraceID) {
+			found = append(found, t)
+		}
+	}
+	s.mu.Unlock()
+	byLatency := p.Order.Column != nil && *p.Order.Column == "LATENCY"
+	asc := p.Order.Direction != nil && *p.Order.Direction == "ASC"
+	sort.SliceStable(found, func(i, j int) bool {
+		a, b := found[i].StartAt, found[j].StartAt
+		if byLatency {
+			a, b = found[i].LatencyMillis, found[j].LatencyMillis
+		}
+		if asc {
+			return a < b
+		}
+		return a > b
+	})
+	lo := min((page-1)*perPage, len(found))
+	hi := min(lo+perPage, len(found))
+	return map[string]any{"results": found[lo:hi], "hasNextPage": hi < len(found)}, nil
 }
