@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"math"
 	"time"
@@ -69,7 +70,10 @@ func (s *Store) partitions() [][2]int64 {
 // and before to.
 func firstStart(ctx context.Context, q rowQuerier, table string, tier int, from, to int64) (int64, bool, error) {
 	var v sql.NullInt64
-	err := q.QueryRowContext(ctx, `SELECT min(start) FROM `+table+` WHERE tier = ? AND start >= ? AND start < ?`, tier, from, to).Scan(&v)
+	err := q.QueryRowContext(ctx, `SELECT start FROM `+table+` WHERE tier = ? AND start >= ? AND start < ? ORDER BY start LIMIT 1`, tier, from, to).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, nil
+	}
 	return v.Int64, v.Valid, err
 }
 

@@ -93,7 +93,7 @@ func (s *Store) scan(ctx context.Context, q rowQuerier, tier int, from, to int64
 		cur := t.from - 1
 		for {
 			var next sql.NullInt64
-			if err := q.QueryRowContext(ctx, `SELECT min(start) FROM `+t.table+` WHERE tier = ? AND start > ? AND start < ?`, tier, cur, to).Scan(&next); err != nil {
+			if err := q.QueryRowContext(ctx, `SELECT start FROM `+t.table+` WHERE tier = ? AND start > ? AND start < ? ORDER BY start LIMIT 1`, tier, cur, to).Scan(&next); err != nil && !errors.Is(err, sql.ErrNoRows) {
 				return nil, err
 			}
 			if !next.Valid {

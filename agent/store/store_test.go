@@ -1,0 +1,660 @@
+package store
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sabakiio/sabaki/histogram"
+	"github.com/sabakiio/sabaki/metric"
+)
+
+var t0 = time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)
+
+// clock is a settable Options.Now.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) set(t time.Time) {
+	c.mu.Lock()
+	c.t = t
+	c.mu.Unlock()
+}
+
+func open(t *testing.T, dir string, c *clock, tiers ...Tier) *Store {
+	t.Helper()
+	opts := Options{Now: c.now, Grace: time.Minute}
+	opts.Tiers = tiers
+	s, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+var res = metric.NewAttrs(map[string]string{"service.name": "toitta"})
+
+func counter(route string, v float64) metric.Aggregate {
+	return metric.Aggregate{Name: "http.requests", Unit: "{request}", Kind: metric.Counter, Resource: res,
+		Attrs: metric.NewAttrs(map[string]string{"http.route": route}), Sum: v, Count: 1}
+}
+
+func gauge(instance string, vs ...float64) metric.Aggregate {
+	a := metric.Aggregate{Name: "instances", Unit: "1", Kind: metric.Gauge, Resource: res,
+		Attrs: metric.NewAttrs(map[string]string{"instance": instance}), Min: math.Inf(1), Max: math.Inf(-1)}
+	for _, v := range vs {
+		a.Sum += v
+		a.Count++
+		a.Last = v
+		a.Min, a.Max = math.Min(a.Min, v), math.Max(a.Max, v)
+	}
+	return a
+}
+
+func hist(route string, vs ...float64) metric.Aggregate {
+	h := histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+	for _, v := range vs {
+		h.Record(v)
+	}
+	return metric.Aggregate{Name: "http.server.request.duration", Unit: "s", Kind: metric.Histogram, Resource: res,
+		Attrs: metric.NewAttrs(map[string]string{"http.route": route}), Hist: h, ErrorCount: 1, ErrorTracked: true}
+}
+
+func win(start time.Time, rev int, aggs ...metric.Aggregate) *metric.Window {
+	return &metric.Window{Start: start, Duration: time.Minute, Revision: rev, Series: aggs}
+}
+
+func write(t *testing.T, s *Store, w *metric.Window) {
+	t.Helper()
+	if err := s.Write(context.Background(), w); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func query(t *testing.T, s *Store, q Query) []Row {
+	t.Helper()
+	rows, err := s.Query(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rows
+}
+
+func stat(t *testing.T, r Row, name string) float64 {
+	t.Helper()
+	v, ok, err := Stat(r, name)
+	if err != nil || !ok {
+		t.Fatalf("Stat(%s) = %v, %v, %v", name, v, ok, err)
+	}
+	return v
+}
+
+func TestWriteQueryRoundTrip(t *testing.T) {
+	c := &clock{t: t0.Add(10 * time.Minute)}
+	s := open(t, t.TempDir(), c)
+	ctx := context.Background()
+	for i := range 3 {
+		at := t0.Add(time.Duration(i) * time.Minute)
+		w := win(at, 0,
+			counter("/a", float64(10+i)), counter("/b", 1),
+			gauge("i1", 1, float64(2+i)), gauge("i2", 3),
+			hist("/a", 0.1, 0.2, float64(i+1)),
+		)
+		w.Series[4].Exemplars = []metric.Exemplar{{TraceID: [16]byte{1, 2, byte(i)}, SpanID: [8]byte{3}, Value: float64(i + 1), Time: at.Add(time.Second)}}
+		write(t, s, w)
+	}
+	q := Query{Metric: "http.requests", From: t0, To: c.now()}
+	rows := query(t, s, q)
+	if len(rows) != 6 {
+		t.Fatalf("%d rows, want 6: %+v", len(rows), rows)
+	}
+	if got := rows[0].Attributes; got["http.route"] != "/a" || got["service.name"] != "toitta" || len(got) != 2 {
+		t.Errorf("attributes = %v, want route and service.name", got)
+	}
+	if !rows[1].Time.Equal(t0.Add(time.Minute)) || stat(t, rows[1], "sum") != 11 {
+		t.Errorf("row 1 = %v %v", rows[1].Time, rows[1].Agg.Sum)
+	}
+	// Step 1h, where, group-by.
+	q.Step = time.Hour
+	q.Where = map[string]string{"http.route": "/a"}
+	rows = query(t, s, q)
+	if len(rows) != 1 || stat(t, rows[0], "sum") != 33 || !rows[0].Time.Equal(t0) {
+		t.Fatalf("where /a, 1h: %+v", rows)
+	}
+	if r := stat(t, rows[0], "rate"); math.Abs(r-33.0/3600) > 1e-12 {
+		t.Errorf("rate = %v", r)
+	}
+	q.Where = map[string]string{"service.name": "toitta"} // resource attribute
+	q.GroupBy = []string{"service.name"}
+	rows = query(t, s, q)
+	if len(rows) != 1 || stat(t, rows[0], "sum") != 36 || len(rows[0].Attributes) != 1 {
+		t.Fatalf("group by service: %+v", rows)
+	}
+	// Gauges: last sums across series, min/max/mean over everything.
+	rows = query(t, s, Query{Metric: "instances", GroupBy: []string{"service.name"}, From: t0, To: c.now(), Step: time.Hour})
+	if len(rows) != 1 {
+		t.Fatalf("gauge rows %+v", rows)
+	}
+	if g := rows[0]; stat(t, g, "last") != 4+3 || stat(t, g, "min") != 1 || stat(t, g, "max") != 4 || stat(t, g, "count") != 9 {
+		t.Errorf("gauge agg = %+v", g.Agg)
+	}
+	// Histograms: exact merge of the three minutes.
+	rows = query(t, s, Query{Metric: "http.server.request.duration", From: t0, To: c.now(), Step: time.Hour})
+	want := histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+	for i := range 3 {
+		for _, v := range []float64{0.1, 0.2, float64(i + 1)} {
+			want.Record(v)
+		}
+	}
+	if len(rows) != 1 || stat(t, rows[0], "count") != 9 || stat(t, rows[0], "max") != 3 || stat(t, rows[0], "p50") != want.Quantile(0.5) {
+		t.Fatalf("hist rows %+v", rows)
+	}
+	if er := stat(t, rows[0], "error_ratio"); er != 3.0/9 {
+		t.Errorf("error_ratio = %v", er)
+	}
+	ex, err := s.Exemplars(ctx, Query{Metric: "http.server.request.duration", From: t0, To: c.now()})
+	if err != nil || len(ex) != 3 || ex[2].Exemplar.Value != 3 || ex[2].TraceIDHex() != "01020200000000000000000000000000" || ex[2].Attributes["http.route"] != "/a" {
+		t.Fatalf("exemplars = %+v, %v", ex, err)
+	}
+	ms, err := s.Metrics(ctx)
+	if err != nil || len(ms) != 3 || ms[0] != (MetricInfo{Name: "http.requests", Kind: metric.Counter, Unit: "{request}", Series: 2}) {
+		t.Fatalf("metrics = %+v, %v", ms, err)
+	}
+	// The same answers after compaction into chunks.
+	before := query(t, s, Query{Metric: "http.requests", From: t0, To: c.now()})
+	c.set(t0.Add(3 * time.Hour))
+	if err := s.Maintain(ctx, c.now()); err != nil {
+		t.Fatal(err)
+	}
+	var head, chunks int
+	s.db.QueryRow(`SELECT (SELECT count(*) FROM head WHERE tier = 0), (SELECT count(*) FROM chunks WHERE tier = 0)`).Scan(&head, &chunks)
+	if head != 0 || chunks != 5 {
+		t.Errorf("after Maintain: %d head rows, %d chunks; want 0, 5", head, chunks)
+	}
+	after := query(t, s, Query{Metric: "http.requests", From: t0, To: c.now()})
+	if fmt.Sprint(before) != fmt.Sprint(after) {
+		t.Errorf("compaction changed the answer:\n%v\n%v", before, after)
+	}
+}
+
+func TestReemittedWindowReplaces(t *testing.T) {
+	c := &clock{t: t0.Add(5 * time.Minute)}
+	s := open(t, t.TempDir(), c)
+	ctx := context.Background()
+	sum := func() float64 {
+		rows := query(t, s, Query{Metric: "http.requests", From: t0, To: t0.Add(time.Minute)})
+		if len(rows) != 1 {
+			t.Fatalf("rows %+v", rows)
+		}
+		return rows[0].Agg.Sum
+	}
+	write(t, s, win(t0, 0, counter("/a", 1)))
+	write(t, s, win(t0, 1, counter("/a", 5)))
+	if got := sum(); got != 5 {
+		t.Errorf("after revision 1: sum %v, want 5", got)
+	}
+	write(t, s, win(t0, 0, counter("/a", 9))) // stale revision arriving late
+	if got := sum(); got != 5 {
+		t.Errorf("after stale revision 0: sum %v, want 5", got)
+	}
+	// After compaction, a later revision still replaces (chunk re-encoded).
+	c.set(t0.Add(3 * time.Hour))
+	if err := s.Maintain(ctx, c.now()); err != nil {
+		t.Fatal(err)
+	}
+	h := hist("/a", 1)
+	h.Exemplars = []metric.Exemplar{{TraceID: [16]byte{9}, Value: 1}}
+	write(t, s, win(t0, 2, counter("/a", 7), h))
+	if got := sum(); got != 7 {
+		t.Errorf("late revision after compaction: sum %v, want 7", got)
+	}
+	h.Exemplars = []metric.Exemplar{{TraceID: [16]byte{8}, Value: 2}}
+	write(t, s, win(t0, 3, counter("/a", 7), h))
+	if ex, _ := s.Exemplars(ctx, Query{Metric: h.Name, From: t0, To: c.now()}); len(ex) != 1 || ex[0].Exemplar.TraceID[0] != 8 {
+		t.Errorf("exemplars after re-emission = %+v, want only the new one", ex)
+	}
+	if err := s.Maintain(ctx, c.now()); err != nil {
+		t.Fatal(err)
+	}
+	if got := sum(); got != 7 {
+		t.Errorf("after recompaction: sum %v, want 7", got)
+	}
+}
+
+// TestRollupExact checks that an hour in the 1 h tier holds exactly the
+// merge of its minutes: the 1 h p95 is the p95 of all the hour's
+// observations, not a mean of minute p95s.
+func TestRollupExact(t *testing.T) {
+	c := &clock{t: t0}
+	tiers := []Tier{{time.Minute, 3 * time.Hour}, {time.Hour, 2 * 24 * time.Hour}, {24 * time.Hour, 30 * 24 * time.Hour}}
+	s := open(t, t.TempDir(), c, tiers...)
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(7, 8))
+	direct := map[int]*histogram.Histogram{} // hour → every observation recorded once
+	var counterSum [3]float64
+	var gmin, gmax [3]float64
+	for h := range 3 {
+		direct[h] = histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+		gmin[h], gmax[h] = math.Inf(1), math.Inf(-1)
+	}
+	for m := range 180 {
+		hour := m / 60
+		vs := make([]float64, 150+r.IntN(100))
+		for i := range vs {
+			vs[i] = math.Exp(r.NormFloat64()*0.8 - 2)
+			direct[hour].Record(vs[i])
+		}
+		g := float64(r.IntN(50))
+		gmin[hour], gmax[hour] = math.Min(gmin[hour], g), math.Max(gmax[hour], g)
+		counterSum[hour] += float64(m)
+		write(t, s, win(t0.Add(time.Duration(m)*time.Minute), 0, hist("/a", vs...), counter("/a", float64(m)), gauge("i1", g)))
+		c.set(t0.Add(time.Duration(m+1) * time.Minute))
+		if m%17 == 0 {
+			if err := s.Maintain(ctx, c.now()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Far enough on that the minutes are gone: answers come from the 1 h tier.
+	c.set(t0.Add(7 * time.Hour))
+	for range 2 { // idempotent
+		if err := s.Maintain(ctx, c.now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var minutes int
+	s.db.QueryRow(`SELECT count(*) FROM chunks WHERE tier = 0`).Scan(&minutes)
+	if minutes != 0 {
+		t.Fatalf("%d first-tier chunks left after retention", minutes)
+	}
+	rows := query(t, s, Query{Metric: "http.server.request.duration", From: t0, To: c.now(), Step: time.Hour})
+	if len(rows) != 3 {
+		t.Fatalf("%d hourly rows, want 3", len(rows))
+	}
+	for h, row := range rows {
+		d := direct[h]
+		for _, q := range []float64{0.5, 0.95, 0.99} {
+			if got, want := row.Agg.Hist.Quantile(q), d.Quantile(q); got != want {
+				t.Errorf("hour %d p%v = %v, want %v (all observations)", h, q*100, got, want)
+			}
+		}
+		if row.Agg.Count != d.Count() || row.Agg.Min != d.Min() || row.Agg.Max != d.Max() || math.Abs(row.Agg.Sum-d.Sum()) > 1e-9*d.Sum() {
+			t.Errorf("hour %d: count/min/max/sum %v %v %v %v, want %v %v %v %v", h, row.Agg.Count, row.Agg.Min, row.Agg.Max, row.Agg.Sum, d.Count(), d.Min(), d.Max(), d.Sum())
+		}
+		if row.Agg.ErrorCount != 60 {
+			t.Errorf("hour %d: %d errors, want 60", h, row.Agg.ErrorCount)
+		}
+	}
+	crow := query(t, s, Query{Metric: "http.requests", From: t0, To: c.now(), Step: time.Hour})
+	grow := query(t, s, Query{Metric: "instances", From: t0, To: c.now(), Step: time.Hour})
+	for h := range 3 {
+		if crow[h].Agg.Sum != counterSum[h] {
+			t.Errorf("hour %d counter sum %v, want %v", h, crow[h].Agg.Sum, counterSum[h])
+		}
+		if grow[h].Agg.Min != gmin[h] || grow[h].Agg.Max != gmax[h] || grow[h].Agg.Count != 60 {
+			t.Errorf("hour %d gauge %+v, want min %v max %v count 60", h, grow[h].Agg, gmin[h], gmax[h])
+		}
+	}
+	// Days roll up too, once the day has closed.
+	c.set(t0.Add(24*time.Hour + time.Hour))
+	if err := s.Maintain(ctx, c.now()); err != nil {
+		t.Fatal(err)
+	}
+	id := seriesID("http.requests", metric.Counter, res, counter("/a", 0).Attrs)
+	day, err := s.scan(ctx, s.db, 2, t0.Unix(), t0.Unix()+1, selection{ids: []int64{id}})
+	if err != nil || day[id] == nil {
+		t.Fatalf("daily rollup missing: %v", err)
+	}
+	if pts := day[id].pts; len(pts) != 1 || pts[0].sum != counterSum[0]+counterSum[1]+counterSum[2] {
+		t.Errorf("daily point = %+v", pts)
+	}
+}
+
+func TestLateWindowRedoesRollup(t *testing.T) {
+	c := &clock{t: t0.Add(2 * time.Hour)}
+	s := open(t, t.TempDir(), c, Tier{time.Minute, 14 * 24 * time.Hour}, Tier{time.Hour, 400 * 24 * time.Hour})
+	ctx := context.Background()
+	write(t, s, win(t0, 0, counter("/a", 1)))
+	if err := s.Maintain(ctx, c.now()); err != nil {
+		t.Fatal(err)
+	}
+	write(t, s, win(t0.Add(30*time.Minute), 0, counter("/a", 2))) // after the hour was rolled up
+	if err := s.Maintain(ctx, c.now()); err != nil {
+		t.Fatal(err)
+	}
+	var data []byte
+	if err := s.db.QueryRow(`SELECT data FROM head WHERE tier = 1 AND start = ?`, t0.Unix()).Scan(&data); err != nil {
+		t.Fatal(err)
+	}
+	if _, pts, _ := decodeChunk(data); len(pts) != 1 || pts[0].sum != 3 {
+		t.Errorf("hour after late window = %+v, want sum 3", pts)
+	}
+}
+
+func TestRetention(t *testing.T) {
+	c := &clock{t: t0}
+	s := open(t, t.TempDir(), c, Tier{time.Minute, 3 * time.Hour}, Tier{time.Hour, 10 * time.Hour})
+	ctx := context.Background()
+	for m := range 120 {
+		write(t, s, win(t0.Add(time.Duration(m)*time.Minute), 0, counter("/a", 1)))
+	}
+	count := func(q string) int {
+		var n int
+		if err := s.db.QueryRow(q).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	c.set(t0.Add(3 * time.Hour))
+	s.Maintain(ctx, c.now())
+	if n := count(`SELECT count(*) FROM chunks WHERE tier = 0`); n != 1 {
+		t.Errorf("%d first-tier chunks, want 1", n)
+	}
+	c.set(t0.Add(5*time.Hour + time.Second)) // chunk [0h, 2h) is past 3h keep
+	if err := s.Maintain(ctx, c.now()); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(`SELECT count(*) FROM chunks WHERE tier = 0`) + count(`SELECT count(*) FROM head WHERE tier = 0`); n != 0 {
+		t.Errorf("%d first-tier rows after keep, want 0", n)
+	}
+	rows := query(t, s, Query{Metric: "http.requests", From: t0, To: c.now(), Step: time.Hour})
+	if len(rows) != 2 || rows[0].Agg.Sum != 60 || rows[1].Agg.Sum != 60 {
+		t.Errorf("hourly rows after minutes expired: %+v", rows)
+	}
+	c.set(t0.Add(24 * time.Hour))
+	if err := s.Maintain(ctx, c.now()); err != nil {
+		t.Fatal(err)
+	}
+	if rows := query(t, s, Query{Metric: "http.requests", From: t0, To: c.now(), Step: time.Hour}); len(rows) != 0 {
+		t.Errorf("rows after every keep: %+v", rows)
+	}
+}
+
+func TestStateStore(t *testing.T) {
+	s := open(t, t.TempDir(), &clock{t: t0})
+	ctx := context.Background()
+	if _, ok, err := s.GetState(ctx, "gcp/cursor"); ok || err != nil {
+		t.Fatalf("missing key: %v %v", ok, err)
+	}
+	for _, v := range []string{"a", "bb"} {
+		if err := s.PutState(ctx, "gcp/cursor", []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+		if got, ok, err := s.GetState(ctx, "gcp/cursor"); string(got) != v || !ok || err != nil {
+			t.Errorf("GetState = %q %v %v, want %q", got, ok, err, v)
+		}
+	}
+}
+
+func TestSecondWriterRejected(t *testing.T) {
+	dir := t.TempDir()
+	c := &clock{t: t0.Add(time.Hour)}
+	s := open(t, dir, c)
+	write(t, s, win(t0, 0, counter("/a", 1)))
+	_, err := Open(dir, Options{})
+	if err == nil || !strings.Contains(err.Error(), "in use by another sabaki process (pid "+strconv.Itoa(os.Getpid())+")") || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("second writer: err = %v", err)
+	}
+	r, err := Open(dir, Options{ReadOnly: true, Now: c.now})
+	if err != nil {
+		t.Fatalf("reader beside writer: %v", err)
+	}
+	defer r.Close()
+	if rows := query(t, r, Query{Metric: "http.requests", From: t0, To: c.now()}); len(rows) != 1 {
+		t.Errorf("reader sees %d rows", len(rows))
+	}
+	if err := r.Write(context.Background(), win(t0, 0)); err == nil {
+		t.Error("read-only store accepted a write")
+	}
+}
+
+func TestReadOnlyMissingStore(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "nope")
+	_, err := Open(dir, Options{ReadOnly: true})
+	if err == nil || !strings.Contains(err.Error(), "no sabaki store in "+dir) {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("read-only open created %s", dir)
+	}
+}
+
+func TestPermissions(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data", "store")
+	s := open(t, dir, &clock{t: t0})
+	write(t, s, win(t0, 0, counter("/a", 1)))
+	check := func(path string, want os.FileMode) {
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, want %v", filepath.Base(path), st.Mode().Perm(), want)
+		}
+	}
+	check(dir, 0o700)
+	for _, f := range []string{dbFile, dbFile + "-wal", dbFile + "-shm", lockFile} {
+		check(filepath.Join(dir, f), 0o600)
+	}
+}
+
+func TestForeignAndCorruptFiles(t *testing.T) {
+	t.Run("not sqlite", func(t *testing.T) {
+		dir := t.TempDir()
+		junk := []byte(strings.Repeat("this is not a database\n", 100))
+		os.WriteFile(filepath.Join(dir, dbFile), junk, 0o600)
+		_, err := Open(dir, Options{})
+		if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, dbFile)+" is not a sabaki store") {
+			t.Fatalf("err = %v", err)
+		}
+		if b, _ := os.ReadFile(filepath.Join(dir, dbFile)); string(b) != string(junk) {
+			t.Error("the foreign file was modified")
+		}
+	})
+	t.Run("other sqlite application", func(t *testing.T) {
+		dir := t.TempDir()
+		path := filepath.Join(dir, dbFile)
+		db, err := sql.Open("sqlite", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Exec(`CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('keep me')`); err != nil {
+			t.Fatal(err)
+		}
+		db.Close()
+		for _, ro := range []bool{false, true} {
+			_, err = Open(dir, Options{ReadOnly: ro})
+			if err == nil || !strings.Contains(err.Error(), path+" is not a sabaki store") {
+				t.Fatalf("read-only %v: err = %v", ro, err)
+			}
+		}
+		db, _ = sql.Open("sqlite", path)
+		defer db.Close()
+		var body string
+		if err := db.QueryRow(`SELECT body FROM notes`).Scan(&body); err != nil || body != "keep me" {
+			t.Errorf("foreign database changed: %q %v", body, err)
+		}
+	})
+	t.Run("corrupt store", func(t *testing.T) {
+		dir := t.TempDir()
+		c := &clock{t: t0.Add(time.Hour)}
+		s, err := Open(dir, Options{Now: c.now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range 200 {
+			var aggs []metric.Aggregate
+			for i := range 20 {
+				aggs = append(aggs, counter(fmt.Sprintf("/r%d", i), float64(m)))
+			}
+			write(t, s, win(t0.Add(time.Duration(m)*time.Minute), 0, aggs...))
+		}
+		s.Close()
+		path := filepath.Join(dir, dbFile)
+		b, _ := os.ReadFile(path)
+		for i := 4096; i < len(b); i++ { // every page but the header page
+			b[i] = byte(i * 7)
+		}
+		os.WriteFile(path, b, 0o600)
+		s, err = Open(dir, Options{Now: c.now})
+		if err == nil {
+			_, err = s.Query(context.Background(), Query{Metric: "http.requests", From: t0, To: c.now()})
+			s.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "corrupt") {
+			t.Fatalf("err = %v, want a corruption error naming %s", err, path)
+		}
+		if after, _ := os.ReadFile(path); len(after) != len(b) {
+			t.Errorf("corrupt store was rewritten (%d → %d bytes)", len(b), len(after))
+		}
+	})
+	t.Run("newer schema", func(t *testing.T) {
+		dir := t.TempDir()
+		s := open(t, dir, &clock{t: t0})
+		s.db.Exec(`UPDATE meta SET value = '99' WHERE key = 'schema_version'`)
+		s.Close()
+		_, err := Open(dir, Options{})
+		if err == nil || !strings.Contains(err.Error(), "newer sabaki") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+}
+
+func TestConcurrentReaderWhileWriting(t *testing.T) {
+	dir := t.TempDir()
+	c := &clock{t: t0.Add(3 * time.Hour)}
+	s := open(t, dir, c)
+	write(t, s, win(t0, 0, counter("/a", 1)))
+	r, err := Open(dir, Options{ReadOnly: true, Now: c.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	wg.Go(func() {
+		for m := 1; m < 150; m++ {
+			aggs := make([]metric.Aggregate, 0, 200)
+			for i := range 200 {
+				aggs = append(aggs, counter(fmt.Sprintf("/r%d", i), 1))
+			}
+			if err := s.Write(context.Background(), win(t0.Add(time.Duration(m)*time.Minute), 0, aggs...)); err != nil {
+				errs <- err
+				return
+			}
+			if m%50 == 0 {
+				if err := s.Maintain(context.Background(), t0.Add(time.Duration(m)*time.Minute)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}
+	})
+	wg.Go(func() {
+		last := 0.0
+		for range 25 {
+			rows, err := r.Query(context.Background(), Query{Metric: "http.requests", GroupBy: []string{"service.name"}, From: t0, To: c.now(), Step: 24 * time.Hour})
+			if err != nil {
+				errs <- err
+				return
+			}
+			if len(rows) == 1 {
+				if rows[0].Agg.Sum < last {
+					errs <- fmt.Errorf("reader went back in time: %v after %v", rows[0].Agg.Sum, last)
+					return
+				}
+				last = rows[0].Agg.Sum
+			}
+		}
+	})
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	rows := query(t, r, Query{Metric: "http.requests", GroupBy: []string{"service.name"}, From: t0, To: c.now(), Step: 24 * time.Hour})
+	if len(rows) != 1 || rows[0].Agg.Sum != 1+149*200 {
+		t.Errorf("final sum %+v, want %d", rows, 1+149*200)
+	}
+}
+
+// TestCrashSafety kills a writer process with SIGKILL after it committed
+// windows (and without Maintain or Close) and checks everything is there on
+// reopen, and that the dead writer's lock is gone.
+func TestCrashSafety(t *testing.T) {
+	if dir := os.Getenv("SABAKI_STORE_CRASH_DIR"); dir != "" {
+		crashChild(dir)
+		return
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashSafety$")
+	cmd.Env = append(os.Environ(), "SABAKI_STORE_CRASH_DIR="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	written := false
+	for sc.Scan() {
+		if sc.Text() == "written" {
+			written = true
+			break
+		}
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if !written {
+		t.Fatal("child did not write")
+	}
+	c := &clock{t: t0.Add(3 * time.Hour)}
+	s := open(t, dir, c) // the lock died with the child
+	rows := query(t, s, Query{Metric: "http.requests", GroupBy: []string{"service.name"}, From: t0, To: c.now(), Step: 24 * time.Hour})
+	if len(rows) != 1 || rows[0].Agg.Sum != 30*10 {
+		t.Fatalf("after kill -9: %+v, want sum 300", rows)
+	}
+	if err := s.Maintain(context.Background(), c.now()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func crashChild(dir string) {
+	c := &clock{t: t0.Add(40 * time.Minute)}
+	s, err := Open(dir, Options{Now: c.now})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	for m := range 30 {
+		var aggs []metric.Aggregate
+		for i := range 10 {
+			aggs = append(aggs, counter(fmt.Sprintf("/r%d", i), 1))
+		}
+		if err := s.Write(context.Background(), win(t0.Add(time.Duration(m)*time.Minute), 0, aggs...)); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+	}
+	fmt.Println("written")
+	time.Sleep(time.Minute) // killed here
+	os.Exit(3)
+}
