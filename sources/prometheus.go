@@ -899,6 +899,9 @@ func promIsNative(h *dto.Histogram) bool {
 // NativeHistogramBucketFactor) is read as native: it is exact and finer;
 // the classic buckets are used only when no native form is present.
 func promHistogram(base metric.Series, h *dto.Histogram, ts time.Time) (metric.Series, error) {
+	if h == nil {
+		return metric.Series{}, errors.New("histogram sample without histogram data")
+	}
 	var (
 		hist *histogram.Histogram
 		err  error
