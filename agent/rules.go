@@ -211,10 +211,16 @@ type ruleSet struct {
 	resource metric.Attrs
 	// quantiles choose a window's exemplars.
 	quantiles []float64
+	// resources interns the resource attributes after the rules: thousands
+	// of series share a handful of resources. Used under the pipeline lock.
+	resources map[string]metric.Attrs
 }
 
+// maxInterned bounds the resource interning table.
+const maxInterned = 10000
+
 func compileRules(cfgs []RuleConfig, resource metric.Attrs, quantiles []float64) (*ruleSet, error) {
-	rs := &ruleSet{resource: resource.Clone(), quantiles: slices.Clone(quantiles)}
+	rs := &ruleSet{resource: resource.Clone(), quantiles: slices.Clone(quantiles), resources: map[string]metric.Attrs{}}
 	rs.resource.Sort()
 	for i := range cfgs {
 		c := &cfgs[i]
@@ -274,6 +280,12 @@ func (rs *ruleSet) apply(s *metric.Series) *outSeries {
 	t.attrs = s.Attrs.Clone()
 	for _, r := range rs.rules {
 		r.apply(&t)
+	}
+	enc := appendAttrs(nil, t.resource)
+	if r, ok := rs.resources[string(enc)]; ok {
+		t.resource = r
+	} else if len(rs.resources) < maxInterned {
+		rs.resources[string(enc)] = t.resource
 	}
 	o := &outSeries{name: t.name, unit: s.Unit, desc: s.Description, kind: s.Kind, resource: t.resource, attrs: t.attrs}
 	o.key = string(appendIdentity(nil, o.name, o.kind, o.resource, o.attrs))

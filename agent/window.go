@@ -51,7 +51,7 @@ type agg struct {
 	out *outSeries
 
 	sum, last, min, max float64
-	lastTime            time.Time
+	lastTime            int64 // UnixNano of last
 	count               uint64
 
 	hist *histogram.Histogram
@@ -76,8 +76,8 @@ func (a *agg) addGauge(v float64, t time.Time) {
 	if a.count == 0 || v > a.max {
 		a.max = v
 	}
-	if a.count == 0 || !t.Before(a.lastTime) {
-		a.last, a.lastTime = v, t
+	if ns := t.UnixNano(); a.count == 0 || ns >= a.lastTime {
+		a.last, a.lastTime = v, ns
 	}
 	a.sum += v
 	a.count++
