@@ -89,7 +89,7 @@ func (s *Store) hasData(ctx context.Context, tier int, from, to int64) (bool, er
 func (s *Store) rollupTier(ctx context.Context, tier int, now int64) error {
 	res := s.tiers[tier].res
 	limit := alignDown(now-s.grace, res) // slots starting before limit are closed
-	next := s.rolled[tier]
+	next := s.rolled[tier].Load()
 	if next == 0 {
 		// First run: start at the oldest data of the finer tier.
 		lo := int64(math.MaxInt64)
@@ -136,11 +136,11 @@ func (s *Store) rollupTier(ctx context.Context, tier int, now int64) error {
 			return err
 		}
 	}
-	if limit > s.rolled[tier] {
+	if limit > s.rolled[tier].Load() {
 		s.mu.Lock()
 		err := s.putMetaInt(ctx, s.db, rolledKey(tier), limit)
 		if err == nil {
-			s.rolled[tier] = limit
+			s.rolled[tier].Store(limit)
 		}
 		s.mu.Unlock()
 		if err != nil {
@@ -211,7 +211,7 @@ func (s *Store) rollupSlot(ctx context.Context, tier int, t int64) error {
 			if err := s.insertHead(ctx, tx, tier, t, math.MaxInt32, rows); err != nil {
 				return err
 			}
-			if next := tier + 1; next < len(s.tiers) && t < s.rolled[next] {
+			if next := tier + 1; next < len(s.tiers) && t < s.rolled[next].Load() {
 				_, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO dirty(tier, slot) VALUES(?, ?)`, next, alignDown(t, s.tiers[next].res))
 				return err
 			}

@@ -154,7 +154,10 @@ func (s *Store) segments(from, to int64) []segment {
 	for i, t := range s.tiers {
 		lo := now - t.keep
 		if i+1 < len(s.tiers) {
-			lo = alignUp(lo, s.tiers[i+1].res)
+			// A tier also answers what the next one has not rolled up yet
+			// (a daemon that was down, a backfill): that data is still here
+			// until Maintain rolls it up and only then expires it.
+			lo = min(alignUp(lo, s.tiers[i+1].res), s.rolled[i+1].Load())
 		}
 		if i == len(s.tiers)-1 {
 			lo = math.MinInt64 / 2 // the coarsest tier answers whatever is left

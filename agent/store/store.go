@@ -47,6 +47,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -93,7 +94,7 @@ type Store struct {
 
 	mu     sync.Mutex // serialises writers
 	known  map[int64]struct{}
-	rolled []int64 // rolled[i]: tier i holds rollups of every slot before this (Unix s)
+	rolled []atomic.Int64 // rolled[i]: tier i holds rollups of every slot before this (Unix s)
 	buf    []byte
 	args   []any
 }
@@ -144,7 +145,6 @@ func Open(dir string, opts Options) (*Store, error) {
 		res := int64(t.Resolution / time.Second)
 		s.tiers = append(s.tiers, tierInfo{res: res, keep: int64(t.Keep / time.Second), span: res * chunkPoints})
 	}
-	s.rolled = make([]int64, len(s.tiers))
 	if err := s.open(); err != nil {
 		s.Close()
 		return nil, err
@@ -186,6 +186,17 @@ func (s *Store) open() error {
 	if err := s.migrate(ctx); err != nil {
 		return err
 	}
+	if err := s.syncTiers(ctx); err != nil {
+		return err
+	}
+	s.rolled = make([]atomic.Int64, len(s.tiers))
+	for i := 1; i < len(s.tiers); i++ {
+		v, err := s.metaInt(ctx, db, rolledKey(i))
+		if err != nil {
+			return err
+		}
+		s.rolled[i].Store(v)
+	}
 	if s.readOnly {
 		return nil
 	}
@@ -209,13 +220,46 @@ func (s *Store) open() error {
 	if err := rows.Err(); err != nil {
 		return s.wrap("loading series", err)
 	}
-	for i := 1; i < len(s.tiers); i++ {
-		v, err := s.metaInt(ctx, db, rolledKey(i))
-		if err != nil {
-			return err
+	return nil
+}
+
+// syncTiers records the writer's tiers in meta, and makes a reader use the
+// tiers the writer recorded, so `sabaki query -data-dir` reads a store with a
+// custom retention correctly without its config.
+func (s *Store) syncTiers(ctx context.Context) error {
+	enc := func(ts []tierInfo) string {
+		parts := make([]string, len(ts))
+		for i, t := range ts {
+			parts[i] = strconv.FormatInt(t.res, 10) + ":" + strconv.FormatInt(t.keep, 10)
 		}
-		s.rolled[i] = v
+		return strings.Join(parts, ",")
 	}
+	var stored string
+	err := s.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'tiers'`).Scan(&stored)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return s.wrap("reading tiers", err)
+	}
+	if !s.readOnly {
+		if stored != "" && stored != enc(s.tiers) {
+			s.log.Warn("store retention tiers changed", "path", s.path, "was", stored, "now", enc(s.tiers))
+		}
+		_, err := s.db.ExecContext(ctx, `INSERT INTO meta(key, value) VALUES('tiers', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value`, enc(s.tiers))
+		return s.wrap("saving tiers", err)
+	}
+	if stored == "" {
+		return nil
+	}
+	var ts []tierInfo
+	for _, part := range strings.Split(stored, ",") {
+		a, b, _ := strings.Cut(part, ":")
+		res, err1 := strconv.ParseInt(a, 10, 64)
+		keep, err2 := strconv.ParseInt(b, 10, 64)
+		if err1 != nil || err2 != nil || res <= 0 {
+			return fmt.Errorf("store %s is corrupt: meta tiers = %q", s.path, stored)
+		}
+		ts = append(ts, tierInfo{res: res, keep: keep, span: res * chunkPoints})
+	}
+	s.tiers = ts
 	return nil
 }
 

@@ -184,7 +184,7 @@ func (s *Store) writeWindow(ctx context.Context, tier int, start int64, w *metri
 			return err
 		}
 	}
-	if next := tier + 1; next < len(s.tiers) && start < s.rolled[next] {
+	if next := tier + 1; next < len(s.tiers) && start < s.rolled[next].Load() {
 		if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO dirty(tier, slot) VALUES(?, ?)`, next, alignDown(start, s.tiers[next].res)); err != nil {
 			return err
 		}
