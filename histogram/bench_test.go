@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"sync"
 	"testing"
 )
 
@@ -18,9 +19,11 @@ func BenchmarkRecord(b *testing.B) {
 			h := New(0, 0)
 			b.ReportAllocs()
 			b.ResetTimer()
+			ct := startCPU(b, false)
 			for i := 0; i < b.N; i++ {
 				h.Record(vs[i&(benchN-1)])
 			}
+			ct.stop(b)
 		})
 	}
 }
@@ -33,6 +36,7 @@ func BenchmarkRecordConcurrent(b *testing.B) {
 		c := NewConcurrent(0, 0)
 		b.ReportAllocs()
 		b.ResetTimer()
+		ct := startCPU(b, true)
 		b.RunParallel(func(pb *testing.PB) {
 			i := 0
 			for pb.Next() {
@@ -40,14 +44,17 @@ func BenchmarkRecordConcurrent(b *testing.B) {
 				i++
 			}
 		})
+		ct.stop(b)
 	})
 	b.Run("serial", func(b *testing.B) {
 		c := NewConcurrent(0, 0)
 		b.ReportAllocs()
 		b.ResetTimer()
+		ct := startCPU(b, false)
 		for i := 0; i < b.N; i++ {
 			c.Record(vs[i&(benchN-1)])
 		}
+		ct.stop(b)
 	})
 }
 
@@ -77,9 +84,11 @@ func BenchmarkMerge(b *testing.B) {
 			b.ReportMetric(float64(dst.posLen), "dst-buckets")
 			b.ReportAllocs()
 			b.ResetTimer()
+			ct := startCPU(b, false)
 			for i := 0; i < b.N; i++ {
 				dst.Merge(src)
 			}
+			ct.stop(b)
 			b.StopTimer()
 			b.ReportMetric(float64(dst.Scale()), "dst-scale")
 			b.ReportMetric(float64(src.Scale()), "src-scale")
@@ -208,8 +217,30 @@ func BenchmarkFloor(b *testing.B) {
 	vs := dataset("lognormal", benchN)
 	var counts [2048]uint64
 	b.ReportAllocs()
+	ct := startCPU(b, false)
 	for i := 0; i < b.N; i++ {
 		counts[math.Float64bits(vs[i&(benchN-1)])>>52&0x7ff]++
 	}
+	ct.stop(b)
 	runtime.KeepAlive(&counts)
+}
+
+// BenchmarkRecordMutex is the naive alternative to Concurrent, for ratio:
+// one Histogram behind one sync.Mutex.
+func BenchmarkRecordMutex(b *testing.B) {
+	vs := dataset("lognormal", benchN)
+	var mu sync.Mutex
+	h := New(0, 0)
+	b.ReportAllocs()
+	ct := startCPU(b, true)
+	defer ct.stop(b)
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			mu.Lock()
+			h.Record(vs[i&(benchN-1)])
+			mu.Unlock()
+			i++
+		}
+	})
 }

@@ -148,9 +148,7 @@ func (h *Histogram) Record(v float64) {
 	s := int32(h.scale)
 	exp, mant := int32(abs>>mantBits), abs&mantMask
 	if uint32(s-1) < lutScale && exp != 0 && mant != 0 {
-		j := int32(lutCand[(lutCandOff(s)+int32(mant>>uint(mantBits-1-s)))&(lutCandLen-1)])
-		j += int32((lutThr[((j+1)<<uint(lutScale-s))&(lutThrLen-1)] - 1 - mant) >> 63)
-		idx = (exp-1023)<<uint(s) + j
+		idx = (exp-1023)<<uint(s&31) + lutIndex(mant, s)
 	} else {
 		idx = mapIndex(abs, s)
 	}
@@ -169,7 +167,7 @@ func (h *Histogram) Record(v float64) {
 		}
 		slot += uint32(h.cap) - uint32(h.negLen)
 	}
-	p := unsafe.Add(h.buf, uintptr(slot)<<h.width)
+	p := unsafe.Add(h.buf, uintptr(slot)<<(h.width&3))
 	switch h.width {
 	case 0:
 		c := (*uint8)(p)

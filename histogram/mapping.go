@@ -32,43 +32,47 @@ const (
 	signBit  = 1 << 63
 )
 
-// lutCand holds, for every scale s in 1..lutScale, 2^(s+1) entries starting
-// at lutCandOff(s): entry t is the bucket (0..2^s-1, within one power of two)
-// that holds the mantissa t<<(52-(s+1)). A linear sub-bucket of width
+// lutTab holds, for every scale s in 1..lutScale, 2^(s+1) entries starting
+// at lutOff(s). Entry t describes the linear sub-bucket of mantissas
+// [t, t+1)·2^(52-(s+1)): bits 53.. hold j, the bucket (0..2^s-1 within one
+// power of two) of the sub-bucket's first mantissa, and bits 0..52 the
+// threshold of bucket j+1 (2^52 for the last bucket). A sub-bucket of width
 // 2^-(s+1) is narrower than the narrowest bucket (2^(2^-s)-1 > 2^-(s+1)), so
-// it contains at most one boundary and one compare finishes the job.
-var lutCand = buildCand()
+// it holds at most one boundary: the index is j, plus one if the mantissa
+// reaches the threshold. One load, one compare, no logarithm.
+var lutTab = buildLUT()
 
-// Table lengths, powers of two so that masked indices need no bounds check.
 const (
-	lutCandLen = 1 << (lutScale + 2)
-	lutThrLen  = 1 << (lutScale + 1)
+	lutTabLen = 1 << (lutScale + 2) // a power of two, so masked indices need no bounds check
+	lutJShift = 53
+	lutThrMsk = 1<<lutJShift - 1
 )
 
-// lutThr is lutThresholds padded to lutThrLen entries.
-var lutThr = func() (t [lutThrLen]uint64) {
-	copy(t[:], lutThresholds[:])
-	return t
-}()
+func lutOff(s int32) int32 { return 1<<(s+1) - 4 }
 
-func lutCandOff(s int32) int32 { return 1<<(s+1) - 4 }
-
-func buildCand() *[lutCandLen]uint16 {
-	out := new([lutCandLen]uint16)
+func buildLUT() *[lutTabLen]uint64 {
+	out := new([lutTabLen]uint64)
 	for s := int32(1); s <= lutScale; s++ {
-		off := lutCandOff(s)
+		off := lutOff(s)
 		n := int32(1) << (s + 1)
 		step := uint(lutScale - s)
-		j := uint32(0)
+		j := uint64(0)
 		for t := int32(0); t < n; t++ {
 			m := uint64(t) << (mantBits - (s + 1))
 			for lutThresholds[(j+1)<<step] <= m {
 				j++
 			}
-			out[off+t] = uint16(j)
+			out[off+t] = j<<lutJShift | lutThresholds[(j+1)<<step]
 		}
 	}
 	return out
+}
+
+// lutIndex maps a normal value's mantissa (not 0) at scale s in
+// 1..lutScale to its bucket within the power of two, branch-free.
+func lutIndex(mant uint64, s int32) int32 {
+	e := lutTab[(lutOff(s&15)+int32(mant>>uint((mantBits-1-s)&63)))&(lutTabLen-1)]
+	return int32(e>>lutJShift) + int32(((e&lutThrMsk)-1-mant)>>63)
 }
 
 // mapIndex returns the bucket index at the given scale of the finite,
@@ -92,9 +96,7 @@ func mapIndex(abs uint64, scale int32) int32 {
 		return e<<uint(scale) - 1
 	}
 	if scale <= lutScale {
-		j := int32(lutCand[lutCandOff(scale)+int32(mant>>uint(mantBits-1-scale))])
-		j += int32((lutThr[(j+1)<<uint(lutScale-scale)] - 1 - mant) >> 63) // +1 if mant >= threshold
-		return e<<uint(scale) + j
+		return e<<uint(scale) + lutIndex(mant, scale)
 	}
 	return e<<uint(scale) + int32(log2Digits(mant, scale))
 }

@@ -121,9 +121,11 @@ func BenchmarkRecord(b *testing.B) {
 				r := im.new()
 				b.ReportAllocs()
 				b.ResetTimer()
+				ct := startCPU(b, false)
 				for i := 0; i < b.N; i++ {
 					r.Record(vs[i&(nVals-1)])
 				}
+				ct.stop(b)
 			})
 		}
 	}
@@ -146,6 +148,7 @@ func BenchmarkRecordParallel(b *testing.B) {
 			r := im.new()
 			b.ReportAllocs()
 			b.ResetTimer()
+			ct := startCPU(b, true)
 			b.RunParallel(func(pb *testing.PB) {
 				i := rand.IntN(nVals)
 				for pb.Next() {
@@ -153,6 +156,7 @@ func BenchmarkRecordParallel(b *testing.B) {
 					i++
 				}
 			})
+			ct.stop(b)
 		})
 	}
 }
@@ -190,9 +194,11 @@ func BenchmarkMerge(b *testing.B) {
 			dst.Merge(src)
 			b.ReportAllocs()
 			b.ResetTimer()
+			ct := startCPU(b, false)
 			for i := 0; i < b.N; i++ {
 				dst.Merge(src)
 			}
+			ct.stop(b)
 		})
 		b.Run(kind+"/go-expohisto", func(b *testing.B) {
 			dst, src := newExpo(), newExpo()
@@ -205,9 +211,11 @@ func BenchmarkMerge(b *testing.B) {
 			dst.MergeFrom(src)
 			b.ReportAllocs()
 			b.ResetTimer()
+			ct := startCPU(b, false)
 			for i := 0; i < b.N; i++ {
 				dst.MergeFrom(src)
 			}
+			ct.stop(b)
 		})
 	}
 }
