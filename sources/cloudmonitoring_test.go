@@ -545,3 +545,44 @@ func TestCloudMonitoringConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestCloudMonitoringCostPerHour measures what one hour of polling costs
+// against the fake for 1 and for 50 Cloud Run services (plus one Cloud SQL
+// instance): API calls must not grow with the number of services; time
+// series returned (the billed unit) grow only with the series that exist.
+// Run with -v to see the figures.
+func TestCloudMonitoringCostPerHour(t *testing.T) {
+	type result struct{ calls, series, points int }
+	measure := func(services int, interval time.Duration) result {
+		sc := fakegcp.Scenario{Project: "demo", Start: day0, Duration: 2*time.Hour + 10*time.Minute, Services: services, SQLInstances: 1, Seed: 6}
+		srv, _ := startFake(t, sc)
+		src := newTestSource(t, srv, nil, func(c *CloudMonitoringConfig) {
+			c.Interval = config.Duration(interval)
+			c.Timeout = c.Interval
+		})
+		var cl collector
+		run(t, srv, src, &cl, day0.Add(time.Hour), day0.Add(time.Hour), interval) // first start: 1 h backfill
+		srv.ResetCalls()
+		run(t, srv, src, &cl, day0.Add(time.Hour+interval), day0.Add(2*time.Hour), interval)
+		var r result
+		for _, c := range srv.Calls() {
+			if c.Method == "ListTimeSeries" {
+				r.calls++
+				r.series += c.Series
+				r.points += c.Points
+			}
+		}
+		return r
+	}
+	for _, interval := range []time.Duration{time.Minute} {
+		one, fifty := measure(1, interval), measure(50, interval)
+		t.Logf("interval %s, per hour: 1 service: %d ListTimeSeries calls, %d time series returned, %d points; "+
+			"50 services: %d calls, %d time series, %d points", interval, one.calls, one.series, one.points, fifty.calls, fifty.series, fifty.points)
+		if one.calls != fifty.calls {
+			t.Errorf("interval %s: calls grow with services: %d vs %d", interval, one.calls, fifty.calls)
+		}
+		if want := int(time.Hour/interval) * 19; one.calls != want {
+			t.Errorf("interval %s: calls per hour = %d, want %d (19 metric types × polls)", interval, one.calls, want)
+		}
+	}
+}
