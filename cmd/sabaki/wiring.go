@@ -52,5 +52,17 @@ func exporterTypes() map[string]exporterType {
 				return exporters.NewConsole(*cfg.(*exporters.ConsoleConfig), set)
 			},
 		},
+		"otlp": {
+			newConfig: func() any { c := exporters.DefaultOTLPConfig(); return &c },
+			build: func(cfg any, set exporters.Settings) (exporters.Exporter, error) {
+				return exporters.NewOTLP(*cfg.(*exporters.OTLPConfig), set)
+			},
+		},
+		"remote_write": {
+			newConfig: func() any { c := exporters.DefaultRemoteWriteConfig(); return &c },
+			build: func(cfg any, set exporters.Settings) (exporters.Exporter, error) {
+				return exporters.NewRemoteWrite(*cfg.(*exporters.RemoteWriteConfig), set)
+			},
+		},
 	}
 }
