@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -92,5 +93,55 @@ func BenchmarkConsume(b *testing.B) {
 			}
 			b.ReportMetric(float64(elapsed.Nanoseconds())/float64(b.N)/float64(counters+hists), "ns/point")
 		})
+	}
+}
+
+// BenchmarkRetainedMemory reports the heap the pipeline keeps per series in
+// steady state: 10 targets × 2,100 cumulative counter series scraped every
+// 15 s for 7 minutes, so the current window and the emitted windows still
+// within the default 5 min lateness are held. Run with -benchtime=1x; the
+// figure is bytes/series (heap after GC, minus the heap before).
+func BenchmarkRetainedMemory(b *testing.B) {
+	const targets, perTarget = 10, 2100
+	for b.Loop() {
+		now := t0
+		p, err := NewPipeline(PipelineConfig{Window: time.Minute, Lateness: 5 * time.Minute},
+			Settings{Now: func() time.Time { return now }, StartTime: t0})
+		if err != nil {
+			b.Fatal(err)
+		}
+		batches := make([]metric.Batch, targets)
+		for tgt := range batches {
+			res := attrsOf("service.name", "app", "service.instance.id", fmt.Sprintf("10.0.0.%d:3000", tgt))
+			bt := metric.Batch{Source: "app"}
+			for i := range perTarget {
+				bt.Series = append(bt.Series, metric.Series{Name: fmt.Sprintf("http_requests_total_%d", i%50), Kind: metric.Counter,
+					Temporality: metric.Cumulative, Resource: res,
+					Attrs:  attrsOf("http.route", fmt.Sprintf("/api/v1/items/%d", i), "code", "200"),
+					Points: []metric.Point{{}}})
+			}
+			batches[tgt] = bt
+		}
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for step := range 7 * 4 {
+			now = t0.Add(time.Duration(step) * 15 * time.Second)
+			for _, bt := range batches {
+				for i := range bt.Series {
+					bt.Series[i].Points[0] = metric.Point{Time: now, Value: float64(step * i)}
+				}
+				if err := p.Consume(context.Background(), bt); err != nil {
+					b.Fatal(err)
+				}
+			}
+			p.tick(now)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(targets*perTarget), "B/series")
+		b.ReportMetric(float64(len(p.windows)), "windows")
+		runtime.KeepAlive(p)
+		runtime.KeepAlive(batches)
 	}
 }
