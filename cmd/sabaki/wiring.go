@@ -41,6 +41,16 @@ func sourceTypes() map[string]sourceType {
 				return c.Interval.D(), c.Timeout.D()
 			},
 		},
+		"cloudmonitoring": {
+			newConfig: func() any { c := sources.DefaultCloudMonitoringConfig(); return &c },
+			build: func(cfg any, set sources.Settings) (any, error) {
+				return sources.NewCloudMonitoring(*cfg.(*sources.CloudMonitoringConfig), set)
+			},
+			interval: func(cfg any) (time.Duration, time.Duration) {
+				c := cfg.(*sources.CloudMonitoringConfig)
+				return c.Interval.D(), c.Timeout.D()
+			},
+		},
 	}
 }
 
