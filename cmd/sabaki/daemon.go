@@ -238,19 +238,14 @@ func (d *daemon) onWindow(w *metric.Window) {
 // maintain runs store maintenance (compaction, rollups, retention) once a
 // minute.
 func (d *daemon) maintain() {
-	m, ok := any(d.store).(interface{ Maintain(context.Context) error })
-	if !ok {
-		d.log.Warn("this store has no maintenance; rollups and retention do not run")
-		return
-	}
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
 	for {
 		select {
 		case <-d.runCtx.Done():
 			return
-		case <-t.C:
-			if err := m.Maintain(d.runCtx); err != nil && d.runCtx.Err() == nil {
+		case now := <-t.C:
+			if err := d.store.Maintain(d.runCtx, now); err != nil && d.runCtx.Err() == nil {
 				d.log.Error("store maintenance failed", "err", err)
 			}
 		}
