@@ -56,10 +56,11 @@ type rawState struct {
 	isError, errTracked bool
 
 	// Cache: the rule output for rs, and the aggregate of the last window.
-	rs  *ruleSet
-	out *outSeries
-	win *window
-	ag  *agg
+	rs    *ruleSet
+	out   *outSeries
+	win   *window
+	ag    *agg
+	agGen uint32 // win.gen when ag was looked up
 }
 
 // markError classifies a raw series: tracked when it carries a status

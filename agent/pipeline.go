@@ -461,7 +461,7 @@ func (p *Pipeline) aggFor(st *rawState, s *metric.Series, idx int64, drops *drop
 			// 100k series rehashes it many times.
 			hint := 0
 			if pw := p.windows[idx-1]; pw != nil {
-				hint = len(pw.series)
+				hint = pw.len()
 			}
 			w = &window{idx: idx, start: time.Unix(0, idx*int64(p.window)).UTC(), rules: rules,
 				series: make(map[string]*agg, hint), perMetric: map[string]int{}}
@@ -472,14 +472,14 @@ func (p *Pipeline) aggFor(st *rawState, s *metric.Series, idx int64, drops *drop
 	if w.emitted {
 		w.dirty = true
 	}
-	if st.ag != nil {
+	if st.ag != nil && st.agGen == w.gen {
 		return st.ag
 	}
 	if st.rs != w.rules {
 		st.rs, st.out = w.rules, w.rules.apply(s)
 	}
 	out := st.out
-	a := w.series[out.key]
+	a := w.lookup(out.key)
 	if a == nil {
 		if out.limit > 0 && w.perMetric[out.name] >= out.limit {
 			a = p.overflowAgg(w, out)
@@ -494,7 +494,7 @@ func (p *Pipeline) aggFor(st *rawState, s *metric.Series, idx int64, drops *drop
 		}
 	}
 	a.errTracked = a.errTracked || st.errTracked
-	st.ag = a
+	st.ag, st.agGen = a, w.gen
 	return a
 }
 
@@ -509,7 +509,7 @@ func (p *Pipeline) overflowAgg(w *window, out *outSeries) *agg {
 			"metric", out.name, "limit", out.limit, "window", w.start, "attribute", OverflowAttr+"=true")
 	}
 	ov := out.overflow()
-	a := w.series[ov.key]
+	a := w.lookup(ov.key)
 	if a == nil {
 		a = &agg{out: ov}
 		w.series[ov.key] = a
@@ -554,7 +554,7 @@ func (p *Pipeline) Close() error {
 func (p *Pipeline) tick(now time.Time) { p.emit(now, false) }
 
 type emission struct {
-	series   []keyed
+	series   []metric.Aggregate
 	start    time.Time
 	revision int
 	first    bool
@@ -598,7 +598,7 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 	p.mu.Unlock()
 
 	for _, e := range out {
-		w := finish(e.series, e.start, p.window, e.revision)
+		w := &metric.Window{Start: e.start, Duration: p.window, Revision: e.revision, Series: e.series}
 		if e.first {
 			p.m.windows.WithLabelValues("first").Inc()
 			p.m.windowLag.Set(now.Sub(w.End()).Seconds())
@@ -617,7 +617,7 @@ func (p *Pipeline) gc(now time.Time) {
 	for idx, w := range p.windows {
 		if w.emitted && !w.dirty && p.windowEnd(idx).Add(p.lateness).Before(now) {
 			w.freed = true
-			p.series -= len(w.series)
+			p.series -= w.len()
 			delete(p.windows, idx)
 			freed = true
 		}

@@ -558,8 +558,8 @@ func TestExemplarCandidatesBounded(t *testing.T) {
 		e := metric.Exemplar{Value: math.Ldexp(1, i%60) * 1.5}
 		a.addExemplar(&e)
 	}
-	if len(a.cands) > maxCandidates {
-		t.Fatalf("%d candidates kept", len(a.cands))
+	if len(a.ext.cands) > maxCandidates {
+		t.Fatalf("%d candidates kept", len(a.ext.cands))
 	}
 	top := a.exemplars(nil)
 	if len(top) != 1 || top[0].Value != math.Ldexp(1, 59)*1.5 {

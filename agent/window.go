@@ -36,7 +36,13 @@ type window struct {
 	start time.Time
 	rules *ruleSet
 
+	// series holds the aggregates of an open window. At its first emission
+	// the window is compacted: the aggregates move into closed, a slice of
+	// values sorted by identity (a third of the memory of the map of
+	// pointers), and series keeps only series first seen after that.
 	series    map[string]*agg
+	closed    []agg
+	gen       uint32 // bumped by compaction; invalidates cached *agg
 	perMetric map[string]int  // series per metric, for max_series
 	overflow  map[string]bool // metrics that overflowed (logged once)
 
@@ -46,22 +52,55 @@ type window struct {
 	freed    bool
 }
 
-// agg is one output series in one window.
+// lookup returns the aggregate of key, or nil.
+func (w *window) lookup(key string) *agg {
+	if w.closed != nil {
+		i, ok := slices.BinarySearchFunc(w.closed, key, func(a agg, k string) int { return strings.Compare(a.out.key, k) })
+		if ok {
+			return &w.closed[i]
+		}
+	}
+	return w.series[key]
+}
+
+func (w *window) len() int { return len(w.closed) + len(w.series) }
+
+// compact moves the aggregates into the sorted slice (see window.series).
+func (w *window) compact() {
+	if len(w.series) == 0 {
+		return
+	}
+	all := make([]agg, 0, w.len())
+	all = append(all, w.closed...)
+	for _, a := range w.series {
+		all = append(all, *a)
+	}
+	slices.SortFunc(all, func(x, y agg) int { return strings.Compare(x.out.key, y.out.key) })
+	w.closed, w.series = all, map[string]*agg{}
+	w.gen++
+}
+
+// agg is one output series in one window. It is kept small (72 bytes):
+// emitted windows hold one per series for the whole lateness.
 type agg struct {
-	out *outSeries
+	out   *outSeries
+	sum   float64
+	count uint64
+	// Gauge: x = last, y = min, z = max. Counter and histogram: x is the
+	// error sum (increments or observations from points marked as errors).
+	x, y, z  float64
+	lastTime int64 // gauge: UnixNano of x
+	ext      *aggExt
+	// errTracked: some contributing series carried a status attribute.
+	errTracked bool
+}
 
-	sum, last, min, max float64
-	lastTime            int64 // UnixNano of last
-	count               uint64
-
+// aggExt holds what only histograms and series with exemplars need.
+type aggExt struct {
 	hist *histogram.Histogram
 	// histShared is set once hist was handed out in an emitted window; a
 	// later update clones it first (copy on write).
 	histShared bool
-
-	errSum     float64
-	errTracked bool
-
 	// cands holds exemplar candidates: the largest exemplar per power of
 	// two of the value, at most maxCandidates of the largest powers.
 	cands []metric.Exemplar
@@ -69,15 +108,22 @@ type agg struct {
 
 const maxCandidates = 16
 
-func (a *agg) addGauge(v float64, t time.Time) {
-	if a.count == 0 || v < a.min {
-		a.min = v
+func (a *agg) extra() *aggExt {
+	if a.ext == nil {
+		a.ext = &aggExt{}
 	}
-	if a.count == 0 || v > a.max {
-		a.max = v
+	return a.ext
+}
+
+func (a *agg) addGauge(v float64, t time.Time) {
+	if a.count == 0 || v < a.y {
+		a.y = v
+	}
+	if a.count == 0 || v > a.z {
+		a.z = v
 	}
 	if ns := t.UnixNano(); a.count == 0 || ns >= a.lastTime {
-		a.last, a.lastTime = v, ns
+		a.x, a.lastTime = v, ns
 	}
 	a.sum += v
 	a.count++
@@ -87,28 +133,29 @@ func (a *agg) addCounter(delta float64, st *rawState) {
 	a.sum += delta
 	a.count++
 	if st.isError {
-		a.errSum += delta
+		a.x += delta
 	}
 }
 
 // addHist merges h (owned by the pipeline) into the aggregate.
 func (a *agg) addHist(h *histogram.Histogram, st *rawState, maxSize int, maxScale int32) {
 	if st.isError {
-		a.errSum += float64(h.Count())
+		a.x += float64(h.Count())
 	}
 	a.count++
+	e := a.extra()
 	switch {
-	case a.hist == nil && h.Scale() <= maxScale:
-		a.hist = h // take ownership, no copy
-	case a.hist == nil:
-		a.hist = histogram.New(maxSize, maxScale)
-		a.hist.Merge(h)
+	case e.hist == nil && h.Scale() <= maxScale:
+		e.hist = h // take ownership, no copy
+	case e.hist == nil:
+		e.hist = histogram.New(maxSize, maxScale)
+		e.hist.Merge(h)
 	default:
-		if a.histShared {
-			a.hist = a.hist.Clone()
-			a.histShared = false
+		if e.histShared {
+			e.hist = e.hist.Clone()
+			e.histShared = false
 		}
-		a.hist.Merge(h)
+		e.hist.Merge(h)
 	}
 }
 
@@ -117,9 +164,10 @@ func (a *agg) addExemplar(e *metric.Exemplar) {
 	if math.IsNaN(e.Value) || math.IsInf(e.Value, 0) {
 		return
 	}
+	x := a.extra()
 	_, exp := math.Frexp(e.Value)
-	for i := range a.cands {
-		c := &a.cands[i]
+	for i := range x.cands {
+		c := &x.cands[i]
 		if _, ce := math.Frexp(c.Value); ce == exp && (c.Value < 0) == (e.Value < 0) {
 			if e.Value > c.Value {
 				*c = *e
@@ -128,21 +176,21 @@ func (a *agg) addExemplar(e *metric.Exemplar) {
 			return
 		}
 	}
-	if len(a.cands) >= maxCandidates {
+	if len(x.cands) >= maxCandidates {
 		lo := 0
-		for i := range a.cands {
-			if a.cands[i].Value < a.cands[lo].Value {
+		for i := range x.cands {
+			if x.cands[i].Value < x.cands[lo].Value {
 				lo = i
 			}
 		}
-		if a.cands[lo].Value >= e.Value {
+		if x.cands[lo].Value >= e.Value {
 			return
 		}
-		a.cands = slices.Delete(a.cands, lo, lo+1)
+		x.cands = slices.Delete(x.cands, lo, lo+1)
 	}
 	c := *e
 	c.Attrs = e.Attrs.Clone()
-	a.cands = append(a.cands, c)
+	x.cands = append(x.cands, c)
 }
 
 // exemplars chooses the window's exemplars: the one with the largest value,
@@ -150,23 +198,24 @@ func (a *agg) addExemplar(e *metric.Exemplar) {
 // q-quantile (histograms only). The result is sorted by value, without
 // duplicates, so at most 1+len(quantiles) exemplars.
 func (a *agg) exemplars(quantiles []float64) []metric.Exemplar {
-	if len(a.cands) == 0 {
+	if a.ext == nil || len(a.ext.cands) == 0 {
 		return nil
 	}
-	pick := make([]bool, len(a.cands))
+	cands, hist := a.ext.cands, a.ext.hist
+	pick := make([]bool, len(cands))
 	top := 0
-	for i := range a.cands {
-		if a.cands[i].Value > a.cands[top].Value {
+	for i := range cands {
+		if cands[i].Value > cands[top].Value {
 			top = i
 		}
 	}
 	pick[top] = true
-	if a.hist != nil && a.hist.Count() > 0 {
+	if hist != nil && hist.Count() > 0 {
 		for _, q := range quantiles {
-			qv := a.hist.Quantile(q)
+			qv := hist.Quantile(q)
 			best := -1
-			for i := range a.cands {
-				if a.cands[i].Value >= qv && (best < 0 || a.cands[i].Value < a.cands[best].Value) {
+			for i := range cands {
+				if cands[i].Value >= qv && (best < 0 || cands[i].Value < cands[best].Value) {
 					best = i
 				}
 			}
@@ -178,7 +227,7 @@ func (a *agg) exemplars(quantiles []float64) []metric.Exemplar {
 	var out []metric.Exemplar
 	for i, p := range pick {
 		if p {
-			out = append(out, a.cands[i])
+			out = append(out, cands[i])
 		}
 	}
 	slices.SortFunc(out, func(x, y metric.Exemplar) int {
@@ -204,47 +253,37 @@ func (a *agg) aggregate(quantiles []float64) metric.Aggregate {
 		ErrorTracked: a.errTracked,
 		Exemplars:    a.exemplars(quantiles),
 	}
-	if a.errTracked && a.errSum > 0 {
-		r.ErrorCount = uint64(math.Round(a.errSum))
-	}
 	switch o.kind {
 	case metric.Gauge:
-		r.Last, r.Min, r.Max = a.last, a.min, a.max
+		r.Last, r.Min, r.Max = a.x, a.y, a.z
 	case metric.Histogram:
-		if a.hist == nil {
-			a.hist = histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+		e := a.extra()
+		if e.hist == nil {
+			e.hist = histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale)
 		}
-		r.Hist = a.hist
-		a.histShared = true
-		r.Count, r.Sum = a.hist.Count(), a.hist.Sum()
+		r.Hist = e.hist
+		e.histShared = true
+		r.Count, r.Sum = e.hist.Count(), e.hist.Sum()
 		if r.Count > 0 {
-			r.Min, r.Max = a.hist.Min(), a.hist.Max()
+			r.Min, r.Max = e.hist.Min(), e.hist.Max()
 		}
+	}
+	if o.kind != metric.Gauge && a.errTracked && a.x > 0 {
+		r.ErrorCount = uint64(math.Round(a.x))
 	}
 	return r
 }
 
-// keyed is an aggregate with its identity, sorted outside the lock.
-type keyed struct {
-	key string
-	a   metric.Aggregate
-}
-
-// render snapshots the window for an emission (under the pipeline's lock);
-// finish sorts it by identity and builds the metric.Window (outside it).
-func (w *window) render() []keyed {
-	out := make([]keyed, 0, len(w.series))
-	for k, a := range w.series {
-		out = append(out, keyed{key: k, a: a.aggregate(w.rules.quantiles)})
+// render snapshots the window for an emission (under the pipeline's lock),
+// compacting it, in identity order.
+func (w *window) render() []metric.Aggregate {
+	w.compact()
+	out := make([]metric.Aggregate, 0, w.len())
+	for i := range w.closed {
+		out = append(out, w.closed[i].aggregate(w.rules.quantiles))
+	}
+	for _, a := range w.series { // none: compact emptied it
+		out = append(out, a.aggregate(w.rules.quantiles))
 	}
 	return out
-}
-
-func finish(ks []keyed, start time.Time, d time.Duration, revision int) *metric.Window {
-	slices.SortFunc(ks, func(x, y keyed) int { return strings.Compare(x.key, y.key) })
-	mw := &metric.Window{Start: start, Duration: d, Revision: revision, Series: make([]metric.Aggregate, len(ks))}
-	for i := range ks {
-		mw.Series[i] = ks[i].a
-	}
-	return mw
 }
