@@ -42,7 +42,7 @@ type window struct {
 	// pointers), and series keeps only series first seen after that.
 	series    map[string]*agg
 	closed    []agg
-	gen       uint32 // bumped by compaction; invalidates cached *agg
+	gen       uint32          // bumped by compaction; invalidates cached *agg
 	perMetric map[string]int  // series per metric, for max_series
 	overflow  map[string]bool // metrics that overflowed (logged once)
 
