@@ -469,4 +469,3 @@ func editDistance(a, b string) int {
 	}
 	return prev[len(b)]
 }
-
