@@ -1,10 +1,12 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -411,9 +413,21 @@ func levenshtein(a, b string) int {
 }
 
 // addCredentialedDefaults extends the embedded default config with the parts
-// that need credentials, when the credentials are present: the Mackerel
-// exporter when MACKEREL_APIKEY is set. The additions go through the same
-// decoding and validation as the file.
+// that need credentials, when the credentials are present (and the type is
+// wired into this build):
+//
+//   - MACKEREL_APIKEY set: a Mackerel exporter for the service named by
+//     MACKEREL_SERVICE (default "sabaki").
+//   - Google credentials in a file (GOOGLE_APPLICATION_CREDENTIALS or the
+//     gcloud application-default file) and a project (GOOGLE_CLOUD_PROJECT,
+//     GCLOUD_PROJECT, CLOUDSDK_CORE_PROJECT, or the credentials file's
+//     project_id / quota_project_id): a Cloud Monitoring source for that
+//     project. The metadata server alone does not turn it on: on Cloud Run
+//     every sidecar instance would poll the same project (API quota, and the
+//     same points counted once per instance); run one poller per project
+//     with an explicit config instead.
+//
+// The additions go through the same decoding and validation as the file.
 func addCredentialedDefaults(doc *yaml.Node, lookup func(string) (string, bool)) {
 	add := func(section, snippet string) {
 		var n yaml.Node
@@ -433,9 +447,64 @@ func addCredentialedDefaults(doc *yaml.Node, lookup func(string) (string, bool))
 	}
 	if v, ok := lookup("MACKEREL_APIKEY"); ok && v != "" {
 		if _, wired := exporterTypes()["mackerel"]; wired {
-			add("exporters", "type: mackerel\napi_key: ${MACKEREL_APIKEY}\n")
+			add("exporters", "type: mackerel\nservice: ${MACKEREL_SERVICE:-sabaki}\napi_key: ${MACKEREL_APIKEY}\n")
 		}
 	}
+	if _, wired := sourceTypes()["cloudmonitoring"]; wired {
+		if project, credFile, ok := googleCredentials(lookup); ok {
+			snippet := "type: cloudmonitoring\nproject: " + strconv.Quote(project) + "\n"
+			if credFile != "" {
+				snippet += "credentials_file: " + strconv.Quote(credFile) + "\n"
+			}
+			add("sources", snippet)
+		}
+	}
+}
+
+// googleCredentials finds a Google credentials file and a project without
+// touching the network. credFile is empty when the gcloud
+// application-default file was found (the client finds it itself).
+func googleCredentials(lookup func(string) (string, bool)) (project, credFile string, ok bool) {
+	file := ""
+	if v, ok := lookup("GOOGLE_APPLICATION_CREDENTIALS"); ok && v != "" {
+		file, credFile = v, v
+	} else {
+		dir, _ := lookup("CLOUDSDK_CONFIG")
+		if dir == "" {
+			if home, ok := lookup("HOME"); ok && home != "" {
+				dir = filepath.Join(home, ".config", "gcloud")
+			}
+		}
+		if dir != "" {
+			file = filepath.Join(dir, "application_default_credentials.json")
+		}
+	}
+	if file == "" {
+		return "", "", false
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return "", "", false
+	}
+	for _, k := range []string{"GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT"} {
+		if v, ok := lookup(k); ok && v != "" {
+			return v, credFile, true
+		}
+	}
+	var f struct {
+		ProjectID      string `json:"project_id"`
+		QuotaProjectID string `json:"quota_project_id"`
+	}
+	if json.Unmarshal(data, &f) != nil {
+		return "", "", false
+	}
+	if f.ProjectID != "" {
+		return f.ProjectID, credFile, true
+	}
+	if f.QuotaProjectID != "" {
+		return f.QuotaProjectID, credFile, true
+	}
+	return "", "", false
 }
 
 // defaultRetention is store.DefaultRetention with its first tier's

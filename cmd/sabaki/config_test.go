@@ -178,3 +178,57 @@ func TestSameAddr(t *testing.T) {
 		}
 	}
 }
+
+func TestCredentialedDefaults(t *testing.T) {
+	dir := t.TempDir()
+	sa := filepath.Join(dir, "sa.json")
+	os.WriteFile(sa, []byte(`{"type":"service_account","project_id":"proj-from-file"}`), 0o600)
+	tests := []struct {
+		name      string
+		env       map[string]string
+		wantSrc   []string
+		wantExp   []string
+		checkProj string
+	}{
+		{"nothing", map[string]string{"HOME": dir}, []string{"self"}, []string{"console"}, ""},
+		{"service account file", map[string]string{"GOOGLE_APPLICATION_CREDENTIALS": sa}, []string{"self", "cloudmonitoring"}, []string{"console"}, "proj-from-file"},
+		{"project from env wins", map[string]string{"GOOGLE_APPLICATION_CREDENTIALS": sa, "GOOGLE_CLOUD_PROJECT": "p2"}, []string{"self", "cloudmonitoring"}, []string{"console"}, "p2"},
+		{"project without credentials", map[string]string{"GOOGLE_CLOUD_PROJECT": "p2", "HOME": dir}, []string{"self"}, []string{"console"}, ""},
+		{"missing credentials file", map[string]string{"GOOGLE_APPLICATION_CREDENTIALS": filepath.Join(dir, "nope.json"), "GOOGLE_CLOUD_PROJECT": "p2"}, []string{"self"}, []string{"console"}, ""},
+	}
+	if _, ok := exporterTypes()["mackerel"]; ok {
+		tests = append(tests, struct {
+			name      string
+			env       map[string]string
+			wantSrc   []string
+			wantExp   []string
+			checkProj string
+		}{"mackerel key", map[string]string{"MACKEREL_APIKEY": "k", "HOME": dir}, []string{"self"}, []string{"console", "mackerel"}, ""})
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			lookup := func(k string) (string, bool) { v, ok := tc.env[k]; return v, ok }
+			cfg, ps := parseConfig(defaultConfigName, configsDefault(), lookup, true)
+			if len(ps) > 0 {
+				t.Fatal(ps)
+			}
+			var src, exp []string
+			for _, s := range cfg.Sources {
+				if s.Type != "otlp" {
+					src = append(src, s.Type)
+				}
+				if s.Type == "cloudmonitoring" && tc.checkProj != "" {
+					if p := reflectField(s.Config, "Project"); p != tc.checkProj {
+						t.Errorf("project = %q, want %q", p, tc.checkProj)
+					}
+				}
+			}
+			for _, e := range cfg.Exporters {
+				exp = append(exp, e.Type)
+			}
+			if strings.Join(src, ",") != strings.Join(tc.wantSrc, ",") || strings.Join(exp, ",") != strings.Join(tc.wantExp, ",") {
+				t.Errorf("sources %v exporters %v, want %v and %v", src, exp, tc.wantSrc, tc.wantExp)
+			}
+		})
+	}
+}
