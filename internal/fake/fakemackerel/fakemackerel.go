@@ -134,7 +134,8 @@ type Post struct {
 	Points  int // points in the body
 	Bytes   int // body size
 	Status  int
-	Dropped int // points accepted but discarded as too old or too new
+	Dropped int   // points accepted but discarded as too old or too new
+	MinTime int64 // earliest point time in an accepted post
 }
 
 // GraphDef is a stored graph definition.
@@ -482,7 +483,7 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) int {
 		}
 	}
 	var body []byte
-	if write {
+	if r.Method != http.MethodGet {
 		if s.rules.RequireJSONContentType && !strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
 			return writeErr(w, errf(http.StatusUnsupportedMediaType, "Content-Type must be application/json"))
 		}
@@ -552,12 +553,18 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) int {
 	return writeJSON(w, res)
 }
 
-func (s *Server) recordPost(r *http.Request, points, size, status, dropped int) {
+func (s *Server) recordPost(r *http.Request, points, size, status, dropped int, vs ...metricValue) {
 	if !strings.HasSuffix(r.URL.Path, "/tsdb") {
 		return
 	}
+	var minTime int64
+	for i, v := range vs {
+		if i == 0 || v.time < minTime {
+			minTime = v.time
+		}
+	}
 	s.mu.Lock()
-	s.posts = append(s.posts, Post{At: s.now(), Path: r.URL.Path, Points: points, Bytes: size, Status: status, Dropped: dropped})
+	s.posts = append(s.posts, Post{At: s.now(), Path: r.URL.Path, Points: points, Bytes: size, Status: status, Dropped: dropped, MinTime: minTime})
 	s.mu.Unlock()
 }
 
@@ -657,7 +664,7 @@ func (s *Server) postServiceMetrics(r *http.Request, svc string, body []byte) (a
 	s.mu.Lock()
 	dropped := s.storeLocked(func(metricValue) string { return svc }, vs)
 	s.mu.Unlock()
-	s.recordPost(r, len(vs), len(body), http.StatusOK, dropped)
+	s.recordPost(r, len(vs), len(body), http.StatusOK, dropped, vs...)
 	return map[string]bool{"success": true}, nil
 }
 
@@ -677,7 +684,7 @@ func (s *Server) postHostMetrics(r *http.Request, body []byte) (any, *apiError) 
 	}
 	dropped := s.storeLocked(func(v metricValue) string { return "host:" + v.hostID }, vs)
 	s.mu.Unlock()
-	s.recordPost(r, len(vs), len(body), http.StatusOK, dropped)
+	s.recordPost(r, len(vs), len(body), http.StatusOK, dropped, vs...)
 	return map[string]bool{"success": true}, nil
 }
 
@@ -941,7 +948,7 @@ func (s *Server) searchTraces(body []byte) (any, *apiError) {
 		} `json:"order"`
 	}
 	if err := json.Unmarshal(body, &p); err != nil {
-		return nil, errf(http.StatusBadRequest, "malformed trace search")
+		return nil, errf(http.StatusBadRequest, "malformed trace search: %v", err)
 	}
 	page, perPage := 1, 20
 	if p.Page != nil {
