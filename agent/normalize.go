@@ -40,20 +40,17 @@ import (
 // The baseline of a cumulative series is forgotten after it has been silent
 // for 2×lateness + 10 min; when it comes back it is a first sight again.
 
-// rawState is the pipeline's memory of one raw series.
+// rawState is the pipeline's memory of one raw series (kept small: there is
+// one per series the agent sees).
 type rawState struct {
-	// Cumulative baseline.
-	hasBase   bool
-	start     time.Time
-	lastTime  time.Time
+	// Cumulative baseline; times are UnixNano, 0 for unknown.
+	start     int64
+	lastTime  int64
 	lastValue float64
 	lastHist  *histogram.Histogram
 
-	// seen is the wall time of the last batch that carried the series.
-	seen time.Time
-
-	// Error marking, from the raw attributes (constant for the series).
-	isError, errTracked bool
+	// seen is the wall time (UnixNano) of the last batch with the series.
+	seen int64
 
 	// Cache: the rule output for rs, and the aggregate of the last window.
 	rs    *ruleSet
@@ -61,6 +58,18 @@ type rawState struct {
 	win   *window
 	ag    *agg
 	agGen uint32 // win.gen when ag was looked up
+
+	hasBase bool
+	// Error marking, from the raw attributes (constant for the series).
+	isError, errTracked bool
+}
+
+// nanos is t as UnixNano, 0 for the zero time.
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
 }
 
 // markError classifies a raw series: tracked when it carries a status
@@ -99,39 +108,40 @@ func is5xx(v string) bool {
 
 // counterDelta applies a cumulative counter point to the baseline and returns
 // the delta to count, or ok=false when the point only set the baseline.
-func (st *rawState) counterDelta(pt *metric.Point, agentStart time.Time) (delta float64, ok bool) {
-	defer func() {
-		st.hasBase, st.start, st.lastTime, st.lastValue = true, pt.Start, pt.Time, pt.Value
-	}()
-	if !st.hasBase {
-		if !pt.Start.IsZero() && !pt.Start.Before(agentStart) {
+func (st *rawState) counterDelta(pt *metric.Point, agentStart int64) (delta float64, ok bool) {
+	start := nanos(pt.Start)
+	prevStart, prevValue, had := st.start, st.lastValue, st.hasBase
+	st.hasBase, st.start, st.lastTime, st.lastValue = true, start, pt.Time.UnixNano(), pt.Value
+	switch {
+	case !had:
+		if start != 0 && start >= agentStart {
 			return pt.Value, true
 		}
 		return 0, false
-	}
-	if pt.Value < st.lastValue || startChanged(st.start, pt.Start) {
+	case pt.Value < prevValue || startChanged(prevStart, start):
 		return pt.Value, true
 	}
-	return pt.Value - st.lastValue, true
+	return pt.Value - prevValue, true
 }
 
-func startChanged(prev, cur time.Time) bool {
-	return !prev.IsZero() && !cur.IsZero() && !prev.Equal(cur)
+func startChanged(prev, cur int64) bool {
+	return prev != 0 && cur != 0 && prev != cur
 }
 
 // histDelta applies a cumulative histogram point (whose histogram the
 // pipeline owns) to the baseline and returns the delta histogram (owned by
 // the caller), or nil when the point only set the baseline.
-func (st *rawState) histDelta(pt *metric.Point, agentStart time.Time, maxSize int, maxScale int32) *histogram.Histogram {
+func (st *rawState) histDelta(pt *metric.Point, agentStart int64, maxSize int, maxScale int32) *histogram.Histogram {
+	start := nanos(pt.Start)
 	prev, prevStart, had := st.lastHist, st.start, st.hasBase
-	st.hasBase, st.start, st.lastTime, st.lastHist = true, pt.Start, pt.Time, pt.Hist
+	st.hasBase, st.start, st.lastTime, st.lastHist = true, start, pt.Time.UnixNano(), pt.Hist
 	if !had {
-		if !pt.Start.IsZero() && !pt.Start.Before(agentStart) {
+		if start != 0 && start >= agentStart {
 			return pt.Hist.Clone()
 		}
 		return nil
 	}
-	if startChanged(prevStart, pt.Start) {
+	if startChanged(prevStart, start) {
 		return pt.Hist.Clone()
 	}
 	if d, ok := subtractHist(pt.Hist, prev, maxSize, maxScale); ok {

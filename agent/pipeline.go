@@ -8,6 +8,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"math"
 	"slices"
@@ -84,7 +85,7 @@ type Pipeline struct {
 	log      *slog.Logger
 	now      func() time.Time
 	onWindow func(*metric.Window)
-	start    time.Time
+	startNs  int64 // agent start, UnixNano
 
 	window     time.Duration
 	grace      time.Duration
@@ -102,7 +103,9 @@ type Pipeline struct {
 	cur      *ruleSet
 	prev     *ruleSet
 	switchAt int64 // windows with idx >= switchAt use cur, older ones prev
-	raw      map[string]*rawState
+	raw      map[rawID]*rawState
+	seed0    maphash.Seed
+	seed1    maphash.Seed
 	windows  map[int64]*window
 	series   int // series across open windows, for MaxWindowSeries
 	lastGC   time.Time
@@ -231,11 +234,12 @@ func NewPipeline(cfg PipelineConfig, set Settings) (*Pipeline, error) {
 		return nil, err
 	}
 	return &Pipeline{
-		log: set.Logger, now: set.Now, onWindow: set.OnWindow, start: set.StartTime,
+		log: set.Logger, now: set.Now, onWindow: set.OnWindow, startNs: set.StartTime.UnixNano(),
 		window: cfg.Window, grace: cfg.Grace, maxSize: cfg.MaxSize, maxScale: cfg.MaxScale,
 		maxPending: int64(cfg.MaxPendingPoints), maxSeries: cfg.MaxWindowSeries,
 		lateness: cfg.Lateness, cur: rs, prev: rs,
-		raw: map[string]*rawState{}, windows: map[int64]*window{},
+		raw: map[rawID]*rawState{}, windows: map[int64]*window{},
+		seed0: maphash.MakeSeed(), seed1: maphash.MakeSeed(),
 		m: m,
 	}, nil
 }
@@ -310,8 +314,9 @@ func (p *Pipeline) Consume(ctx context.Context, b metric.Batch) error {
 		}
 		key := appendRawKey((*bufp)[:0], b.Source, s)
 		*bufp = key
+		id := rawID{maphash.Bytes(p.seed0, key), maphash.Bytes(p.seed1, key)}
 		p.mu.Lock()
-		p.consumeSeries(key, s, now, &drops)
+		p.consumeSeries(id, s, now, &drops)
 		p.mu.Unlock()
 	}
 	keyBufs.Put(bufp)
@@ -335,6 +340,12 @@ var (
 
 var keyBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
 
+// rawID identifies a raw series by two independent 64-bit hashes of its
+// encoded identity (appendRawKey) instead of the identity itself: 16 bytes
+// per series instead of ~100. Two distinct series collide with probability
+// 2^-128; among a million series, about 10^-27.
+type rawID [2]uint64
+
 // appendRawKey encodes a raw series identity: source, temporality and the
 // identity as delivered.
 func appendRawKey(dst []byte, source string, s *metric.Series) []byte {
@@ -344,14 +355,14 @@ func appendRawKey(dst []byte, source string, s *metric.Series) []byte {
 }
 
 // consumeSeries handles one series under p.mu.
-func (p *Pipeline) consumeSeries(key []byte, s *metric.Series, now time.Time, drops *dropCounts) {
-	st := p.raw[string(key)]
+func (p *Pipeline) consumeSeries(id rawID, s *metric.Series, now time.Time, drops *dropCounts) {
+	st := p.raw[id]
 	if st == nil {
 		st = &rawState{}
 		st.isError, st.errTracked = markError(s.Attrs)
-		p.raw[string(key)] = st
+		p.raw[id] = st
 	}
-	st.seen = now
+	st.seen = now.UnixNano()
 	// A window is closed for good once its end + lateness has passed.
 	cutoff := now.Add(-p.lateness).UnixNano()
 	cumulative := s.Kind != metric.Gauge && s.Temporality != metric.Delta
@@ -368,7 +379,7 @@ func (p *Pipeline) consumeSeries(key []byte, s *metric.Series, now time.Time, dr
 		}
 		idx := p.windowIdx(pt.Time)
 		tooLate := (idx+1)*int64(p.window) < cutoff
-		if cumulative && st.hasBase && !pt.Time.After(st.lastTime) {
+		if cumulative && st.hasBase && pt.Time.UnixNano() <= st.lastTime {
 			drops[idxOutOfOrder]++
 			continue
 		}
@@ -396,7 +407,7 @@ func (p *Pipeline) consumeSeries(key []byte, s *metric.Series, now time.Time, dr
 				var ok bool
 				// A too-late point still moves the baseline, so that its
 				// increments are not counted again in a later window.
-				if delta, ok = st.counterDelta(pt, p.start); !ok {
+				if delta, ok = st.counterDelta(pt, p.startNs); !ok {
 					continue
 				}
 			} else if delta < 0 {
@@ -418,7 +429,7 @@ func (p *Pipeline) consumeSeries(key []byte, s *metric.Series, now time.Time, dr
 			}
 			h := pt.Hist
 			if cumulative {
-				if h = st.histDelta(pt, p.start, p.maxSize, p.maxScale); h == nil {
+				if h = st.histDelta(pt, p.startNs, p.maxSize, p.maxScale); h == nil {
 					continue
 				}
 			}
@@ -547,7 +558,7 @@ func (p *Pipeline) Flush() {
 func (p *Pipeline) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.raw, p.windows = map[string]*rawState{}, map[int64]*window{}
+	p.raw, p.windows = map[rawID]*rawState{}, map[int64]*window{}
 	return nil
 }
 
@@ -628,7 +639,7 @@ func (p *Pipeline) gc(now time.Time) {
 	p.lastGC = now
 	stale := 2*p.lateness + 10*time.Minute
 	for k, st := range p.raw {
-		if now.Sub(st.seen) > stale {
+		if now.UnixNano()-st.seen > int64(stale) {
 			delete(p.raw, k)
 			continue
 		}
