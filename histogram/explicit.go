@@ -14,9 +14,10 @@ import (
 // overflow (bounds[last], +Inf). A trailing +Inf bound is accepted when its
 // overflow count is 0. sum is taken as given (Cloud Monitoring: mean·count).
 //
-// Target scale: the scale whose bucket width matches the narrowest
-// populated finite bucket, floor(-log2(log2(hi/lo))), capped by maxScale
-// and lowered until the ranges fit maxSize. At that scale:
+// Target scale: s0, the scale whose bucket width matches the narrowest
+// populated finite bucket, floor(-log2(log2(hi/lo))), if every populated
+// bucket lies inside one bucket at s0 (exact); otherwise s0+2. Capped by
+// maxScale and lowered until the ranges fit maxSize. At that scale:
 //
 //   - a bucket lying inside one target bucket goes there: exact. When every
 //     populated bucket does (e.g. power-of-two bounds such as GCP exponential
@@ -27,8 +28,11 @@ import (
 //     counts by cumulative rounding, so the total is preserved). This adds
 //     error on top of the histogram's own: observations are moved within
 //     their explicit bucket, so a quantile estimate can be off by up to the
-//     explicit bucket's width (relative: hi/lo-1) in the worst case; on
-//     smooth data it is much less (see TestFromExplicitError).
+//     explicit bucket's width (relative: hi/lo-1) plus one target bucket in
+//     the worst case, which is the information the explicit buckets never
+//     had. Measured p50..p99 errors (TestFromExplicitError, 50,000 values):
+//     client_golang default buckets 12%, GCP exponential growth 1.5 3.1%,
+//     growth 1.1 0.6%, linear 0.04%.
 //   - buckets with no finite lower end, (-Inf, b] or (0, b] (log-width
 //     infinite), are placed at their upper bound b; the overflow bucket at
 //     the smallest value above its lower bound; a bucket straddling zero,
@@ -88,6 +92,21 @@ func FromExplicit(bounds []float64, counts []uint64, sum float64, maxSize int, m
 	s := int32(h.maxScale)
 	if !math.IsInf(wmin, 1) && wmin > 0 {
 		s = max(MinScale, min(s, int32(math.Floor(-math.Log2(wmin)))))
+		// Exact at s (every populated bucket inside one target bucket)?
+		exact := true
+		for i, c := range counts {
+			lo, hi := bucket(i)
+			if p := explicitPlan(lo, hi, s); c != 0 && p.kind != 0 && p.a != p.b {
+				exact = false
+				break
+			}
+		}
+		if !exact {
+			// Spread at a 4x finer scale: a target bucket then rarely mixes
+			// two explicit buckets' densities (measured: GCP growth 1.5,
+			// p50..p99 error 10.3% -> 3.1%; growth 1.1: 2.1% -> 0.6%).
+			s = min(s+2, int32(h.maxScale))
+		}
 	}
 	// Fit both ranges at s.
 	var r [2]span64
@@ -96,14 +115,12 @@ func FromExplicit(bounds []float64, counts []uint64, sum float64, maxSize int, m
 			continue
 		}
 		lo, hi := bucket(i)
-		for _, p := range explicitPlan(lo, hi, s) {
-			if p.kind != 0 {
-				k := 0
-				if p.kind < 0 {
-					k = 1
-				}
-				r[k] = r[k].union(span64{int64(p.a), int64(p.b), true})
+		if p := explicitPlan(lo, hi, s); p.kind != 0 {
+			k := 0
+			if p.kind < 0 {
+				k = 1
 			}
+			r[k] = r[k].union(span64{int64(p.a), int64(p.b), true})
 		}
 	}
 	s -= max(r[0].fitShift(s, int(h.maxSize)), r[1].fitShift(s, int(h.maxSize)))
@@ -126,9 +143,7 @@ func FromExplicit(bounds []float64, counts []uint64, sum float64, maxSize int, m
 		default:
 			maxV = max(maxV, lo)
 		}
-		for _, p := range explicitPlan(lo, hi, s) {
-			h.spread(p, c)
-		}
+		h.spread(explicitPlan(lo, hi, s), c)
 	}
 	if math.IsInf(minV, 0) || math.IsInf(maxV, 0) { // only a (-Inf, +Inf) bucket
 		minV, maxV = 0, 0
@@ -147,37 +162,37 @@ type placement struct {
 	la, lb float64
 }
 
-func explicitPlan(lo, hi float64, s int32) [1]placement {
-	point := func(v float64) [1]placement {
+func explicitPlan(lo, hi float64, s int32) placement {
+	point := func(v float64) placement {
 		if v == 0 {
-			return [1]placement{{kind: 0}}
+			return placement{kind: 0}
 		}
 		k := mapIndex(math.Float64bits(math.Abs(v)), s)
 		if v < 0 {
-			return [1]placement{{kind: -1, a: k, b: k}}
+			return placement{kind: -1, a: k, b: k}
 		}
-		return [1]placement{{kind: 1, a: k, b: k}}
+		return placement{kind: 1, a: k, b: k}
 	}
 	unit := math.Exp2(float64(s))
 	switch {
 	case math.IsInf(lo, -1) && math.IsInf(hi, 1):
-		return [1]placement{{kind: 0}}
+		return placement{kind: 0}
 	case math.IsInf(lo, -1):
 		return point(hi)
 	case math.IsInf(hi, 1):
 		return point(math.Nextafter(lo, math.Inf(1)))
 	case lo < 0 && hi > 0, hi == 0:
-		return [1]placement{{kind: 0}}
+		return placement{kind: 0}
 	case lo == 0:
 		return point(hi)
 	case lo > 0:
 		a := mapIndex(math.Float64bits(math.Nextafter(lo, math.Inf(1))), s)
 		b := mapIndex(math.Float64bits(hi), s)
-		return [1]placement{{kind: 1, a: a, b: b, la: math.Log2(lo) * unit, lb: math.Log2(hi) * unit}}
+		return placement{kind: 1, a: a, b: b, la: math.Log2(lo) * unit, lb: math.Log2(hi) * unit}
 	default: // lo < hi < 0: absolute values in [-hi, -lo)
 		a := mapIndex(math.Float64bits(-hi), s)
 		b := mapIndex(math.Float64bits(math.Nextafter(-lo, 0)), s)
-		return [1]placement{{kind: -1, a: a, b: b, la: math.Log2(-hi) * unit, lb: math.Log2(-lo) * unit}}
+		return placement{kind: -1, a: a, b: b, la: math.Log2(-hi) * unit, lb: math.Log2(-lo) * unit}
 	}
 }
 
