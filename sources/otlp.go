@@ -18,6 +18,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -627,6 +628,7 @@ type otlpConverter struct {
 	now       time.Time
 
 	series        []metric.Series
+	points        []metric.Point
 	accepted      int
 	rejected      map[string]int64
 	rejectedTotal int64
@@ -648,6 +650,13 @@ func (c *otlpConverter) reject(reason string, n int, msg string) {
 }
 
 func (c *otlpConverter) convert(req *collectormetrics.ExportMetricsServiceRequest) {
+	total := 0
+	for _, rm := range req.GetResourceMetrics() {
+		total += otlpResourcePoints(rm)
+	}
+	total = min(total, c.maxPoints)
+	c.series = make([]metric.Series, 0, total)
+	c.points = make([]metric.Point, 0, total)
 	for _, rm := range req.GetResourceMetrics() {
 		res, err := c.attrs(rm.GetResource().GetAttributes(), nil)
 		if err != nil {
@@ -787,7 +796,11 @@ func (c *otlpConverter) point(base metric.Series, scope []metric.Attr, attrs []*
 }
 
 func (c *otlpConverter) accept(s metric.Series, p metric.Point) {
-	s.Points = []metric.Point{p}
+	// One backing array for the request's points: one allocation instead
+	// of one per series. Each series gets a capacity-limited window of it.
+	c.points = append(c.points, p)
+	n := len(c.points)
+	s.Points = c.points[n-1 : n : n]
 	c.series = append(c.series, s)
 	c.accepted++
 }
@@ -932,24 +945,46 @@ func (c *otlpConverter) exemplars(es []*metricspb.Exemplar) []metric.Exemplar {
 	return out
 }
 
-// attrs stringifies OTLP attributes (plus extra ones) into sorted Attrs,
-// enforcing max_attribute_length.
+// attrs stringifies OTLP attributes (plus extra ones, which win over a
+// point attribute of the same key) into sorted Attrs, enforcing
+// max_attribute_length. SDKs send attributes sorted by key, so the sort is
+// usually skipped and the extra (scope) attributes are inserted in place.
 func (c *otlpConverter) attrs(kvs []*commonpb.KeyValue, extra []metric.Attr) (metric.Attrs, error) {
 	if len(kvs) == 0 && len(extra) == 0 {
 		return nil, nil
 	}
 	out := make(metric.Attrs, 0, len(kvs)+len(extra))
+	sorted := true
 	for _, kv := range kvs {
-		v := otlpAnyString(kv.GetValue())
-		if len(kv.GetKey()) > c.maxAttr || len(v) > c.maxAttr {
-			return nil, fmt.Errorf("attribute %.64q longer than max_attribute_length (%d)", kv.GetKey(), c.maxAttr)
+		k, v := kv.GetKey(), otlpAnyString(kv.GetValue())
+		if len(k) > c.maxAttr || len(v) > c.maxAttr {
+			return nil, fmt.Errorf("attribute %.64q longer than max_attribute_length (%d)", k, c.maxAttr)
 		}
-		out = append(out, metric.Attr{Key: kv.GetKey(), Value: v})
+		if n := len(out); n > 0 && out[n-1].Key >= k {
+			sorted = false
+		}
+		out = append(out, metric.Attr{Key: k, Value: v})
 	}
-	out = append(out, extra...)
-	out.Sort()
+	if !sorted {
+		out.Sort()
+	}
+	for _, e := range extra {
+		i, found := slices.BinarySearchFunc(out, e.Key, func(a metric.Attr, k string) int { return strings.Compare(a.Key, k) })
+		if found {
+			out[i] = e
+		} else {
+			out = slices.Insert(out, i, e)
+		}
+	}
 	return out, nil
 }
+
+var otlpSmallInts = func() (a [1024]string) {
+	for i := range a {
+		a[i] = strconv.Itoa(i)
+	}
+	return a
+}()
 
 // otlpAnyString formats an attribute value as a string.
 func otlpAnyString(v *commonpb.AnyValue) string {
@@ -959,6 +994,9 @@ func otlpAnyString(v *commonpb.AnyValue) string {
 	case *commonpb.AnyValue_BoolValue:
 		return strconv.FormatBool(x.BoolValue)
 	case *commonpb.AnyValue_IntValue:
+		if x.IntValue >= 0 && x.IntValue < int64(len(otlpSmallInts)) {
+			return otlpSmallInts[x.IntValue] // status codes, ports: no allocation
+		}
 		return strconv.FormatInt(x.IntValue, 10)
 	case *commonpb.AnyValue_DoubleValue:
 		return strconv.FormatFloat(x.DoubleValue, 'g', -1, 64)

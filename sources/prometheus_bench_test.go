@@ -1,0 +1,88 @@
+package sources
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+
+	"github.com/sabakiio/sabaki/metric"
+)
+
+func newBytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+// benchExposition renders a 2,000-series exposition from a client_golang
+// registry: 100 native histograms (factor 1.1, as the tests use), 900
+// counters and 1,000 gauges, each with three labels.
+func benchExposition(b *testing.B, format expfmt.Format) []byte {
+	reg := prometheus.NewRegistry()
+	lat := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "http_server_request_duration_seconds", Help: "Latency.", NativeHistogramBucketFactor: 1.1,
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+	}, []string{"route", "method", "code"})
+	jobs := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jobs_processed_total", Help: "Jobs."}, []string{"tenant", "queue", "region"})
+	depth := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "queue_depth", Help: "Depth."}, []string{"tenant", "queue", "region"})
+	reg.MustRegister(lat, jobs, depth)
+	rng := rand.New(rand.NewPCG(7, 8))
+	for i := range 100 {
+		o := lat.WithLabelValues(fmt.Sprintf("/api/r%d", i/4), "GET", fmt.Sprint(200+i%4))
+		for range 2000 {
+			o.Observe(math.Exp(math.Log(0.05) + rng.NormFloat64()))
+		}
+	}
+	for i := range 900 {
+		jobs.WithLabelValues(fmt.Sprintf("t%d", i%50), fmt.Sprintf("q%d", i), "asia-northeast1").Add(float64(i))
+	}
+	for i := range 1000 {
+		depth.WithLabelValues(fmt.Sprintf("t%d", i%50), fmt.Sprintf("q%d", i), "asia-northeast1").Set(float64(i))
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var buf bytes.Buffer
+	enc := expfmt.NewEncoder(&buf, format)
+	for _, mf := range mfs {
+		if err := enc.Encode(mf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if c, ok := enc.(expfmt.Closer); ok {
+		_ = c.Close()
+	}
+	return buf.Bytes()
+}
+
+// BenchmarkPrometheusParse measures the scrape path per series, from the
+// response body to the batch: decoding and conversion (native histograms
+// through histogram.FromNative in the protobuf case; classic buckets
+// through histogram.FromExplicit in the text case).
+func BenchmarkPrometheusParse(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		format expfmt.Format
+	}{{"protobuf-native", expfmt.FmtProtoDelim}, {"text-classic", expfmt.FmtText}} {
+		b.Run(tc.name, func(b *testing.B) {
+			body := benchExposition(b, tc.format)
+			res := metric.Attrs{{Key: "instance", Value: "127.0.0.1:3000"}, {Key: "job", Value: "app"}}
+			at := time.Now()
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			m0 := mallocs()
+			b.ResetTimer()
+			for b.Loop() {
+				c := promConverter{resource: res, at: at, honorTimestamps: true}
+				series, err := c.parse(body, tc.format)
+				if err != nil || len(series) != 2000 {
+					b.Fatalf("%d series, %v", len(series), err)
+				}
+			}
+			reportPerPoint(b, 2000, m0)
+		})
+	}
+}
