@@ -502,3 +502,52 @@ func TestResetCloneDownscale(t *testing.T) {
 	record(h, dataset("uniform", 100))
 	checkInvariants(t, h)
 }
+
+func TestMergeZeroThreshold(t *testing.T) {
+	vs := dataset("mixed", 4000)
+	for _, zt := range []float64{0x1p-128, 0.001, 0.3, 1} {
+		a, err := FromData(Data{Scale: 20, ZeroThreshold: zt}, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := New(0, 0)
+		record(a, vs[:2000])
+		record(b, vs[2000:])
+		var below uint64
+		for _, v := range vs {
+			if math.Abs(v) <= zt {
+				below++
+			}
+		}
+		for _, order := range []string{"a+b", "b+a"} {
+			var m *Histogram
+			if order == "a+b" {
+				m = a.Clone()
+				m.Merge(b)
+			} else {
+				m = b.Clone()
+				m.Merge(a)
+			}
+			checkInvariants(t, m)
+			if m.Count() != uint64(len(vs)) {
+				t.Fatalf("zt %v %s: count %d", zt, order, m.Count())
+			}
+			if m.ZeroThreshold() < zt || m.ZeroCount() < below {
+				t.Fatalf("zt %v %s: threshold %v zero count %d < %d", zt, order, m.ZeroThreshold(), m.ZeroCount(), below)
+			}
+			// No bucket lies entirely at or below the threshold.
+			d := m.Data()
+			k := mapIndex(math.Float64bits(m.ZeroThreshold()), d.Scale)
+			if len(d.Positive.Counts) > 0 && d.Positive.Offset < k {
+				t.Fatalf("zt %v %s: positive bucket %d below threshold bucket %d", zt, order, d.Positive.Offset, k)
+			}
+			if len(d.Negative.Counts) > 0 && d.Negative.Offset < k {
+				t.Fatalf("zt %v %s: negative bucket below threshold", zt, order)
+			}
+			// Estimates stay sane.
+			if q := m.Quantile(0.5); q < m.Min() || q > m.Max() {
+				t.Fatalf("median %v outside [%v, %v]", q, m.Min(), m.Max())
+			}
+		}
+	}
+}
