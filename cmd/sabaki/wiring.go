@@ -41,6 +41,22 @@ func sourceTypes() map[string]sourceType {
 				return c.Interval.D(), c.Timeout.D()
 			},
 		},
+		"prometheus": {
+			newConfig: func() any { c := sources.DefaultPrometheusConfig(); return &c },
+			build: func(cfg any, set sources.Settings) (any, error) {
+				return sources.NewPrometheus(*cfg.(*sources.PrometheusConfig), set)
+			},
+			interval: func(cfg any) (time.Duration, time.Duration) {
+				c := cfg.(*sources.PrometheusConfig)
+				return c.Interval.D(), c.Timeout.D()
+			},
+		},
+		"otlp": {
+			newConfig: func() any { c := sources.DefaultOTLPConfig(); return &c },
+			build: func(cfg any, set sources.Settings) (any, error) {
+				return sources.NewOTLP(*cfg.(*sources.OTLPConfig), set)
+			},
+		},
 		"cloudmonitoring": {
 			newConfig: func() any { c := sources.DefaultCloudMonitoringConfig(); return &c },
 			build: func(cfg any, set sources.Settings) (any, error) {
