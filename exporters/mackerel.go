@@ -196,9 +196,6 @@ func (c *MackerelConfig) Validate() error {
 	if !serviceNameOK(c.Service) {
 		errs = append(errs, config.Field("service", "must be a Mackerel service name: 2-63 of [A-Za-z0-9_-], starting with a letter or digit"))
 	}
-	if c.APIKey == "" {
-		errs = append(errs, config.Field("api_key", "%v", errNoMackerelKey))
-	}
 	if u, err := url.Parse(c.BaseURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		errs = append(errs, config.Field("base_url", "must be an http(s) URL"))
 	}
@@ -320,6 +317,11 @@ type minuteWindows struct {
 func NewMackerel(cfg MackerelConfig, set Settings) (*Mackerel, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("mackerel exporter: %w", err)
+	}
+	// An empty key is a problem of the environment the config is run in,
+	// not of the file (examples validate without secrets): refuse to start.
+	if cfg.APIKey == "" {
+		return nil, fmt.Errorf("mackerel exporter: api_key %w", errNoMackerelKey)
 	}
 	name := cfg.Name
 	if name == "" {

@@ -72,7 +72,6 @@ func TestMackerelConfig(t *testing.T) {
 	}{
 		{"minimal", "type: mackerel\nservice: toitta\napi_key: k\n", ""},
 		{"annotate", "type: mackerel\nservice: toitta\napi_key: k\norg: acme\nannotate:\n  - {metric: http.server.request.duration, stat: p95, above: 1s}\n  - {metric: \"*\", stat: error_ratio, above: 0.01}\n", ""},
-		{"no key", "type: mackerel\nservice: toitta\n", "api_key"},
 		{"bad service", "type: mackerel\nservice: _x\napi_key: k\n", "service"},
 		{"bad stat", "type: mackerel\nservice: toitta\napi_key: k\nstats: [count, p95x]\n", "stats[1]"},
 		{"bad quantile", "type: mackerel\nservice: toitta\napi_key: k\nquantiles: [1.5]\n", "quantiles[0]"},
@@ -106,6 +105,12 @@ func TestMackerelConfig(t *testing.T) {
 				}
 			}
 		})
+	}
+	// An empty key validates (examples carry ${MACKEREL_APIKEY}) but does not start.
+	empty := DefaultMackerelConfig()
+	empty.Service = "toitta"
+	if _, err := NewMackerel(empty, Settings{}); err == nil || !strings.Contains(err.Error(), "MACKEREL_APIKEY") {
+		t.Fatalf("NewMackerel without a key: %v", err)
 	}
 	// The key never prints.
 	c := DefaultMackerelConfig()

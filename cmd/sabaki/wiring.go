@@ -78,6 +78,12 @@ func exporterTypes() map[string]exporterType {
 				return exporters.NewConsole(*cfg.(*exporters.ConsoleConfig), set)
 			},
 		},
+		"mackerel": {
+			newConfig: func() any { c := exporters.DefaultMackerelConfig(); return &c },
+			build: func(cfg any, set exporters.Settings) (exporters.Exporter, error) {
+				return exporters.NewMackerel(*cfg.(*exporters.MackerelConfig), set)
+			},
+		},
 		"otlp": {
 			newConfig: func() any { c := exporters.DefaultOTLPConfig(); return &c },
 			build: func(cfg any, set exporters.Settings) (exporters.Exporter, error) {
