@@ -80,19 +80,27 @@ func (w *window) compact() {
 	w.gen++
 }
 
-// agg is one output series in one window. It is kept small (72 bytes):
+// agg is one output series in one window. It is kept small (64 bytes):
 // emitted windows hold one per series for the whole lateness.
 type agg struct {
-	out   *outSeries
-	sum   float64
-	count uint64
+	out *outSeries
+	sum float64
 	// Gauge: x = last, y = min, z = max. Counter and histogram: x is the
 	// error sum (increments or observations from points marked as errors).
 	x, y, z  float64
 	lastTime int64 // gauge: UnixNano of x
 	ext      *aggExt
+	// count is the number of contributions (gauge samples, counter deltas,
+	// histogram points), saturating.
+	count uint32
 	// errTracked: some contributing series carried a status attribute.
 	errTracked bool
+}
+
+func (a *agg) inc() {
+	if a.count < math.MaxUint32 {
+		a.count++
+	}
 }
 
 // aggExt holds what only histograms and series with exemplars need.
@@ -126,12 +134,12 @@ func (a *agg) addGauge(v float64, t time.Time) {
 		a.x, a.lastTime = v, ns
 	}
 	a.sum += v
-	a.count++
+	a.inc()
 }
 
 func (a *agg) addCounter(delta float64, st *rawState) {
 	a.sum += delta
-	a.count++
+	a.inc()
 	if st.isError {
 		a.x += delta
 	}
@@ -142,7 +150,7 @@ func (a *agg) addHist(h *histogram.Histogram, st *rawState, maxSize int, maxScal
 	if st.isError {
 		a.x += float64(h.Count())
 	}
-	a.count++
+	a.inc()
 	e := a.extra()
 	switch {
 	case e.hist == nil && h.Scale() <= maxScale:
@@ -249,7 +257,7 @@ func (a *agg) aggregate(quantiles []float64) metric.Aggregate {
 	r := metric.Aggregate{
 		Name: o.name, Unit: o.unit, Description: o.desc, Kind: o.kind,
 		Resource: o.resource, Attrs: o.attrs,
-		Sum: a.sum, Count: a.count,
+		Sum: a.sum, Count: uint64(a.count),
 		ErrorTracked: a.errTracked,
 		Exemplars:    a.exemplars(quantiles),
 	}

@@ -1,0 +1,290 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sabakiio/sabaki/histogram"
+	"github.com/sabakiio/sabaki/metric"
+)
+
+// Synthetic series for the benchmarks. The mix for a Prometheus-style
+// agent (DESIGN §7: 50 targets × 2,100 series) is assumed to be 60 %
+// counters, 35 % gauges and 5 % histograms (classic histograms become one
+// exponential-histogram series each).
+//
+//   - counters: per-window deltas, Poisson-like around a per-series rate
+//     drawn log-uniformly from 1 to 1,100 per minute; 30 % are error-style
+//     counters that are almost always 0.
+//   - gauges, 4 samples per window (15 s scrapes): 40 % small integers
+//     (goroutines, instances: a random walk), 30 % large integers (bytes),
+//     30 % full-precision floats (a CPU-seconds-like random walk).
+//   - histograms: log-normal latencies (median 30–300 ms, σ 0.4–1.0),
+//     ~200 observations a minute (Poisson), recorded in seconds at full
+//     float precision.
+type gen struct {
+	r     *rand.Rand
+	kind  metric.Kind
+	sub   int
+	rate  float64
+	level float64
+	mu    float64
+	sigma float64
+	attrs metric.Attrs
+}
+
+func newGen(r *rand.Rand, kind metric.Kind, i int) *gen {
+	g := &gen{r: r, kind: kind, attrs: metric.NewAttrs(map[string]string{"i": fmt.Sprint(i), "route": fmt.Sprintf("/api/v1/things/%d", i%50)})}
+	switch kind {
+	case metric.Counter:
+		if r.Float64() < 0.3 {
+			g.rate = 0.02
+		} else {
+			g.rate = math.Exp(r.Float64() * 7)
+		}
+	case metric.Gauge:
+		switch x := r.Float64(); {
+		case x < 0.4:
+			g.sub, g.level = 0, float64(5+r.IntN(200))
+		case x < 0.7:
+			g.sub, g.level = 1, float64(1e8+r.IntN(1e9))
+		default:
+			g.sub, g.level = 2, r.Float64()*1000
+		}
+	case metric.Histogram:
+		g.mu = math.Log(0.03 + r.Float64()*0.27)
+		g.sigma = 0.4 + r.Float64()*0.6
+	}
+	return g
+}
+
+func poisson(r *rand.Rand, l float64) float64 {
+	if l < 30 {
+		k, p, lim := 0.0, 1.0, math.Exp(-l)
+		for {
+			p *= r.Float64()
+			if p <= lim {
+				return k
+			}
+			k++
+		}
+	}
+	return math.Max(0, math.Round(l+math.Sqrt(l)*r.NormFloat64()))
+}
+
+func (g *gen) next() metric.Aggregate {
+	a := metric.Aggregate{Name: "bench." + g.kind.String(), Kind: g.kind, Resource: res, Attrs: g.attrs}
+	switch g.kind {
+	case metric.Counter:
+		a.Sum, a.Count = poisson(g.r, g.rate), 4
+	case metric.Gauge:
+		a.Min, a.Max = math.Inf(1), math.Inf(-1)
+		for range 4 {
+			switch g.sub {
+			case 0:
+				g.level = math.Max(0, g.level+float64(g.r.IntN(5)-2))
+			case 1:
+				g.level = math.Max(0, g.level+float64(g.r.IntN(1<<20)-1<<19))
+			case 2:
+				g.level += g.r.Float64() * 0.25
+			}
+			a.Sum += g.level
+			a.Count++
+			a.Last = g.level
+			a.Min, a.Max = math.Min(a.Min, g.level), math.Max(a.Max, g.level)
+		}
+	case metric.Histogram:
+		h := histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+		for range int(poisson(g.r, 200)) {
+			h.Record(math.Exp(g.mu + g.sigma*g.r.NormFloat64()))
+		}
+		a.Hist = h
+	}
+	return a
+}
+
+func mixGens(r *rand.Rand, n int) []*gen {
+	gens := make([]*gen, n)
+	for i := range gens {
+		k := metric.Counter
+		switch x := i % 20; {
+		case x == 0:
+			k = metric.Histogram
+		case x < 8:
+			k = metric.Gauge
+		}
+		gens[i] = newGen(r, k, i)
+	}
+	return gens
+}
+
+// BenchmarkWrite measures Write throughput: one op is one window of 10,000
+// series in the assumed mix.
+//
+//	go test ./agent/store -run '^$' -bench Write -benchtime=20x -count=3
+func BenchmarkWrite(b *testing.B) {
+	const n = 10_000
+	r := rand.New(rand.NewPCG(1, 1))
+	gens := mixGens(r, n)
+	windows := make([]*metric.Window, 4) // pre-generated, reused with new starts
+	for i := range windows {
+		w := &metric.Window{Duration: time.Minute}
+		for _, g := range gens {
+			w.Series = append(w.Series, g.next())
+		}
+		windows[i] = w
+	}
+	s, err := Open(b.TempDir(), Options{Now: func() time.Time { return t0 }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		w := windows[i%len(windows)]
+		w.Start = t0.Add(time.Duration(i) * time.Minute)
+		if err := s.Write(ctx, w); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "series-windows/s")
+}
+
+// BenchmarkDiskBytesPerPoint writes a day of 1-minute windows for series of
+// one kind, compacts, VACUUMs and reports the file size per stored point
+// (everything included: chunk payload, SQLite pages, series rows, indexes),
+// minus an empty store. It does the work once whatever b.N is:
+//
+//	go test ./agent/store -run '^$' -bench DiskBytes -benchtime=1x
+func BenchmarkDiskBytesPerPoint(b *testing.B) {
+	for _, tc := range []struct {
+		name    string
+		kind    metric.Kind
+		sub     int // gauge subtype, -1 for the mix
+		series  int
+		windows int
+		values  int // float values per point, for B/value
+	}{
+		{"counter", metric.Counter, -1, 2000, 1440, 1},
+		{"gauge_mix", metric.Gauge, -1, 2000, 1440, 4},
+		{"gauge_small_int", metric.Gauge, 0, 1000, 1440, 4},
+		{"gauge_large_int", metric.Gauge, 1, 1000, 1440, 4},
+		{"gauge_float", metric.Gauge, 2, 1000, 1440, 4},
+		{"histogram_latency", metric.Histogram, -1, 200, 1440, 1},
+		{"agent_mix", 0, -1, 2000, 1440, 1},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			r := rand.New(rand.NewPCG(2, 2))
+			var gens []*gen
+			if tc.kind == 0 {
+				gens = mixGens(r, tc.series)
+			} else {
+				for i := range tc.series {
+					g := newGen(r, tc.kind, i)
+					if tc.sub >= 0 && g.sub != tc.sub {
+						g = newGen(r, tc.kind, i)
+						g.sub = tc.sub
+						g.level = []float64{50, 5e8, 10}[tc.sub]
+					}
+					gens = append(gens, g)
+				}
+			}
+			size, payload, rows := diskSize(b, gens, tc.windows)
+			points := float64(tc.series * tc.windows)
+			b.ReportMetric(float64(size)/points, "B/point")
+			b.ReportMetric(float64(size)/points/float64(tc.values), "B/value")
+			b.ReportMetric(float64(payload)/points, "payload-B/point")
+			b.ReportMetric(float64(size-payload)/float64(rows), "overhead-B/chunk")
+		})
+	}
+}
+
+// diskSize writes windows for gens from t0, compacts everything and returns
+// the VACUUMed file size beyond an empty store, the chunk payload bytes and
+// the number of chunk rows.
+func diskSize(tb testing.TB, gens []*gen, windows int) (size, payload, rows int64) {
+	dir := tb.TempDir()
+	now := t0
+	s, err := Open(dir, Options{Now: func() time.Time { return now }, Grace: time.Minute})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx := context.Background()
+	empty := fileSize(tb, s)
+	for m := range windows {
+		w := &metric.Window{Start: t0.Add(time.Duration(m) * time.Minute), Duration: time.Minute}
+		for _, g := range gens {
+			w.Series = append(w.Series, g.next())
+		}
+		if err := s.Write(ctx, w); err != nil {
+			tb.Fatal(err)
+		}
+		if m%120 == 119 {
+			now = w.Start.Add(20 * time.Minute)
+			if err := s.compactTier(ctx, 0, now.Unix()); err != nil {
+				tb.Fatal(err)
+			}
+		}
+	}
+	now = t0.Add(time.Duration(windows)*time.Minute + 3*time.Hour)
+	if err := s.compactTier(ctx, 0, now.Unix()); err != nil {
+		tb.Fatal(err)
+	}
+	if err := s.db.QueryRow(`SELECT coalesce(sum(length(data)), 0), count(*) FROM chunks`).Scan(&payload, &rows); err != nil {
+		tb.Fatal(err)
+	}
+	return fileSize(tb, s) - empty, payload, rows
+}
+
+func fileSize(tb testing.TB, s *Store) int64 {
+	if _, err := s.db.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := s.db.Exec(`VACUUM`); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := s.db.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		tb.Fatal(err)
+	}
+	st, err := os.Stat(filepath.Join(s.dir, dbFile))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return st.Size()
+}
+
+// BenchmarkRollupHistogramBytes reports the chunk payload per point of
+// rolled-up latency histograms: an hour (60 merged minutes, ~12,000
+// observations) and a day, in 120-point chunks, as the 1 h and 1 d tiers
+// store them.
+//
+//	go test ./agent/store -run '^$' -bench RollupHistogramBytes -benchtime=1x
+func BenchmarkRollupHistogramBytes(b *testing.B) {
+	for _, per := range []int{60, 1440} {
+		b.Run(fmt.Sprintf("minutes_per_point=%d", per), func(b *testing.B) {
+			r := rand.New(rand.NewPCG(3, 3))
+			g := newGen(r, metric.Histogram, 0)
+			var total int
+			const series = 10
+			for range series {
+				pts := make([]point, 120)
+				for i := range pts {
+					h := histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+					for range per {
+						h.Merge(g.next().Hist)
+					}
+					pts[i] = point{start: int64(i) * int64(per) * 60, h: toHData(h)}
+				}
+				total += len(encodeChunk(nil, metric.Histogram, int64(per)*60, pts))
+			}
+			b.ReportMetric(float64(total)/(series*120), "payload-B/point")
+		})
+	}
+}
