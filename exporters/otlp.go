@@ -57,7 +57,7 @@ type OTLPConfig struct {
 	// Headers are sent with every request (gRPC metadata or HTTP headers),
 	// e.g. Mackerel-Api-Key: ${MACKEREL_APIKEY}. Values are secrets: they
 	// never appear in logs, errors or String.
-	Headers map[string]string `yaml:"headers"`
+	Headers map[string]Secret `yaml:"headers"`
 	// TLS configures server verification and a client certificate.
 	TLS TLSConfig `yaml:"tls"`
 	// Compression is "gzip" (default) or "none".
@@ -294,7 +294,7 @@ func newOTLPGRPC(cfg OTLPConfig, tgt otlpTarget) (*otlpmetricgrpc.Exporter, erro
 	}
 	// Headers are always set (an empty map too) so that OTEL_EXPORTER_OTLP_*
 	// environment variables never add or override anything.
-	opts = append(opts, otlpmetricgrpc.WithHeaders(headersOrEmpty(cfg.Headers)))
+	opts = append(opts, otlpmetricgrpc.WithHeaders(revealHeaders(cfg.Headers)))
 	if cfg.Compression == "gzip" {
 		// "none" passes no option: the library has no name for it and
 		// reports any other value through the global OTel error handler.
@@ -331,7 +331,7 @@ func newOTLPHTTP(cfg OTLPConfig, tgt otlpTarget) (*otlpmetrichttp.Exporter, erro
 		otlpmetrichttp.WithURLPath(tgt.path),
 		otlpmetrichttp.WithTimeout(cfg.Timeout.D()),
 		otlpmetrichttp.WithRetry(otlpmetrichttp.RetryConfig{Enabled: false}),
-		otlpmetrichttp.WithHeaders(headersOrEmpty(cfg.Headers)),
+		otlpmetrichttp.WithHeaders(revealHeaders(cfg.Headers)),
 		otlpmetrichttp.WithHTTPClient(&http.Client{Transport: otlpRecorder{next: tr}, Timeout: cfg.Timeout.D()}),
 	}
 	if cfg.Compression == "gzip" {
@@ -347,13 +347,6 @@ func newOTLPHTTP(cfg OTLPConfig, tgt otlpTarget) (*otlpmetrichttp.Exporter, erro
 		return nil, fmt.Errorf("create otlp HTTP client: %w", err)
 	}
 	return exp, nil
-}
-
-func headersOrEmpty(h map[string]string) map[string]string {
-	if h == nil {
-		return map[string]string{}
-	}
-	return h
 }
 
 // Name implements Exporter.

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"net/http"
@@ -17,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/sabakiio/sabaki/internal/config"
 )
@@ -80,19 +83,61 @@ func (c TLSConfig) Load() (*tls.Config, error) {
 	return tc, nil
 }
 
+// Secret is a config value that never prints: %v, %s, %#v, slog, JSON and
+// YAML output show "<redacted>". Reveal returns the value to send.
+type Secret string
+
+// String redacts the secret.
+func (s Secret) String() string { return "<redacted>" }
+
+// GoString redacts the secret (for %#v).
+func (s Secret) GoString() string { return `"<redacted>"` }
+
+// LogValue redacts the secret in slog output.
+func (s Secret) LogValue() slog.Value { return slog.StringValue("<redacted>") }
+
+// MarshalYAML redacts the secret when a config is printed.
+func (s Secret) MarshalYAML() (any, error) { return "<redacted>", nil }
+
+// MarshalText redacts the secret in JSON and text encodings.
+func (s Secret) MarshalText() ([]byte, error) { return []byte("<redacted>"), nil }
+
+// UnmarshalYAML reads the secret as a plain string.
+func (s *Secret) UnmarshalYAML(n *yaml.Node) error {
+	var v string
+	if err := n.Decode(&v); err != nil {
+		return err
+	}
+	*s = Secret(v)
+	return nil
+}
+
+// Reveal returns the secret itself.
+func (s Secret) Reveal() string { return string(s) }
+
+// revealHeaders returns headers as plain strings for a client (never nil,
+// so that OTEL_EXPORTER_OTLP_HEADERS cannot add any).
+func revealHeaders(h map[string]Secret) map[string]string {
+	out := make(map[string]string, len(h))
+	for k, v := range h {
+		out[k] = v.Reveal()
+	}
+	return out
+}
+
 // validateHeaders checks header names and that no value expanded to empty
 // (an unset ${MACKEREL_APIKEY} is the usual cause). Values are never quoted.
-func validateHeaders(field string, h map[string]string) error {
+func validateHeaders(field string, h map[string]Secret) error {
 	var errs []error
 	for _, k := range slices.Sorted(maps.Keys(h)) {
 		if k == "" || strings.ContainsAny(k, " \t\r\n:") {
 			errs = append(errs, config.Field(field, "invalid header name %q", k))
 			continue
 		}
-		if strings.TrimSpace(h[k]) == "" {
+		if strings.TrimSpace(h[k].Reveal()) == "" {
 			errs = append(errs, config.Field(field+"."+k, "empty value (is the environment variable it names set?)"))
 		}
-		if strings.ContainsAny(h[k], "\r\n") {
+		if strings.ContainsAny(h[k].Reveal(), "\r\n") {
 			errs = append(errs, config.Field(field+"."+k, "value must not contain a line break"))
 		}
 	}
@@ -101,7 +146,7 @@ func validateHeaders(field string, h map[string]string) error {
 
 // redactedHeaders renders headers as "{A: <redacted>, B: <redacted>}" for
 // String methods: the names help debugging, the values are secrets.
-func redactedHeaders(h map[string]string) string {
+func redactedHeaders(h map[string]Secret) string {
 	keys := slices.Sorted(maps.Keys(h))
 	for i, k := range keys {
 		keys[i] = k + ": <redacted>"

@@ -88,7 +88,7 @@ func otlpTestExporter(t *testing.T, mod func(*OTLPConfig)) (*OTLP, *prometheus.R
 	t.Helper()
 	cfg := DefaultOTLPConfig()
 	cfg.Insecure = true
-	cfg.Headers = map[string]string{"Mackerel-Api-Key": "secret-key-123"}
+	cfg.Headers = map[string]Secret{"Mackerel-Api-Key": "secret-key-123"}
 	mod(&cfg)
 	reg := prometheus.NewRegistry()
 	e, err := NewOTLP(cfg, Settings{Registerer: reg})
@@ -479,7 +479,7 @@ func TestOTLPConfigValidate(t *testing.T) {
 		{"bad compression", func(c *OTLPConfig) { c.Compression = "zstd" }, "compression"},
 		{"bad temporality", func(c *OTLPConfig) { c.Temporality = "both" }, "temporality"},
 		{"zero timeout", func(c *OTLPConfig) { c.Timeout = 0 }, "timeout: must be positive"},
-		{"empty header", func(c *OTLPConfig) { c.Headers = map[string]string{"Mackerel-Api-Key": ""} }, "headers.Mackerel-Api-Key: empty value"},
+		{"empty header", func(c *OTLPConfig) { c.Headers = map[string]Secret{"Mackerel-Api-Key": ""} }, "headers.Mackerel-Api-Key: empty value"},
 		{"insecure with tls", func(c *OTLPConfig) { c.Insecure = true; c.TLS.ServerName = "x" }, "tls: cannot be combined"},
 		{"https with insecure", func(c *OTLPConfig) { c.Insecure = true; c.Endpoint = "https://c:4317" }, "contradicts"},
 		{"cert without key", func(c *OTLPConfig) { c.TLS.CertFile = "/nonexistent.pem" }, "cert_file and key_file"},
@@ -499,12 +499,12 @@ func TestOTLPConfigValidate(t *testing.T) {
 func TestOTLPConfigStringRedacts(t *testing.T) {
 	c := DefaultOTLPConfig()
 	c.Endpoint = "otlp.mackerelio.com:4317"
-	c.Headers = map[string]string{"Mackerel-Api-Key": "secret-key-123"}
+	c.Headers = map[string]Secret{"Mackerel-Api-Key": "secret-key-123"}
 	s := c.String()
 	if strings.Contains(s, "secret-key-123") || !strings.Contains(s, "Mackerel-Api-Key: <redacted>") {
 		t.Errorf("String() = %s", s)
 	}
-	if s := fmt.Sprintf("%v %+v", c, c); strings.Contains(s, "secret-key-123") {
+	if s := fmt.Sprintf("%v %+v %#v", c, c, c); strings.Contains(s, "secret-key-123") {
 		t.Errorf("formatting reveals the key: %s", s)
 	}
 }

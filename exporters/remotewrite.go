@@ -35,9 +35,9 @@ type RemoteWriteConfig struct {
 	URL string `yaml:"url"`
 	// Headers are added to every request (e.g. X-Scope-OrgID for Mimir
 	// tenants). Values are secrets: never logged.
-	Headers map[string]string `yaml:"headers"`
+	Headers map[string]Secret `yaml:"headers"`
 	// BearerToken is sent as "Authorization: Bearer …".
-	BearerToken string `yaml:"bearer_token"`
+	BearerToken Secret `yaml:"bearer_token"`
 	// BasicAuth is sent as "Authorization: Basic …".
 	BasicAuth BasicAuth `yaml:"basic_auth"`
 	// TLS configures server verification and a client certificate.
@@ -62,7 +62,7 @@ type RemoteWriteConfig struct {
 // BasicAuth is HTTP basic authentication; the password is a secret.
 type BasicAuth struct {
 	Username string `yaml:"username"`
-	Password string `yaml:"password"`
+	Password Secret `yaml:"password"`
 }
 
 // DefaultRemoteWriteConfig returns the defaults: 2,000 samples per request
@@ -295,7 +295,7 @@ func (e *RemoteWrite) send(ctx context.Context, body []byte) error {
 		return Permanent(fmt.Errorf("build request: %w", err))
 	}
 	for k, v := range e.cfg.Headers {
-		req.Header.Set(k, v)
+		req.Header.Set(k, v.Reveal())
 	}
 	req.Header.Set("Content-Encoding", "snappy")
 	req.Header.Set("Content-Type", "application/x-protobuf")
@@ -303,9 +303,9 @@ func (e *RemoteWrite) send(ctx context.Context, body []byte) error {
 	req.Header.Set("User-Agent", "sabaki")
 	switch {
 	case e.cfg.BearerToken != "":
-		req.Header.Set("Authorization", "Bearer "+e.cfg.BearerToken)
+		req.Header.Set("Authorization", "Bearer "+e.cfg.BearerToken.Reveal())
 	case e.cfg.BasicAuth.Username != "":
-		req.SetBasicAuth(e.cfg.BasicAuth.Username, e.cfg.BasicAuth.Password)
+		req.SetBasicAuth(e.cfg.BasicAuth.Username, e.cfg.BasicAuth.Password.Reveal())
 	}
 	resp, err := e.client.Do(req)
 	if err != nil {

@@ -367,7 +367,7 @@ func TestRemoteWriteEncoding(t *testing.T) {
 	e, reg := rwTestExporter(t, f.srv.URL, func(c *RemoteWriteConfig) {
 		c.MaxSamplesPerSend = 3
 		c.BearerToken = "tok-secret"
-		c.Headers = map[string]string{"X-Scope-OrgID": "team-a"}
+		c.Headers = map[string]Secret{"X-Scope-OrgID": "team-a"}
 	})
 	t0 := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
 	var ws []*metric.Window
@@ -601,10 +601,10 @@ func TestRemoteWriteConfigValidate(t *testing.T) {
 		{"credentials in url", func(c *RemoteWriteConfig) { c.URL = "https://u:p@x/api/v1/push" }, "must not carry credentials"},
 		{"bearer and basic", func(c *RemoteWriteConfig) { c.BearerToken = "t"; c.BasicAuth = BasicAuth{"u", "p"} }, "cannot be combined"},
 		{"basic without password", func(c *RemoteWriteConfig) { c.BasicAuth = BasicAuth{Username: "u"} }, "needs both"},
-		{"reserved header", func(c *RemoteWriteConfig) { c.Headers = map[string]string{"Content-Encoding": "gzip"} }, "is set by the exporter"},
+		{"reserved header", func(c *RemoteWriteConfig) { c.Headers = map[string]Secret{"Content-Encoding": "gzip"} }, "is set by the exporter"},
 		{"authorization twice", func(c *RemoteWriteConfig) {
 			c.BearerToken = "t"
-			c.Headers = map[string]string{"Authorization": "x"}
+			c.Headers = map[string]Secret{"Authorization": "x"}
 		}, "conflicts"},
 		{"zero samples", func(c *RemoteWriteConfig) { c.MaxSamplesPerSend = 0 }, "max_samples_per_send"},
 		{"zero timeout", func(c *RemoteWriteConfig) { c.Timeout = 0 }, "timeout"},
@@ -620,8 +620,8 @@ func TestRemoteWriteConfigValidate(t *testing.T) {
 		})
 	}
 	c := DefaultRemoteWriteConfig()
-	c.URL, c.BasicAuth, c.Headers = "https://x/api/v1/push", BasicAuth{"user", "pw-secret"}, map[string]string{"X-Token": "hdr-secret"}
-	if s := fmt.Sprintf("%v %+v", c, c); strings.Contains(s, "pw-secret") || strings.Contains(s, "hdr-secret") {
+	c.URL, c.BasicAuth, c.Headers = "https://x/api/v1/push", BasicAuth{"user", "pw-secret"}, map[string]Secret{"X-Token": "hdr-secret"}
+	if s := fmt.Sprintf("%v %+v %#v", c, c, c); strings.Contains(s, "pw-secret") || strings.Contains(s, "hdr-secret") {
 		t.Errorf("String reveals secrets: %s", s)
 	}
 }
