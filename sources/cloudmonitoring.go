@@ -216,6 +216,8 @@ type CloudMonitoring struct {
 	maxRange time.Duration
 
 	streams  map[string]*gcpStream // by project + " " + metric type
+	// bstreams are Backfill's streams: separate from the live cursor.
+	bstreams map[string]*gcpStream
 	prefixes map[string]*gcpPrefix // by project + " " + prefix
 	logged   sync.Map              // first BucketOptions logged per metric type
 }
@@ -281,6 +283,7 @@ func newCloudMonitoring(cfg CloudMonitoringConfig, set Settings, api gcpMetricAP
 		backoff:  time.Second,
 		maxRange: gcpRetention,
 		streams:  map[string]*gcpStream{},
+		bstreams: map[string]*gcpStream{},
 		prefixes: map[string]*gcpPrefix{},
 	}, nil
 }
@@ -296,7 +299,7 @@ func (c *CloudMonitoring) Close() error { return c.api.Close() }
 // others: its error is returned in a *PartialError next to the data of the
 // rest, and its cursor stays put so the next poll covers the gap.
 func (c *CloudMonitoring) Collect(ctx context.Context, at time.Time) (metric.Batch, error) {
-	streams, errs := c.resolve(ctx, at)
+	streams, errs := c.resolve(ctx, at, c.streams)
 	batch := metric.Batch{Source: c.cfg.Name}
 	var mu sync.Mutex
 	failed := len(errs)
@@ -324,6 +327,54 @@ func (c *CloudMonitoring) Collect(ctx context.Context, at time.Time) (metric.Bat
 	return batch, nil
 }
 
+// Backfill reads (from, to] of every configured project and metric type and
+// hands the converted series to emit, one batch per metric type. It neither
+// reads nor moves the live cursor. Called with consecutive ranges (chunks of
+// a long history), it keeps the baselines of cumulative series across calls.
+// A metric type failing with a permission, not-found or invalid-argument
+// error is reported once and skipped in later calls; other failures (after
+// retries) are returned in a *PartialError once the rest was read; an error
+// from emit stops the backfill.
+func (c *CloudMonitoring) Backfill(ctx context.Context, from, to time.Time, emit func(metric.Batch) error) error {
+	streams, errs := c.resolve(ctx, to, c.bstreams)
+	failed := len(errs)
+	for _, st := range streams {
+		if st.failing {
+			continue
+		}
+		if err := c.describe(ctx, st, to); err != nil {
+			if err := c.fail(st, to, "get metric descriptor", err); err != nil {
+				failed++
+				errs = append(errs, err)
+			}
+			continue
+		}
+		raw, err := c.list(ctx, st, from, to)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if err := c.fail(st, to, "list time series", err); err != nil {
+				failed++
+				errs = append(errs, err)
+			}
+			continue
+		}
+		series, _ := c.convert(st, raw, from)
+		st.prune(from, to, 0)
+		if len(series) == 0 {
+			continue
+		}
+		if err := emit(metric.Batch{Source: c.cfg.Name, Series: series}); err != nil {
+			return err
+		}
+	}
+	if failed > 0 {
+		return &PartialError{Failed: failed, Err: errors.Join(errs...)}
+	}
+	return nil
+}
+
 // metricTypes returns the configured exact metric types and prefixes.
 func (c *CloudMonitoring) metricTypes() (exact, prefixes []string) {
 	seen := map[string]bool{}
@@ -348,7 +399,7 @@ func (c *CloudMonitoring) metricTypes() (exact, prefixes []string) {
 
 // resolve returns the streams to poll now, expanding prefixes through
 // ListMetricDescriptors (cached for an hour).
-func (c *CloudMonitoring) resolve(ctx context.Context, at time.Time) ([]*gcpStream, []error) {
+func (c *CloudMonitoring) resolve(ctx context.Context, at time.Time, streams map[string]*gcpStream) ([]*gcpStream, []error) {
 	exact, prefixes := c.metricTypes()
 	var errs []error
 	var out []*gcpStream
@@ -388,10 +439,10 @@ func (c *CloudMonitoring) resolve(ctx context.Context, at time.Time) ([]*gcpStre
 		}
 		for _, t := range types {
 			key := project + " " + t
-			st := c.streams[key]
+			st := streams[key]
 			if st == nil {
 				st = newGCPStream(project, t, c.filterFor(t))
-				c.streams[key] = st
+				streams[key] = st
 			}
 			out = append(out, st)
 		}

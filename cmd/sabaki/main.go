@@ -16,6 +16,7 @@ Usage:
   sabaki run      [-config FILE] [-log-level LEVEL]   run the agent (embedded default config without -config)
   sabaki validate -config FILE                         check a config file, print every problem
   sabaki query    -metric M [flags]                    read the store (sabaki query -h)
+  sabaki backfill -source NAME [-from 42d]             import the history a source still holds into the store
   sabaki version                                       print version, commit and Go version
   sabaki help                                          print this help
 
@@ -37,6 +38,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runValidate(rest, stdout, stderr)
 	case "query":
 		return runQuery(rest, stdout, stderr)
+	case "backfill":
+		return runBackfill(rest, stdout, stderr)
 	case "version", "-version", "--version":
 		return runVersion(rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
