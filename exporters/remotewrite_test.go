@@ -232,6 +232,7 @@ type rwFake struct {
 	mu     sync.Mutex
 	reqs   []rwDecoded
 	hdrs   []http.Header
+	sizes  []int // compressed body bytes
 	script []rwFakeAnswer
 }
 
@@ -256,6 +257,7 @@ func startRWFake(t *testing.T) *rwFake {
 		f.mu.Lock()
 		f.reqs = append(f.reqs, d)
 		f.hdrs = append(f.hdrs, r.Header.Clone())
+		f.sizes = append(f.sizes, len(body))
 		var a rwFakeAnswer
 		if len(f.script) > 0 {
 			a, f.script = f.script[0], f.script[1:]

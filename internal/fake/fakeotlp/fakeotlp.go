@@ -76,6 +76,7 @@ type Server struct {
 	requests   []*colmetricpb.ExportMetricsServiceRequest
 	headers    []map[string]string // lower-case names, per recorded request
 	encodings  []string
+	wire       []int
 	script     []Response
 	violations []string
 
@@ -141,6 +142,25 @@ func (s *Server) Encoding(i int) string {
 	return s.encodings[i]
 }
 
+// WireBytes returns the size of request i as it travelled (compressed): the
+// HTTP body, or the gRPC message with its 5-byte frame header.
+func (s *Server) WireBytes(i int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.wire[i]
+}
+
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
 // Violations returns the rule violations seen so far.
 func (s *Server) Violations() []string {
 	s.mu.Lock()
@@ -163,12 +183,13 @@ func (s *Server) Metrics() []*metricpb.Metric {
 
 // record stores the request and returns the scripted response and any rule
 // violation.
-func (s *Server) record(req *colmetricpb.ExportMetricsServiceRequest, hdr map[string]string, enc string) (Response, string) {
+func (s *Server) record(req *colmetricpb.ExportMetricsServiceRequest, hdr map[string]string, enc string, wire int) (Response, string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.requests = append(s.requests, req)
 	s.headers = append(s.headers, hdr)
 	s.encodings = append(s.encodings, enc)
+	s.wire = append(s.wire, wire)
 	var r Response
 	if len(s.script) > 0 {
 		r, s.script = s.script[0], s.script[1:]
@@ -192,11 +213,11 @@ func (s *Server) Export(ctx context.Context, req *colmetricpb.ExportMetricsServi
 	for k, v := range md {
 		hdr[k] = strings.Join(v, ",")
 	}
-	enc := ""
-	if p, ok := ctx.Value(compressionKey{}).(*string); ok {
-		enc = *p
+	var info rpcInfo
+	if p, ok := ctx.Value(compressionKey{}).(*rpcInfo); ok {
+		info = *p
 	}
-	r, violation := s.record(req, hdr, enc)
+	r, violation := s.record(req, hdr, info.compression, info.wire)
 	if violation != "" {
 		if strings.HasPrefix(violation, "missing or wrong") {
 			return nil, status.Error(codes.Unauthenticated, violation)
@@ -220,15 +241,25 @@ type compressionRecorder struct{}
 
 type compressionKey struct{}
 
+type rpcInfo struct {
+	compression string
+	wire        int
+}
+
 func (compressionRecorder) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context {
-	return context.WithValue(ctx, compressionKey{}, new(string))
+	return context.WithValue(ctx, compressionKey{}, new(rpcInfo))
 }
 
 func (compressionRecorder) HandleRPC(ctx context.Context, st stats.RPCStats) {
-	if h, ok := st.(*stats.InHeader); ok {
-		if p, ok := ctx.Value(compressionKey{}).(*string); ok {
-			*p = h.Compression
-		}
+	p, ok := ctx.Value(compressionKey{}).(*rpcInfo)
+	if !ok {
+		return
+	}
+	switch st := st.(type) {
+	case *stats.InHeader:
+		p.compression = st.Compression
+	case *stats.InPayload:
+		p.wire = st.WireLength
 	}
 }
 
@@ -254,15 +285,18 @@ func (s *Server) serveHTTP(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "Content-Type must be application/x-protobuf, got "+ct, http.StatusUnsupportedMediaType)
 		return
 	}
-	var body io.Reader = req.Body
+	var body io.Reader
 	enc := req.Header.Get("Content-Encoding")
+	cr := &countingReader{r: req.Body}
 	if enc == "gzip" {
-		zr, err := gzip.NewReader(req.Body)
+		zr, err := gzip.NewReader(cr)
 		if err != nil {
 			http.Error(w, "bad gzip: "+err.Error(), http.StatusBadRequest)
 			return
 		}
 		body = zr
+	} else {
+		body = cr
 	}
 	raw, err := io.ReadAll(io.LimitReader(body, 64<<20))
 	if err != nil {
@@ -278,7 +312,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, req *http.Request) {
 	for k, v := range req.Header {
 		hdr[strings.ToLower(k)] = strings.Join(v, ",")
 	}
-	r, violation := s.record(&msg, hdr, enc)
+	r, violation := s.record(&msg, hdr, enc, cr.n)
 	switch {
 	case violation != "" && strings.HasPrefix(violation, "missing or wrong"):
 		http.Error(w, violation, http.StatusUnauthorized)
