@@ -215,7 +215,7 @@ type CloudMonitoring struct {
 	// maxRange caps one read; a longer gap is read over several polls.
 	maxRange time.Duration
 
-	streams  map[string]*gcpStream // by project + " " + metric type
+	streams map[string]*gcpStream // by project + " " + metric type
 	// bstreams are Backfill's streams: separate from the live cursor.
 	bstreams map[string]*gcpStream
 	prefixes map[string]*gcpPrefix // by project + " " + prefix
