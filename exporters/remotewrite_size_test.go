@@ -32,8 +32,8 @@ func sizeWindow(start time.Time, seed uint64) *metric.Window {
 		}
 		w.Series = append(w.Series, metric.Aggregate{
 			Name: "http.server.request.duration", Unit: "s", Kind: metric.Histogram, Resource: res,
-			Attrs: metric.NewAttrs(map[string]string{"http.route": fmt.Sprintf("/api/v1/route-%03d", i), "http.request.method": "GET"}),
-			Hist:  h,
+			Attrs:     metric.NewAttrs(map[string]string{"http.route": fmt.Sprintf("/api/v1/route-%03d", i), "http.request.method": "GET"}),
+			Hist:      h,
 			Exemplars: []metric.Exemplar{{TraceID: tid, SpanID: [8]byte{1, 2, 3, 4, 5, 6, 7, 8}, Value: h.Max(), Time: start.Add(30 * time.Second)}},
 		})
 	}
