@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
@@ -745,4 +746,64 @@ func (c *manualClock) totalSlept() time.Duration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.slept
+}
+
+// realisticWindow is n latency series of 300 log-normal observations each
+// (median 50 ms), each series with its own random stream.
+func realisticWindow(start time.Time, n int) *metric.Window {
+	w := &metric.Window{Start: start, Duration: time.Minute}
+	for i := range n {
+		h := histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+		rng := rand.New(rand.NewPCG(uint64(i), 42))
+		for range 300 {
+			h.Record(math.Exp(rng.NormFloat64()*1.2 - 3)) // log-normal around 50 ms
+		}
+		w.Series = append(w.Series, metric.Aggregate{
+			Name: "http.server.request.duration", Unit: "s", Kind: metric.Histogram, Hist: h, ErrorTracked: true, ErrorCount: uint64(i % 3),
+			Resource:  metric.Attrs{{Key: "service.name", Value: "toitta"}, {Key: "cloud.region", Value: "asia-northeast1"}},
+			Attrs:     metric.Attrs{{Key: "http.request.method", Value: "GET"}, {Key: "http.route", Value: fmt.Sprintf("/api/v1/tenants/%d/items/:id", i)}},
+			Exemplars: []metric.Exemplar{{TraceID: [16]byte{byte(i), byte(i >> 8), 7}, SpanID: [8]byte{1}, Value: h.Max(), Time: start}},
+		})
+	}
+	return w
+}
+
+// TestMackerelFigures measures what one minute of 1,000 latency series costs
+// on the wire with the default config, and the outbox's record size for
+// 10,000 series (which sizes outbox.max_bytes). Run with -v to see them.
+func TestMackerelFigures(t *testing.T) {
+	env := newMackerelEnv(t, nil)
+	exp, _ := env.open()
+	const minutes = 3
+	for i := range minutes {
+		env.clock.Set(t0.Add(time.Duration(i+1) * time.Minute))
+		if err := exp.Export(context.Background(), realisticWindow(t0.Add(time.Duration(i)*time.Minute), 1000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	posts, points, size := 0, 0, 0
+	for _, p := range env.fake.Posts() {
+		posts++
+		points += p.Points
+		size += p.Bytes
+		if p.Status != 200 || p.Points > env.cfg.MaxPointsPerPost || int64(p.Bytes) > int64(env.cfg.MaxBytesPerPost) {
+			t.Fatalf("post %+v outside the limits", p)
+		}
+	}
+	t.Logf("1,000 latency series, default stats (9 per series): %.1f posts/min, %d points/min, %d bytes/min (%.0f bytes/point)",
+		float64(posts)/minutes, points/minutes, size/minutes, float64(size)/float64(points))
+	if points/minutes != 9000 {
+		t.Fatalf("%d points per minute, want 9,000", points/minutes)
+	}
+
+	w := realisticWindow(t0, 10000)
+	p, err := encodeWindow(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perDay := int64(len(p)+frameHeader) * 1440
+	t.Logf("outbox record for 10,000 latency series: %d bytes; 24 h of them: %.2f GiB", len(p)+frameHeader, float64(perDay)/(1<<30))
+	if perDay > int64(DefaultOutboxConfig().MaxBytes) {
+		t.Errorf("the default max_bytes (%d) does not hold 24 h of 10,000 series (%d)", DefaultOutboxConfig().MaxBytes, perDay)
+	}
 }
