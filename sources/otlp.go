@@ -62,6 +62,11 @@ type OTLPConfig struct {
 	// MaxAttributeLength caps attribute keys and values (bytes); a data point
 	// with a longer one is rejected through partial success.
 	MaxAttributeLength int `yaml:"max_attribute_length"`
+	// DropExemplarAttributes drops exemplars' filtered attributes (keeping
+	// trace ID, span ID, value and time). Attribute rules do not reach
+	// exemplar attributes, so a service that may record request content in
+	// measurement attributes (GenAI prompts) should set it.
+	DropExemplarAttributes bool `yaml:"drop_exemplar_attributes"`
 	// RetryAfter is what the receiver asks clients to wait when the pipeline
 	// is full (gRPC RetryInfo, HTTP Retry-After).
 	RetryAfter config.Duration `yaml:"retry_after"`
@@ -335,7 +340,7 @@ var errOTLPFull = errors.New("pipeline full, retry later")
 // response (possibly with partial success) or an error wrapping
 // errOTLPFull (retry later) or another sink error.
 func (r *OTLP) export(ctx context.Context, req *collectormetrics.ExportMetricsServiceRequest, transport string) (*collectormetrics.ExportMetricsServiceResponse, error) {
-	c := otlpConverter{maxPoints: r.cfg.MaxSeriesPerRequest, maxAttr: r.cfg.MaxAttributeLength, now: r.now()}
+	c := otlpConverter{maxPoints: r.cfg.MaxSeriesPerRequest, maxAttr: r.cfg.MaxAttributeLength, now: r.now(), dropExemplarAttrs: r.cfg.DropExemplarAttributes}
 	c.convert(req)
 	for reason, n := range c.rejected {
 		r.m.rejected.WithLabelValues(r.name, reason).Add(float64(n))
@@ -623,9 +628,10 @@ const (
 
 // otlpConverter turns one export request into series, enforcing the limits.
 type otlpConverter struct {
-	maxPoints int
-	maxAttr   int
-	now       time.Time
+	maxPoints         int
+	maxAttr           int
+	now               time.Time
+	dropExemplarAttrs bool
 
 	series        []metric.Series
 	points        []metric.Point
@@ -934,7 +940,7 @@ func (c *otlpConverter) exemplars(es []*metricspb.Exemplar) []metric.Exemplar {
 		if len(e.GetSpanId()) == 8 {
 			copy(x.SpanID[:], e.GetSpanId())
 		}
-		if fa := e.GetFilteredAttributes(); len(fa) > 0 {
+		if fa := e.GetFilteredAttributes(); len(fa) > 0 && !c.dropExemplarAttrs {
 			a, err := c.attrs(fa, nil)
 			if err == nil {
 				x.Attrs = a

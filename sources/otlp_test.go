@@ -634,6 +634,21 @@ func TestOTLPConvert(t *testing.T) {
 	}}}
 	c := otlpConverter{maxPoints: 1000, maxAttr: 100, now: time.Now()}
 	c.convert(req)
+	// Exemplar attributes: kept by default, dropped on request.
+	exReq := &collectormetrics.ExportMetricsServiceRequest{ResourceMetrics: []*metricspb.ResourceMetrics{{ScopeMetrics: []*metricspb.ScopeMetrics{{Metrics: []*metricspb.Metric{
+		{Name: "gen_ai.client.token.usage", Data: &metricspb.Metric_Gauge{Gauge: &metricspb.Gauge{DataPoints: []*metricspb.NumberDataPoint{{
+			TimeUnixNano: ts, Value: &metricspb.NumberDataPoint_AsInt{AsInt: 5},
+			Exemplars: []*metricspb.Exemplar{{TraceId: bytes.Repeat([]byte{1}, 16), SpanId: bytes.Repeat([]byte{2}, 8), FilteredAttributes: []*commonpb.KeyValue{kv("gen_ai.prompt", str("secret"))}}},
+		}}}}},
+	}}}}}}
+	for _, drop := range []bool{false, true} {
+		ec := otlpConverter{maxPoints: 10, maxAttr: 100, now: time.Now(), dropExemplarAttrs: drop}
+		ec.convert(exReq)
+		e := ec.series[0].Points[0].Exemplars[0]
+		if _, has := e.Attrs.Get("gen_ai.prompt"); has == drop || e.TraceID[0] != 1 || e.SpanID[0] != 2 {
+			t.Errorf("drop_exemplar_attributes=%v: exemplar %+v", drop, e)
+		}
+	}
 	ss := c.series
 	res := otlpOne(t, ss, "gauge", nil).Resource
 	wantRes := metric.NewAttrs(map[string]string{"service.name": "web", "b": "true", "d": "1.5", "arr": `["x",2]`, "raw": "AQI="})
