@@ -120,14 +120,14 @@ func (h *Histogram) lazyInit() {
 // Record adds one observation of v. NaN and ±Inf are not recorded; they are
 // counted by Dropped. It never allocates except when the bucket range grows
 // past the allocated buffer or a counter outgrows its width.
+//
+// The fast path covers normal values that are not powers of two at scales
+// 1..10 (where histograms of real data live); everything else, and the
+// first value of a zero Histogram, goes through recordOther.
 func (h *Histogram) Record(v float64) {
 	b := math.Float64bits(v)
 	if b&expMask == expMask {
 		h.dropped++
-		return
-	}
-	if h.maxSize == 0 {
-		h.recordSlow(v, 1)
 		return
 	}
 	h.sum += v
@@ -142,16 +142,13 @@ func (h *Histogram) Record(v float64) {
 		h.zeroCount++
 		return
 	}
-	// mapIndex, with the lookup-table case (scales 1..lutScale, normal
-	// values, not a power of two) inlined and branch-free.
-	var idx int32
 	s := int32(h.scale)
 	exp, mant := int32(abs>>mantBits), abs&mantMask
-	if uint32(s-1) < lutScale && exp != 0 && mant != 0 {
-		idx = (exp-1023)<<uint(s&31) + lutIndex(mant, s)
-	} else {
-		idx = mapIndex(abs, s)
+	if uint32(s-1) >= lutScale || exp == 0 || mant == 0 {
+		h.recordOther(v, abs)
+		return
 	}
+	idx := (exp-1023)<<uint(s&31) + lutIndex(mant, s)
 	var slot uint32
 	if b&signBit == 0 {
 		slot = uint32(idx - h.posStart)
@@ -169,16 +166,16 @@ func (h *Histogram) Record(v float64) {
 	}
 	p := unsafe.Add(h.buf, uintptr(slot)<<(h.width&3))
 	switch h.width {
-	case 0:
-		c := (*uint8)(p)
-		if *c == math.MaxUint8 {
+	case 1:
+		c := (*uint16)(p)
+		if *c == math.MaxUint16 {
 			h.addSlot(int(slot), 1)
 			return
 		}
 		*c++
-	case 1:
-		c := (*uint16)(p)
-		if *c == math.MaxUint16 {
+	case 0:
+		c := (*uint8)(p)
+		if *c == math.MaxUint8 {
 			h.addSlot(int(slot), 1)
 			return
 		}
@@ -193,6 +190,25 @@ func (h *Histogram) Record(v float64) {
 	default:
 		*(*uint64)(p)++
 	}
+}
+
+// recordOther finishes Record for what the fast path does not cover: sum,
+// min and max are already updated and v is finite and outside the zero
+// bucket.
+func (h *Histogram) recordOther(v float64, abs uint64) {
+	if h.maxSize == 0 {
+		// A zero Histogram: its min/max started at 0, not ±Inf. Every value
+		// before this one was a zero (or dropped), so min/max are right if
+		// there were zeros, and must be v otherwise.
+		first := h.zeroCount == 0
+		h.init(0, 0, true)
+		if first {
+			h.min, h.max = v, v
+		} else {
+			h.min, h.max = min(0, v), max(0, v)
+		}
+	}
+	h.addAt(v < 0, mapIndex(abs, int32(h.scale)), 1)
 }
 
 // RecordN adds n observations of v (n = 0 does nothing). NaN and ±Inf add n

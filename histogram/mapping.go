@@ -40,7 +40,7 @@ const (
 // 2^-(s+1) is narrower than the narrowest bucket (2^(2^-s)-1 > 2^-(s+1)), so
 // it holds at most one boundary: the index is j, plus one if the mantissa
 // reaches the threshold. One load, one compare, no logarithm.
-var lutTab = buildLUT()
+var lutTab = *buildLUT()
 
 const (
 	lutTabLen = 1 << (lutScale + 2) // a power of two, so masked indices need no bounds check
