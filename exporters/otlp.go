@@ -232,6 +232,9 @@ func NewOTLP(cfg OTLPConfig, set Settings) (*OTLP, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("otlp exporter config: %w", err)
 	}
+	if err := emptySecrets("headers", cfg.Headers); err != nil {
+		return nil, fmt.Errorf("otlp exporter %q: %w", cfg.Name, err)
+	}
 	name := cfg.Name
 	if name == "" {
 		name = "otlp"

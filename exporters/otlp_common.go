@@ -125,8 +125,9 @@ func revealHeaders(h map[string]Secret) map[string]string {
 	return out
 }
 
-// validateHeaders checks header names and that no value expanded to empty
-// (an unset ${MACKEREL_APIKEY} is the usual cause). Values are never quoted.
+// validateHeaders checks header names and that no value holds a line
+// break. An empty value is not a problem of the file (examples validate
+// without secrets): emptySecrets reports it when the exporter is built.
 func validateHeaders(field string, h map[string]Secret) error {
 	var errs []error
 	for _, k := range slices.Sorted(maps.Keys(h)) {
@@ -134,14 +135,27 @@ func validateHeaders(field string, h map[string]Secret) error {
 			errs = append(errs, config.Field(field, "invalid header name %q", k))
 			continue
 		}
-		if strings.TrimSpace(h[k].Reveal()) == "" {
-			errs = append(errs, config.Field(field+"."+k, "empty value (is the environment variable it names set?)"))
-		}
 		if strings.ContainsAny(h[k].Reveal(), "\r\n") {
 			errs = append(errs, config.Field(field+"."+k, "value must not contain a line break"))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// emptySecrets returns an error naming the headers whose value is empty:
+// the environment variable the config names is unset, and the exporter
+// refuses to start rather than send requests every server would refuse.
+func emptySecrets(field string, h map[string]Secret) error {
+	var empty []string
+	for _, k := range slices.Sorted(maps.Keys(h)) {
+		if strings.TrimSpace(h[k].Reveal()) == "" {
+			empty = append(empty, field+"."+k)
+		}
+	}
+	if len(empty) > 0 {
+		return fmt.Errorf("%s: empty value (is the environment variable it names set?)", strings.Join(empty, ", "))
+	}
+	return nil
 }
 
 // redactedHeaders renders headers as "{A: <redacted>, B: <redacted>}" for

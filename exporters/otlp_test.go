@@ -479,7 +479,8 @@ func TestOTLPConfigValidate(t *testing.T) {
 		{"bad compression", func(c *OTLPConfig) { c.Compression = "zstd" }, "compression"},
 		{"bad temporality", func(c *OTLPConfig) { c.Temporality = "both" }, "temporality"},
 		{"zero timeout", func(c *OTLPConfig) { c.Timeout = 0 }, "timeout: must be positive"},
-		{"empty header", func(c *OTLPConfig) { c.Headers = map[string]Secret{"Mackerel-Api-Key": ""} }, "headers.Mackerel-Api-Key: empty value"},
+		{"empty header value is for NewOTLP", func(c *OTLPConfig) { c.Headers = map[string]Secret{"Mackerel-Api-Key": ""} }, ""},
+		{"header with line break", func(c *OTLPConfig) { c.Headers = map[string]Secret{"K": "a\nb"} }, "line break"},
 		{"insecure with tls", func(c *OTLPConfig) { c.Insecure = true; c.TLS.ServerName = "x" }, "tls: cannot be combined"},
 		{"https with insecure", func(c *OTLPConfig) { c.Insecure = true; c.Endpoint = "https://c:4317" }, "contradicts"},
 		{"cert without key", func(c *OTLPConfig) { c.TLS.CertFile = "/nonexistent.pem" }, "cert_file and key_file"},
@@ -493,6 +494,18 @@ func TestOTLPConfigValidate(t *testing.T) {
 				t.Errorf("Validate() = %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestOTLPEmptyHeaderRefusesToStart: an unset ${MACKEREL_APIKEY} passes
+// validate (examples validate without secrets) but stops the exporter.
+func TestOTLPEmptyHeaderRefusesToStart(t *testing.T) {
+	cfg := DefaultOTLPConfig()
+	cfg.Endpoint = "127.0.0.1:4317"
+	cfg.Headers = map[string]Secret{"Mackerel-Api-Key": ""}
+	_, err := NewOTLP(cfg, Settings{})
+	if err == nil || !strings.Contains(err.Error(), "headers.Mackerel-Api-Key: empty value") {
+		t.Errorf("NewOTLP = %v, want an empty-value error", err)
 	}
 }
 

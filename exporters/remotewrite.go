@@ -107,8 +107,8 @@ func (c *RemoteWriteConfig) Validate() error {
 	if c.BearerToken != "" && (c.BasicAuth != BasicAuth{}) {
 		errs = append(errs, config.Field("bearer_token", "cannot be combined with basic_auth"))
 	}
-	if (c.BasicAuth != BasicAuth{}) && (c.BasicAuth.Username == "" || c.BasicAuth.Password == "") {
-		errs = append(errs, config.Field("basic_auth", "needs both username and password (is the environment variable set?)"))
+	if c.BasicAuth.Password != "" && c.BasicAuth.Username == "" {
+		errs = append(errs, config.Field("basic_auth.username", "must be set with a password"))
 	}
 	for k := range c.Headers {
 		for _, r := range rwReservedHeaders {
@@ -193,6 +193,14 @@ var _ Exporter = (*RemoteWrite)(nil)
 func NewRemoteWrite(cfg RemoteWriteConfig, set Settings) (*RemoteWrite, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("remote_write exporter config: %w", err)
+	}
+	// Empty secrets are a problem of the environment (an unset variable),
+	// not of the file: validate accepts them, starting refuses.
+	if err := emptySecrets("headers", cfg.Headers); err != nil {
+		return nil, fmt.Errorf("remote_write exporter %q: %w", cfg.Name, err)
+	}
+	if cfg.BasicAuth.Username != "" && cfg.BasicAuth.Password == "" {
+		return nil, fmt.Errorf("remote_write exporter %q: basic_auth.password: empty value (is the environment variable it names set?)", cfg.Name)
 	}
 	name := cfg.Name
 	if name == "" {

@@ -591,6 +591,20 @@ func rwSameSeries(a, b []rwDecodedSeries) bool {
 	return true
 }
 
+func TestRemoteWriteEmptySecretsRefuseToStart(t *testing.T) {
+	for _, mod := range []func(*RemoteWriteConfig){
+		func(c *RemoteWriteConfig) { c.BasicAuth = BasicAuth{Username: "u"} },
+		func(c *RemoteWriteConfig) { c.Headers = map[string]Secret{"X-Scope-OrgID": " "} },
+	} {
+		cfg := DefaultRemoteWriteConfig()
+		cfg.URL = "http://127.0.0.1:9090/api/v1/write"
+		mod(&cfg)
+		if _, err := NewRemoteWrite(cfg, Settings{}); err == nil || !strings.Contains(err.Error(), "empty value") {
+			t.Errorf("NewRemoteWrite = %v, want an empty-value error", err)
+		}
+	}
+}
+
 func TestRemoteWriteConfigValidate(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -602,7 +616,8 @@ func TestRemoteWriteConfigValidate(t *testing.T) {
 		{"bad scheme", func(c *RemoteWriteConfig) { c.URL = "ftp://x/y" }, "url: must be an http"},
 		{"credentials in url", func(c *RemoteWriteConfig) { c.URL = "https://u:p@x/api/v1/push" }, "must not carry credentials"},
 		{"bearer and basic", func(c *RemoteWriteConfig) { c.BearerToken = "t"; c.BasicAuth = BasicAuth{"u", "p"} }, "cannot be combined"},
-		{"basic without password", func(c *RemoteWriteConfig) { c.BasicAuth = BasicAuth{Username: "u"} }, "needs both"},
+		{"basic without password is for NewRemoteWrite", func(c *RemoteWriteConfig) { c.BasicAuth = BasicAuth{Username: "u"} }, ""},
+		{"password without user", func(c *RemoteWriteConfig) { c.BasicAuth = BasicAuth{Password: "p"} }, "basic_auth.username"},
 		{"reserved header", func(c *RemoteWriteConfig) { c.Headers = map[string]Secret{"Content-Encoding": "gzip"} }, "is set by the exporter"},
 		{"authorization twice", func(c *RemoteWriteConfig) {
 			c.BearerToken = "t"
