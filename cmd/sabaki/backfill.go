@@ -166,15 +166,47 @@ func backfill(ctx context.Context, cfg *Config, entry *sourceEntry, from, to tim
 	}
 	defer st.Close()
 
-	// The pipeline runs on a clock that follows the chunks: at the end of
-	// each chunk every window of it is closed (Flush), and the lateness
-	// covers a whole chunk so no point of it is "too late".
+	pcfg := pipelineConfig(cfg, detectResource(ctx, cfg.Resource, log))
+	if res, err = importHistory(ctx, bf, st, pcfg, from, to, chunk, entry.Name, log, progress); err != nil {
+		return res, err
+	}
+	// Roll the imported windows up into the coarser tiers now.
+	if err := st.Maintain(ctx, time.Now()); err != nil {
+		return res, fmt.Errorf("rolling up: %w", err)
+	}
+	return res, nil
+}
+
+// alignTime rounds t down to a multiple of d since the Unix epoch (windows
+// are aligned that way).
+func alignTime(t time.Time, d time.Duration) time.Time {
+	ns := t.UnixNano()
+	r := ns % int64(d)
+	if r < 0 {
+		r += int64(d)
+	}
+	return time.Unix(0, ns-r).UTC()
+}
+
+// windowWriter is where imported windows go (*store.Store).
+type windowWriter interface {
+	Write(ctx context.Context, w *metric.Window) error
+}
+
+// importHistory reads (from, to] from bf in chunks, runs each chunk through a
+// pipeline built from pcfg on a clock that follows the chunks, and writes
+// every window to st. At the end of a chunk all its windows are closed
+// (Flush); the lateness covers a whole chunk so no point of it is dropped as
+// too late. The daemon can call it with its own open store to fill a gap
+// longer than agent.lateness (the live pipeline drops older points).
+// A progress line goes to progress when it is a terminal.
+func importHistory(ctx context.Context, bf backfiller, st windowWriter, pcfg agent.PipelineConfig, from, to time.Time,
+	chunk time.Duration, name string, log *slog.Logger, progress io.Writer) (backfillResult, error) {
+	var res backfillResult
 	var mu sync.Mutex
 	clock := from
 	var writeErr error
-	window := cfg.Agent.Window.D()
-	pcfg := pipelineConfig(cfg, detectResource(ctx, cfg.Resource, log))
-	pcfg.Lateness = chunk + 2*window
+	pcfg.Lateness = chunk + 2*pcfg.Window
 	pipe, err := agent.NewPipeline(pcfg, agent.Settings{
 		Logger: log.With("component", "pipeline"),
 		Now: func() time.Time {
@@ -230,26 +262,11 @@ func backfill(ctx context.Context, cfg *Config, entry *sourceEntry, from, to tim
 		n++
 		if tty {
 			fmt.Fprintf(progress, "\rbackfill %s: %s %3d%% (%d/%d chunks, %d points, %d windows)",
-				entry.Name, hi.Format("2006-01-02 15:04"), 100*n/total, n, total, res.points, res.windows)
+				name, hi.Format("2006-01-02 15:04"), 100*n/total, n, total, res.points, res.windows)
 		}
 	}
 	if tty {
 		fmt.Fprintln(progress)
 	}
-	// Roll the imported windows up into the coarser tiers now.
-	if err := st.Maintain(ctx, time.Now()); err != nil {
-		return res, fmt.Errorf("rolling up: %w", err)
-	}
 	return res, nil
-}
-
-// alignTime rounds t down to a multiple of d since the Unix epoch (windows
-// are aligned that way).
-func alignTime(t time.Time, d time.Duration) time.Time {
-	ns := t.UnixNano()
-	r := ns % int64(d)
-	if r < 0 {
-		r += int64(d)
-	}
-	return time.Unix(0, ns-r).UTC()
 }
