@@ -24,9 +24,10 @@ type ConsoleConfig struct {
 	Common `yaml:",inline"`
 	// Output is "stdout" or "stderr".
 	Output string `yaml:"output"`
-	// MaxSeries limits the lines per window to the series with the highest
-	// count (observations for histograms, the delta for counters, samples for
-	// gauges); the rest is summarised as "… N more". 0 prints every series.
+	// MaxSeries limits the lines per window: histograms first, then
+	// counters, then gauges, each by the highest count (observations for
+	// histograms, the delta for counters, samples for gauges); the rest is
+	// summarised as "… N more". 0 prints every series.
 	MaxSeries int `yaml:"max_series"`
 	// Metrics, when set, only prints series whose name starts with one of
 	// these prefixes.
@@ -101,7 +102,12 @@ func (c *Console) Export(_ context.Context, w *metric.Window) error {
 	}
 	more := 0
 	if c.cfg.MaxSeries > 0 && len(series) > c.cfg.MaxSeries {
-		slices.SortStableFunc(series, func(x, y *metric.Aggregate) int { return cmp.Compare(weight(y), weight(x)) })
+		slices.SortStableFunc(series, func(x, y *metric.Aggregate) int {
+			if c := cmp.Compare(rank(x), rank(y)); c != 0 {
+				return c
+			}
+			return cmp.Compare(weight(y), weight(x))
+		})
 		more = len(series) - c.cfg.MaxSeries
 		series = series[:c.cfg.MaxSeries]
 	}
@@ -136,6 +142,22 @@ func (c *Console) Export(_ context.Context, w *metric.Window) error {
 		return Permanent(fmt.Errorf("writing window summary: %w", err))
 	}
 	return nil
+}
+
+// rank orders kinds for MaxSeries: histograms (latencies, the reason to run
+// sabaki), then counters, then gauges (runtime gauges would otherwise fill
+// the summary), then idle series; within a kind the busiest series come first.
+func rank(a *metric.Aggregate) int {
+	if weight(a) == 0 {
+		return 3
+	}
+	switch a.Kind {
+	case metric.Histogram:
+		return 0
+	case metric.Counter:
+		return 1
+	}
+	return 2
 }
 
 func weight(a *metric.Aggregate) float64 {

@@ -136,6 +136,9 @@ func familySeries(f *dto.MetricFamily, start, at time.Time) ([]metric.Series, er
 			}{{"_sum", sm.GetSampleSum()}, {"_count", float64(sm.GetSampleCount())}} {
 				s := base
 				s.Name = name + part.suffix
+				if part.suffix == "_count" {
+					s.Unit = ""
+				}
 				s.Kind, s.Temporality = metric.Counter, metric.Cumulative
 				s.Points = []metric.Point{{Start: st, Time: at, Value: part.v}}
 				out = append(out, s)

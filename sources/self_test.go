@@ -83,10 +83,10 @@ func TestSelfCollect(t *testing.T) {
 	if q := n.Points[0].Hist.Quantile(1); q < 0.9 || q > 1.1 {
 		t.Errorf("native histogram max quantile = %v, want about 1", q)
 	}
-	if sc := byName["sabaki_summary_seconds_count"]; sc.Kind != metric.Counter || sc.Points[0].Value != 2 {
+	if sc := byName["sabaki_summary_seconds_count"]; sc.Kind != metric.Counter || sc.Points[0].Value != 2 || sc.Unit != "" {
 		t.Errorf("summary count: %+v", sc)
 	}
-	if ss := byName["sabaki_summary_seconds_sum"]; ss.Points[0].Value != 5 {
+	if ss := byName["sabaki_summary_seconds_sum"]; ss.Points[0].Value != 5 || ss.Unit != "s" {
 		t.Errorf("summary sum: %+v", ss)
 	}
 }
