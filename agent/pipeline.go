@@ -122,6 +122,7 @@ type pipelineMetrics struct {
 	windowLag   prometheus.Gauge
 	rawSeries   prometheus.Gauge
 	windowSerie prometheus.Gauge
+	lockHold    prometheus.Gauge
 }
 
 func newPipelineMetrics(reg prometheus.Registerer) (pipelineMetrics, error) {
@@ -151,13 +152,16 @@ func newPipelineMetrics(reg prometheus.Registerer) (pipelineMetrics, error) {
 		windowSerie: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sabaki_pipeline_window_series",
 			Help: "Series in the last first-emitted window (after rules)."}),
+		lockHold: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sabaki_pipeline_emit_lock_seconds",
+			Help: "How long the last emission held the pipeline lock (Consume waits meanwhile)."}),
 	}
 	for _, r := range dropReasons {
 		m.dropped[r] = dropped.WithLabelValues(r)
 	}
 	m.windows.WithLabelValues("first")
 	m.windows.WithLabelValues("revision")
-	for _, c := range []prometheus.Collector{m.points, dropped, m.overflow, m.rejected, m.windows, m.windowLag, m.rawSeries, m.windowSerie} {
+	for _, c := range []prometheus.Collector{m.points, dropped, m.overflow, m.rejected, m.windows, m.windowLag, m.rawSeries, m.windowSerie, m.lockHold} {
 		if err := reg.Register(c); err != nil {
 			return m, fmt.Errorf("register pipeline metrics: %w", err)
 		}
@@ -571,12 +575,17 @@ type emission struct {
 	first    bool
 }
 
-// emit renders due windows under p.mu and hands them to OnWindow in order,
-// outside p.mu (so Consume is not blocked by the store or exporters).
+// emit hands due windows to OnWindow in order. It holds p.mu briefly twice:
+// to pick the due windows and snapshot their new aggregates, then (after
+// sorting those outside the lock) to compact and render the windows. OnWindow
+// runs outside p.mu, so Consume is held up by neither the sort nor the store
+// or exporters.
 func (p *Pipeline) emit(now time.Time, all bool) {
 	p.emitMu.Lock()
 	defer p.emitMu.Unlock()
+
 	p.mu.Lock()
+	held := time.Now()
 	var due []*window
 	for _, w := range p.windows {
 		end := p.windowEnd(w.idx)
@@ -597,8 +606,26 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 		}
 		return int(a.idx - b.idx)
 	})
+	fresh := make([][]*agg, len(due))
+	for i, w := range due {
+		fresh[i] = make([]*agg, 0, len(w.series))
+		for _, a := range w.series {
+			fresh[i] = append(fresh[i], a)
+		}
+	}
+	hold := time.Since(held)
+	p.mu.Unlock()
+
+	// An aggregate's identity never changes: sorting by it needs no lock.
+	for _, f := range fresh {
+		sortAggs(f)
+	}
+
+	p.mu.Lock()
+	held = time.Now()
 	out := make([]emission, 0, len(due))
-	for _, w := range due {
+	for i, w := range due {
+		w.compact(fresh[i])
 		if w.emitted {
 			w.revision++
 		}
@@ -606,7 +633,11 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 		w.emitted, w.dirty = true, false
 	}
 	p.gc(now)
+	hold += time.Since(held)
 	p.mu.Unlock()
+	if len(due) > 0 {
+		p.m.lockHold.Set(hold.Seconds())
+	}
 
 	for _, e := range out {
 		w := &metric.Window{Start: e.start, Duration: p.window, Revision: e.revision, Series: e.series}

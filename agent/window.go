@@ -65,17 +65,41 @@ func (w *window) lookup(key string) *agg {
 
 func (w *window) len() int { return len(w.closed) + len(w.series) }
 
-// compact moves the aggregates into the sorted slice (see window.series).
-func (w *window) compact() {
+func sortAggs(as []*agg) {
+	slices.SortFunc(as, func(x, y *agg) int { return strings.Compare(x.out.key, y.out.key) })
+}
+
+// compact moves the aggregates of w.series into the sorted slice w.closed.
+// sorted holds (a snapshot of) w.series' values already sorted by identity;
+// aggregates added to w.series since the snapshot are sorted here.
+func (w *window) compact(sorted []*agg) {
 	if len(w.series) == 0 {
 		return
 	}
-	all := make([]agg, 0, w.len())
-	all = append(all, w.closed...)
-	for _, a := range w.series {
-		all = append(all, *a)
+	if len(w.series) != len(sorted) {
+		in := make(map[*agg]bool, len(sorted))
+		for _, a := range sorted {
+			in[a] = true
+		}
+		for _, a := range w.series {
+			if !in[a] {
+				sorted = append(sorted, a)
+			}
+		}
+		sortAggs(sorted)
 	}
-	slices.SortFunc(all, func(x, y agg) int { return strings.Compare(x.out.key, y.out.key) })
+	// Merge the two sorted runs.
+	all := make([]agg, 0, len(w.closed)+len(sorted))
+	i, j := 0, 0
+	for i < len(w.closed) || j < len(sorted) {
+		if j == len(sorted) || (i < len(w.closed) && w.closed[i].out.key < sorted[j].out.key) {
+			all = append(all, w.closed[i])
+			i++
+		} else {
+			all = append(all, *sorted[j])
+			j++
+		}
+	}
 	w.closed, w.series = all, map[string]*agg{}
 	w.gen++
 }
@@ -282,10 +306,9 @@ func (a *agg) aggregate(quantiles []float64) metric.Aggregate {
 	return r
 }
 
-// render snapshots the window for an emission (under the pipeline's lock),
-// compacting it, in identity order.
+// render snapshots a compacted window for an emission (under the
+// pipeline's lock), in identity order.
 func (w *window) render() []metric.Aggregate {
-	w.compact()
 	out := make([]metric.Aggregate, 0, w.len())
 	for i := range w.closed {
 		out = append(out, w.closed[i].aggregate(w.rules.quantiles))
