@@ -81,7 +81,6 @@ func BenchmarkMerge(b *testing.B) {
 		b.Run(kind, func(b *testing.B) {
 			dst, src := mergePair(kind)
 			dst.Merge(src) // may downscale dst; not timed
-			b.ReportMetric(float64(dst.posLen), "dst-buckets")
 			b.ReportAllocs()
 			b.ResetTimer()
 			ct := startCPU(b, false)
@@ -243,4 +242,20 @@ func BenchmarkRecordMutex(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// BenchmarkMergeFloor is the notes' merge floor: adding two [160]uint64.
+func BenchmarkMergeFloor(b *testing.B) {
+	var dst, src [160]uint64
+	for i := range src {
+		src[i] = uint64(i)
+	}
+	ct := startCPU(b, false)
+	for i := 0; i < b.N; i++ {
+		for j := range dst {
+			dst[j] += src[j]
+		}
+	}
+	ct.stop(b)
+	runtime.KeepAlive(&dst)
 }

@@ -551,3 +551,64 @@ func TestMergeZeroThreshold(t *testing.T) {
 		}
 	}
 }
+
+func TestExtremeRange(t *testing.T) {
+	for _, size := range []int{4, 5, 160} {
+		h := New(size, 0)
+		vs := []float64{math.SmallestNonzeroFloat64, math.MaxFloat64, -math.MaxFloat64, -math.SmallestNonzeroFloat64, 1, 0x1p-1022}
+		record(h, vs)
+		checkInvariants(t, h)
+		if h.Count() != uint64(len(vs)) || h.Min() != -math.MaxFloat64 || h.Max() != math.MaxFloat64 {
+			t.Fatalf("size %d: count %d", size, h.Count())
+		}
+		if q := h.Quantile(0.5); q < h.Min() || q > h.Max() {
+			t.Fatal("quantile")
+		}
+		b, _ := h.MarshalBinary()
+		g := New(size, 0)
+		if err := g.UnmarshalBinary(b); err != nil {
+			t.Fatal(err)
+		}
+		equalBuckets(t, "extreme round trip", g, h)
+		t.Logf("maxSize %d: scale %d", size, h.Scale())
+	}
+}
+
+func TestFromDataDownscales(t *testing.T) {
+	vs := dataset("bimodal", 5000)
+	fine := record(New(1000, 20), vs) // ends at a fine scale
+	for _, ms := range []int32{8, 3, 1, -3} { // 0 would mean the default (20)
+		g, err := FromData(fine.Data(), 160, ms)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := record(NewAtScale(160, ms), vs)
+		equalHist(t, "FromData maxScale", g, want)
+	}
+	// Narrower maxSize than the data needs.
+	g, err := FromData(fine.Data(), 20, 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	equalHist(t, "FromData maxSize", g, record(New(20, 20), vs))
+}
+
+func TestMergeAllIncludesDst(t *testing.T) {
+	a := record(New(0, 0), dataset("lognormal", 1000))
+	b := record(New(0, 0), dataset("pareto", 1000))
+	want := a.Clone()
+	want.Merge(a)
+	want.Merge(b)
+	MergeAll(a, []*Histogram{a, b})
+	equalHist(t, "MergeAll with dst inside", a, want)
+}
+
+func TestRecordNegativeZero(t *testing.T) {
+	h := New(0, 0)
+	h.Record(math.Copysign(0, -1))
+	h.RecordN(2, 3)
+	h.RecordN(math.NaN(), 2)
+	if h.ZeroCount() != 1 || h.Count() != 4 || h.Dropped() != 2 || h.Sum() != 6 {
+		t.Fatalf("zero %d count %d dropped %d sum %v", h.ZeroCount(), h.Count(), h.Dropped(), h.Sum())
+	}
+}
