@@ -576,7 +576,7 @@ func TestExtremeRange(t *testing.T) {
 
 func TestFromDataDownscales(t *testing.T) {
 	vs := dataset("bimodal", 5000)
-	fine := record(New(1000, 20), vs) // ends at a fine scale
+	fine := record(New(1000, 20), vs)         // ends at a fine scale
 	for _, ms := range []int32{8, 3, 1, -3} { // 0 would mean the default (20)
 		g, err := FromData(fine.Data(), 160, ms)
 		if err != nil {
