@@ -859,6 +859,13 @@ func (c *otlpConverter) histogram(base metric.Series, scope []metric.Attr, dp *m
 		return
 	}
 	h, err := histogram.FromExplicit(bounds, counts, dp.GetSum(), histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+	if err == nil && dp.Min != nil && dp.Max != nil && dp.GetCount() > 0 && dp.GetMin() <= dp.GetMax() {
+		// The SDK's exact min and max bound the quantile estimates far
+		// better than the explicit buckets can: carry them over.
+		d := h.Data()
+		d.Min, d.Max = dp.GetMin(), dp.GetMax()
+		h, err = histogram.FromData(d, histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+	}
 	if err != nil {
 		c.reject(rejectInvalid, 1, fmt.Sprintf("metric %q: %v", s.Name, err))
 		return

@@ -615,7 +615,7 @@ func TestOTLPConvert(t *testing.T) {
 			{Name: "no.temporality", Data: &metricspb.Metric_Sum{Sum: &metricspb.Sum{IsMonotonic: true, DataPoints: num(1)}}},
 			{Name: "explicit", Data: &metricspb.Metric_Histogram{Histogram: &metricspb.Histogram{
 				AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE,
-				DataPoints:             []*metricspb.HistogramDataPoint{{TimeUnixNano: ts, Count: 6, Sum: proto.Float64(3.1), ExplicitBounds: []float64{0.1, 0.5, 1}, BucketCounts: []uint64{1, 2, 2, 1}}},
+				DataPoints:             []*metricspb.HistogramDataPoint{{TimeUnixNano: ts, Count: 6, Sum: proto.Float64(3.1), Min: proto.Float64(0.05), Max: proto.Float64(1.3), ExplicitBounds: []float64{0.1, 0.5, 1}, BucketCounts: []uint64{1, 2, 2, 1}}},
 			}}},
 			{Name: "explicit.bad", Data: &metricspb.Metric_Histogram{Histogram: &metricspb.Histogram{
 				AggregationTemporality: metricspb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE,
@@ -680,8 +680,8 @@ func TestOTLPConvert(t *testing.T) {
 		t.Errorf("summary quantile %+v", q)
 	}
 	ex := otlpOne(t, ss, "explicit", nil).Points[0].Hist
-	if ex.Count() != 6 || ex.Sum() != 3.1 {
-		t.Errorf("explicit: count %d sum %v", ex.Count(), ex.Sum())
+	if ex.Count() != 6 || ex.Sum() != 3.1 || ex.Min() != 0.05 || ex.Max() != 1.3 {
+		t.Errorf("explicit: count %d sum %v min %v max %v", ex.Count(), ex.Sum(), ex.Min(), ex.Max())
 	}
 	fh := otlpOne(t, ss, "fine", nil).Points[0].Hist
 	if fh.Scale() > 20 || fh.Count() != 65 || fh.ZeroCount() != 1 {
