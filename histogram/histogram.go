@@ -72,9 +72,10 @@ type Histogram struct {
 
 // New returns an empty histogram that keeps at most maxSize buckets per sign
 // and starts at scale maxScale. maxSize 0 means DefaultMaxSize; other values
-// are clamped to [4, 32767]. maxScale 0 means DefaultMaxScale (there is no
-// way to ask for 0 itself other than the defaults being 20; use
-// NewAtScale for that); other values are clamped to [MinScale, MaxScale].
+// are clamped to [4, 32767] (4: at MinScale the float64 range, subnormals
+// included, spans three buckets). maxScale 0 means DefaultMaxScale, as in
+// the OTel SDK configuration (NewAtScale takes 0 literally); other values
+// are clamped to [MinScale, MaxScale].
 func New(maxSize int, maxScale int32) *Histogram {
 	h := &Histogram{}
 	h.init(maxSize, maxScale, maxScale == 0)

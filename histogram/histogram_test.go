@@ -612,3 +612,18 @@ func TestRecordNegativeZero(t *testing.T) {
 		t.Fatalf("zero %d count %d dropped %d sum %v", h.ZeroCount(), h.Count(), h.Dropped(), h.Sum())
 	}
 }
+
+func TestNativeCoarseScale(t *testing.T) {
+	h := record(NewAtScale(160, -6), dataset("mixed", 2000))
+	n := h.Native()
+	if n.Schema != -4 || n.Count != h.Count() {
+		t.Fatalf("schema %d count %d", n.Schema, n.Count)
+	}
+	g, err := FromNative(n, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Count() != h.Count() || g.ZeroCount() != h.ZeroCount() {
+		t.Fatalf("count %d/%d", g.Count(), h.Count())
+	}
+}
