@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -740,4 +741,64 @@ func metricValue(c prometheus.Collector) float64 {
 		}
 	}
 	return v
+}
+
+// Run closes windows on the wall clock: with 1 s windows, each window is
+// emitted once its end plus the grace has passed, in order, and Run returns
+// when its context ends.
+func TestRunEmitsOnTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		type emitted struct {
+			start time.Time
+			at    time.Time
+			sum   float64
+		}
+		var mu sync.Mutex
+		var got []emitted
+		p, err := NewPipeline(PipelineConfig{Window: time.Second, Lateness: 10 * time.Second}, Settings{
+			OnWindow: func(w *metric.Window) {
+				mu.Lock()
+				defer mu.Unlock()
+				got = append(got, emitted{w.Start, time.Now(), w.Series[0].Sum})
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error)
+		go func() { done <- p.Run(ctx) }()
+		start := time.Now().Truncate(time.Second)
+		for i := range 5 {
+			// Two points per second, at +100 ms and +600 ms.
+			for _, off := range []time.Duration{100 * time.Millisecond, 600 * time.Millisecond} {
+				time.Sleep(time.Until(start.Add(time.Duration(i)*time.Second + off)))
+				err := p.Consume(ctx, metric.Batch{Source: "s", Series: []metric.Series{{Name: "c", Kind: metric.Counter,
+					Temporality: metric.Delta, Points: []metric.Point{{Time: time.Now(), Value: 1}}}}})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		time.Sleep(time.Until(start.Add(6 * time.Second)))
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(got) != 5 {
+			t.Fatalf("%d windows emitted, want 5: %+v", len(got), got)
+		}
+		for i, e := range got {
+			ws := start.Add(time.Duration(i) * time.Second)
+			end := ws.Add(time.Second).Add(p.grace)
+			if !e.start.Equal(ws) || e.sum != 2 {
+				t.Errorf("window %d: start %s sum %v, want %s and 2", i, e.start, e.sum, ws)
+			}
+			if e.at.Before(end) || e.at.After(end.Add(100*time.Millisecond)) {
+				t.Errorf("window %d emitted at end%+v, want within 100ms after end+grace (%s)", i, e.at.Sub(ws.Add(time.Second)), p.grace)
+			}
+		}
+	})
 }
