@@ -212,7 +212,9 @@ type CloudMonitoring struct {
 
 	// backoff is the first retry delay (doubling, with jitter).
 	backoff time.Duration
-	// maxRange caps one read; a longer gap is read over several polls.
+	// maxRange caps one live read; a longer gap (after downtime) is read
+	// over several polls, so a poll's memory and duration stay bounded and
+	// a gap never makes every poll time out.
 	maxRange time.Duration
 
 	streams map[string]*gcpStream // by project + " " + metric type
@@ -281,7 +283,7 @@ func newCloudMonitoring(cfg CloudMonitoringConfig, set Settings, api gcpMetricAP
 		projects: projects,
 		m:        m,
 		backoff:  time.Second,
-		maxRange: gcpRetention,
+		maxRange: 6 * time.Hour,
 		streams:  map[string]*gcpStream{},
 		bstreams: map[string]*gcpStream{},
 		prefixes: map[string]*gcpPrefix{},
@@ -483,11 +485,11 @@ func (c *CloudMonitoring) window(st *gcpStream, at time.Time) (start, end time.T
 	} else {
 		start = st.cursor.Add(-st.lookback(c.cfg.Lookback.D()))
 	}
-	if end.Sub(start) > c.maxRange {
-		end = start.Add(c.maxRange)
-	}
 	if oldest := at.Add(-gcpRetention); start.Before(oldest) {
 		start = oldest
+	}
+	if end.Sub(start) > c.maxRange {
+		end = start.Add(c.maxRange)
 	}
 	return start, end
 }
@@ -504,6 +506,13 @@ func (c *CloudMonitoring) poll(ctx context.Context, st *gcpStream, at time.Time)
 		return nil, c.fail(st, at, "get metric descriptor", err)
 	}
 	start, end := c.window(st, at)
+	if gap := at.Sub(start); gap > c.cfg.Lookback.D()+2*c.cfg.Interval.D() && !st.gapLogged {
+		// The live pipeline keeps only points within agent.lateness; older
+		// ones are counted as too late there. `sabaki backfill` stores them.
+		st.gapLogged = true
+		c.log.Info("reading a gap since the last read", "project", st.project, "metric_type", st.metricType,
+			"from", start, "gap", gap.Round(time.Second).String(), "step", c.maxRange.String())
+	}
 	if !start.Before(end) {
 		if st.cursor.IsZero() {
 			st.cursor = end // no backfill: read from now on

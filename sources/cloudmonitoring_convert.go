@@ -40,6 +40,7 @@ type gcpStream struct {
 
 	loaded        bool
 	failing       bool
+	gapLogged     bool
 	disabledUntil time.Time
 }
 

@@ -586,3 +586,28 @@ func TestCloudMonitoringCostPerHour(t *testing.T) {
 		}
 	}
 }
+
+func TestCloudMonitoringWindow(t *testing.T) {
+	c := &CloudMonitoring{cfg: DefaultCloudMonitoringConfig(), maxRange: 6 * time.Hour}
+	at := day0.Add(30 * 24 * time.Hour)
+	tests := []struct {
+		name       string
+		cursor     time.Time
+		start, end time.Time
+	}{
+		{"first start: backfill", time.Time{}, at.Add(-time.Hour), at},
+		{"next poll: lookback before the cursor", at.Add(-time.Minute), at.Add(-6 * time.Minute), at},
+		{"long gap: read in 6 h steps", at.Add(-10 * time.Hour), at.Add(-10*time.Hour - 5*time.Minute), at.Add(-4*time.Hour - 5*time.Minute)},
+		{"beyond retention: clamped", at.Add(-50 * 24 * time.Hour), at.Add(-gcpRetention), at.Add(-gcpRetention + 6*time.Hour)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := newGCPStream("p", "m", "")
+			st.cursor = tt.cursor
+			start, end := c.window(st, at)
+			if !start.Equal(tt.start) || !end.Equal(tt.end) {
+				t.Errorf("window = (%s, %s], want (%s, %s]", start, end, tt.start, tt.end)
+			}
+		})
+	}
+}
