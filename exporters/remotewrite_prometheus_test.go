@@ -197,7 +197,9 @@ func nativeBucket(n histogram.Native, q float64) (lo, hi float64) {
 //     exponentially), sabaki log-linearly and clamps to [min, max]; at
 //     schema s a bucket spans a relative width of 2^(2^-s) − 1 (4.4 % at
 //     schema 4, 0.27 % at schema 8).
-//   - a histogram finer than schema 8 is accepted (reduced to 8);
+//   - a histogram finer than schema 8 is accepted (reduced to 8), and a
+//     cumulative histogram whose schema drops mid-run (7 → 3) is not taken
+//     for a counter reset;
 //   - counters (rate over the windows), gauges, target_info, a revised
 //     window and exemplars (trace IDs) arrive.
 func TestRemoteWritePrometheus(t *testing.T) {
@@ -212,7 +214,16 @@ func TestRemoteWritePrometheus(t *testing.T) {
 	var traceIDs []string
 	for i := range windows {
 		start := t0.Add(time.Duration(i) * time.Minute)
-		slow, fast, narrow := histogram.New(0, 0), histogram.New(0, 0), histogram.New(0, 0)
+		slow, fast, narrow, widening := histogram.New(0, 0), histogram.New(0, 0), histogram.New(0, 0), histogram.New(0, 0)
+		// widening: narrow at first, then spread over five decades, so the
+		// cumulative histogram's schema drops mid-run (7 → 3).
+		for range 400 {
+			if i < 3 {
+				widening.Record(1 + r.Float64())
+			} else {
+				widening.Record(math.Pow(10, r.Float64()*5-3))
+			}
+		}
 		for range 2000 + 300*i {
 			slow.Record(math.Exp(r.NormFloat64()*0.7 + math.Log(0.2))) // ~200 ms
 		}
@@ -234,6 +245,7 @@ func TestRemoteWritePrometheus(t *testing.T) {
 			{Name: "http.server.request.duration", Unit: "s", Kind: metric.Histogram, Resource: res,
 				Attrs: metric.NewAttrs(map[string]string{"http.route": "/fast"}), Hist: fast},
 			{Name: "calibration.ratio.spread", Unit: "1", Kind: metric.Histogram, Resource: res, Hist: narrow},
+			{Name: "queue.wait", Unit: "s", Kind: metric.Histogram, Resource: res, Hist: widening},
 			{Name: "http.server.requests", Unit: "{request}", Kind: metric.Counter, Resource: res, Sum: float64(60 * (i + 1))},
 			{Name: "db.connections", Unit: "{connection}", Kind: metric.Gauge, Resource: res, Last: float64(10 + i)},
 		}})
@@ -311,6 +323,25 @@ func TestRemoteWritePrometheus(t *testing.T) {
 			t.Errorf("window %d: gauge = %g, want %d", i, got, 10+i)
 		}
 	}
+	// The widening histogram: its cumulative schema dropped mid-run, which
+	// Prometheus must not take for a counter reset: each window's increase
+	// is its own count.
+	var schemaSeen []int32
+	wcum := histogram.New(0, 0)
+	for i, w := range ws {
+		wcum.Merge(w.Series[3].Hist)
+		schemaSeen = append(schemaSeen, wcum.Native().Schema)
+		if i == 0 {
+			continue
+		}
+		if got := p.one(t, `histogram_count(increase(queue_wait_seconds[1m]))`, w.End()); got != 400 {
+			t.Errorf("widening window %d (schema %d): increase count = %g, want 400", i, wcum.Native().Schema, got)
+		}
+	}
+	if schemaSeen[0] == schemaSeen[len(schemaSeen)-1] {
+		t.Errorf("test data: widening schema stayed %d", schemaSeen[0])
+	}
+	t.Logf("widening histogram cumulative schemas per window: %v", schemaSeen)
 	// The narrow histogram arrived at schema 8 with its exact count.
 	if got := p.one(t, `histogram_count(calibration_ratio_spread)`, lastEnd); got != float64(windows*100) {
 		t.Errorf("narrow histogram count = %g, want %d", got, windows*100)
