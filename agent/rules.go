@@ -214,13 +214,14 @@ type ruleSet struct {
 	// resources interns the resource attributes after the rules: thousands
 	// of series share a handful of resources. Used under the pipeline lock.
 	resources map[string]metric.Attrs
+	strings   map[string]string
 }
 
 // maxInterned bounds the resource interning table.
 const maxInterned = 10000
 
 func compileRules(cfgs []RuleConfig, resource metric.Attrs, quantiles []float64) (*ruleSet, error) {
-	rs := &ruleSet{resource: resource.Clone(), quantiles: slices.Clone(quantiles), resources: map[string]metric.Attrs{}}
+	rs := &ruleSet{resource: resource.Clone(), quantiles: slices.Clone(quantiles), resources: map[string]metric.Attrs{}, strings: map[string]string{}}
 	rs.resource.Sort()
 	for i := range cfgs {
 		c := &cfgs[i]
@@ -281,16 +282,65 @@ func (rs *ruleSet) apply(s *metric.Series) *outSeries {
 	for _, r := range rs.rules {
 		r.apply(&t)
 	}
-	enc := appendAttrs(nil, t.resource)
-	if r, ok := rs.resources[string(enc)]; ok {
-		t.resource = r
-	} else if len(rs.resources) < maxInterned {
-		rs.resources[string(enc)] = t.resource
-	}
-	o := &outSeries{name: t.name, unit: s.Unit, desc: s.Description, kind: s.Kind, resource: t.resource, attrs: t.attrs}
-	o.key = string(appendIdentity(nil, o.name, o.kind, o.resource, o.attrs))
+	t.resource = rs.intern(t.resource)
+	o := &outSeries{kind: s.Kind, resource: t.resource,
+		unit: rs.internString(s.Unit), desc: rs.internString(s.Description)}
+	// The name and the point attributes are re-sliced out of the key, one
+	// allocation for the whole identity: the pipeline keeps nothing that
+	// points into the source's batch.
+	o.key, o.name, o.attrs = identity(t.name, s.Kind, t.resource, t.attrs)
 	o.limit = rs.limitFor(o.name)
 	return o
+}
+
+// identity encodes a series identity (see appendIdentity) and returns the
+// name and attributes as substrings of the encoding.
+func identity(name string, kind metric.Kind, resource, attrs metric.Attrs) (string, string, metric.Attrs) {
+	buf := appendIdentity(nil, name, kind, resource, attrs)
+	key := string(buf)
+	out := make(metric.Attrs, len(attrs))
+	// The point attributes are the tail of the key: k 1 v 2 ...
+	off := len(key)
+	for i := len(attrs) - 1; i >= 0; i-- {
+		off -= len(attrs[i].Value) + 1
+		v := key[off : off+len(attrs[i].Value)]
+		off -= len(attrs[i].Key) + 1
+		out[i] = metric.Attr{Key: key[off : off+len(attrs[i].Key)], Value: v}
+	}
+	return key, key[:len(name)], out
+}
+
+// intern returns the shared copy of a resource (copied out of the batch the
+// first time it is seen): thousands of series share a handful of resources.
+// Used under the pipeline lock.
+func (rs *ruleSet) intern(r metric.Attrs) metric.Attrs {
+	enc := appendAttrs(nil, r)
+	if c, ok := rs.resources[string(enc)]; ok {
+		return c
+	}
+	c := make(metric.Attrs, len(r))
+	for i, kv := range r {
+		c[i] = metric.Attr{Key: strings.Clone(kv.Key), Value: strings.Clone(kv.Value)}
+	}
+	if len(rs.resources) < maxInterned {
+		rs.resources[string(enc)] = c
+	}
+	return c
+}
+
+// internString shares units and descriptions across series.
+func (rs *ruleSet) internString(v string) string {
+	if v == "" {
+		return ""
+	}
+	if c, ok := rs.strings[v]; ok {
+		return c
+	}
+	c := strings.Clone(v)
+	if len(rs.strings) < maxInterned {
+		rs.strings[c] = c
+	}
+	return c
 }
 
 func (rs *ruleSet) limitFor(name string) int {
@@ -311,9 +361,8 @@ func (rs *ruleSet) limitFor(name string) int {
 
 // overflow returns the series that absorbs o's metric beyond its limit.
 func (o *outSeries) overflow() *outSeries {
-	v := &outSeries{name: o.name, unit: o.unit, desc: o.desc, kind: o.kind, resource: o.resource,
-		attrs: metric.Attrs{{Key: OverflowAttr, Value: "true"}}}
-	v.key = string(appendIdentity(nil, v.name, v.kind, v.resource, v.attrs))
+	v := &outSeries{unit: o.unit, desc: o.desc, kind: o.kind, resource: o.resource}
+	v.key, v.name, v.attrs = identity(o.name, o.kind, o.resource, metric.Attrs{{Key: OverflowAttr, Value: "true"}})
 	return v
 }
 
