@@ -390,7 +390,7 @@ func (d *daemon) abort() {
 // window; sources and exporters whose entries changed are restarted (the
 // others keep running untouched); changes to the rest of agent:, retention:
 // and histogram: need a restart and are reported as such.
-func (d *daemon) reload() {
+func (d *daemon) reload() bool {
 	name := configName(d.cfgPath)
 	d.log.Info("reloading config", "config", name)
 	cfg, ps := loadConfig(d.cfgPath)
@@ -399,7 +399,7 @@ func (d *daemon) reload() {
 			d.log.Error("config reload rejected, keeping the running config: " + formatProblem(name, p))
 		}
 		d.m.reloads.WithLabelValues("rejected").Inc()
-		return
+		return false
 	}
 	d.mu.Lock()
 	old := d.cfg
@@ -419,13 +419,13 @@ func (d *daemon) reload() {
 	if len(restartOnly) > 0 {
 		d.log.Error("config reload rejected, keeping the running config: these sections changed and need a restart", "sections", restartOnly)
 		d.m.reloads.WithLabelValues("rejected").Inc()
-		return
+		return false
 	}
 	res := detectResource(d.runCtx, cfg.Resource, d.log)
 	if err := d.pipe.Reload(pipelineConfig(cfg, res)); err != nil {
 		d.log.Error("config reload rejected, keeping the running config", "err", err)
 		d.m.reloads.WithLabelValues("rejected").Inc()
-		return
+		return false
 	}
 
 	// Exporters: keep the unchanged ones, restart the rest.
@@ -440,7 +440,13 @@ func (d *daemon) reload() {
 	d.mu.Unlock()
 	d.m.reloads.WithLabelValues("ok").Inc()
 	d.log.Info("config reloaded", "config", name)
+	return true
 }
+
+// healthy is what the systemd watchdog pings on: the agent finished starting
+// and is not shutting down. (Windows are not a liveness signal: a config
+// whose sources have nothing to say emits none.)
+func (d *daemon) healthy() bool { return d.ready.Load() }
 
 func (d *daemon) reloadExporters(cfg *Config) error {
 	d.mu.Lock()

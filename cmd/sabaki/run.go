@@ -6,10 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 )
 
 // runAgent implements `sabaki run`: load the config, start the daemon, and
@@ -61,14 +61,26 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		logger.Error("sabaki could not start: " + err.Error())
 		return 1
 	}
+	notify := newNotifier(os.Getenv)
+	if err := notify.ready(); err != nil {
+		logger.Warn("telling systemd we are ready", "err", err)
+	}
+	stopWatchdog := make(chan struct{})
+	go notify.watchdogLoop(stopWatchdog, d.healthy)
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			d.reload()
+			if d.reload() {
+				notify.status("running (config reloaded " + time.Now().UTC().Format(time.RFC3339) + ")")
+			} else {
+				notify.status("running (last reload rejected " + time.Now().UTC().Format(time.RFC3339) + ", see the log)")
+			}
 			continue
 		}
 		logger.Info("shutting down", "signal", sig.String())
 		break
 	}
+	close(stopWatchdog)
+	notify.stopping()
 	if err := d.shutdown(); err != nil {
 		logger.Error("shutdown incomplete: " + err.Error())
 		if errors.Is(err, errDrainTimeout) {
@@ -79,5 +91,3 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	logger.Info("stopped")
 	return 0
 }
-
-var _ = slog.LevelInfo

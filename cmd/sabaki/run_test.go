@@ -196,6 +196,10 @@ func TestRunLifecycle(t *testing.T) {
 			t.Errorf("/metrics (%d) lacks %s", code, want)
 		}
 	}
+	var hout, herr bytes.Buffer
+	if code := run([]string{"health", "-addr", strings.TrimPrefix(base, "http://")}, &hout, &herr); code != 0 || !strings.HasSuffix(hout.String(), "/readyz: ready\n") {
+		t.Errorf("sabaki health = %d %q %q", code, hout.String(), herr.String())
+	}
 	if code, body := httpGet(t, base+"/api/v1/exemplars?metric=sabaki_pipeline_points_total&from=5m"); code != 200 || !strings.HasPrefix(body, "[") {
 		t.Errorf("/api/v1/exemplars = %d %q", code, body)
 	}
@@ -327,6 +331,14 @@ func TestRunUnwritableDataDir(t *testing.T) {
 	}
 	if !strings.Contains(errb.String(), "creating data directory") || strings.Count(strings.TrimSpace(errb.String()), "\n") != 0 {
 		t.Errorf("stderr = %q, want one line about the data directory", errb.String())
+	}
+}
+
+func TestHealthNoAgent(t *testing.T) {
+	var out, errb bytes.Buffer
+	// Port 1 on loopback: nothing listens there.
+	if code := run([]string{"health", "-addr", "127.0.0.1:1"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "connection refused") {
+		t.Errorf("health without an agent = %d %q", code, errb.String())
 	}
 }
 
