@@ -313,7 +313,7 @@ func (p *Pipeline) Consume(ctx context.Context, b metric.Batch) error {
 			continue
 		}
 		if s.Kind < metric.Gauge || s.Kind > metric.Histogram || s.Name == "" {
-			drops[dropIndex(DropInvalid)] += len(s.Points)
+			drops[idxInv] += len(s.Points)
 			continue
 		}
 		key := appendRawKey((*bufp)[:0], b.Source, s)
