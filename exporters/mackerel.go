@@ -74,6 +74,19 @@ type MackerelAnnotate struct {
 	Above Threshold `yaml:"above"`
 }
 
+// MackerelHost maps series to Mackerel hosts: every series whose resource
+// has ResourceAttribute (and whose name matches Metrics, when given) is
+// posted as a custom metric of the host registered for that attribute's
+// value, with customIdentifier "sabaki/<attribute>/<value>" (found or
+// created once). Each host is a Mackerel host for billing.
+type MackerelHost struct {
+	ResourceAttribute string `yaml:"resource_attribute"`
+	// Metrics are path.Match patterns on sabaki metric names; empty = all.
+	Metrics []string `yaml:"metrics"`
+	// Roles are role full names ("service:role") given to created hosts.
+	Roles []string `yaml:"roles"`
+}
+
 // Threshold is a number or a duration; durations are kept in milliseconds,
 // the unit the exporter posts durations in.
 type Threshold struct {
@@ -130,8 +143,9 @@ type MackerelConfig struct {
 	// Prefix is prepended to every metric name ("sabaki." → sabaki.http...).
 	Prefix string `yaml:"prefix"`
 	// ResourceKey lists resource attributes whose values join the series
-	// key (e.g. service.name when several services report the same metric);
-	// by default only point attributes make the key.
+	// key, before the point attributes' values. The default holds the GCP
+	// resource labels that name a Cloud Run service (service_name) and a
+	// Cloud SQL instance (database_id), so their series stay apart.
 	ResourceKey []string `yaml:"resource_key"`
 	// Org is the Mackerel organisation name, substituted for {org}.
 	Org string `yaml:"org"`
@@ -143,6 +157,10 @@ type MackerelConfig struct {
 	// for a slow trace when a breaching window kept no exemplar; default:
 	// Service.
 	TraceService string `yaml:"trace_service"`
+	// Hosts sends the series of machine-like things (a Cloud SQL instance, a
+	// Cloud Run service) as custom metrics of a Mackerel host each, with
+	// graph definitions, instead of as service metrics.
+	Hosts []MackerelHost `yaml:"hosts"`
 	// Annotate lists the thresholds that create graph annotations.
 	Annotate []MackerelAnnotate `yaml:"annotate"`
 	// AnnotateEvery is the least time between two annotations for the same
@@ -168,6 +186,7 @@ func DefaultMackerelConfig() MackerelConfig {
 		BaseURL:          "https://api.mackerelio.com",
 		Quantiles:        []float64{0.5, 0.9, 0.95, 0.99},
 		Stats:            []string{"count", "rate", "mean", "max", "error_ratio"},
+		ResourceKey:      []string{"service_name", "database_id"},
 		TraceURLTemplate: DefaultMackerelTraceURLTemplate,
 		AnnotateEvery:    config.Duration(30 * time.Minute),
 		MaxPointsPerPost: 1000,
@@ -238,6 +257,23 @@ func (c *MackerelConfig) Validate() error {
 			errs = append(errs, config.Field(p+".above", "is required"))
 		}
 	}
+	for i, h := range c.Hosts {
+		p := fmt.Sprintf("hosts[%d]", i)
+		if h.ResourceAttribute == "" {
+			errs = append(errs, config.Field(p+".resource_attribute", "is required"))
+		}
+		for j, m := range h.Metrics {
+			if _, err := path.Match(m, ""); err != nil {
+				errs = append(errs, config.Field(fmt.Sprintf("%s.metrics[%d]", p, j), "bad pattern: %v", err))
+			}
+		}
+		for j, r := range h.Roles {
+			svc, role, ok := strings.Cut(r, ":")
+			if !ok || !serviceNameOK(svc) || !serviceNameOK(role) {
+				errs = append(errs, config.Field(fmt.Sprintf("%s.roles[%d]", p, j), "must be service:role"))
+			}
+		}
+	}
 	if c.MaxPointsPerPost < 1 {
 		errs = append(errs, config.Field("max_points_per_post", "must be positive"))
 	}
@@ -305,6 +341,8 @@ type Mackerel struct {
 	mu          sync.Mutex
 	minutes     map[int64]*minuteWindows // sub-minute windows by minute
 	lastAnnotAt map[string]time.Time     // by metric and stat
+	hostIDs     map[string]string        // customIdentifier → host ID
+	graphDefs   map[string]bool          // graph definitions created
 }
 
 // minuteWindows holds the windows seen for one minute, by start.
@@ -334,6 +372,7 @@ func NewMackerel(cfg MackerelConfig, set Settings) (*Mackerel, error) {
 	e := &Mackerel{
 		cfg: cfg, name: name, client: client, now: time.Now,
 		stats: cfg.statNames(), minutes: map[int64]*minuteWindows{}, lastAnnotAt: map[string]time.Time{},
+		hostIDs: map[string]string{}, graphDefs: map[string]bool{},
 	}
 	e.log = set.Logger
 	if e.log == nil {
@@ -362,10 +401,17 @@ func (e *Mackerel) Shutdown(context.Context) error { return nil }
 // Export posts the window's minute. See the type's doc for the mapping.
 func (e *Mackerel) Export(ctx context.Context, w *metric.Window) error {
 	minute, aggs, seconds := e.minuteOf(w)
-	series := e.mapSeries(aggs)
-	values := e.values(series, minute, seconds)
+	aggs, hosts := e.splitHosts(aggs)
+	series := e.mapSeries(aggs, "", "")
+	values := e.values(series, minute, seconds, metricName)
 	if err := e.post(ctx, values); err != nil {
 		return err
+	}
+	for _, h := range hosts {
+		if err := e.exportHost(ctx, h, minute, seconds); err != nil {
+			return err
+		}
+		series = append(series, h.series...)
 	}
 	e.annotate(ctx, series, minute, seconds)
 	return nil
@@ -432,6 +478,7 @@ type mseries struct {
 	base      string // cleaned prefix+metric
 	key       string
 	kind      metric.Kind
+	unit      string
 	scale     float64 // to milliseconds for durations, else 1
 	sum       float64
 	count     uint64
@@ -442,7 +489,10 @@ type mseries struct {
 	exemplars []metric.Exemplar
 }
 
-func (e *Mackerel) mapSeries(aggs []metric.Aggregate) []*mseries {
+// mapSeries groups aggregates by posted name; prefix is "" for service
+// metrics and "custom." for host metrics, whose key leaves out the host's
+// own attribute (skip).
+func (e *Mackerel) mapSeries(aggs []metric.Aggregate, prefix, skip string) []*mseries {
 	byName := map[string]*mseries{}
 	var out []*mseries
 	for i := range aggs {
@@ -450,12 +500,12 @@ func (e *Mackerel) mapSeries(aggs []metric.Aggregate) []*mseries {
 		if a.Kind != metric.Gauge && a.Kind != metric.Counter && a.Kind != metric.Histogram {
 			continue
 		}
-		base := cleanMetricName(e.cfg.Prefix + "." + a.Name)
-		key := e.seriesKey(a)
+		base := cleanMetricName(prefix + e.cfg.Prefix + "." + a.Name)
+		key := e.seriesKey(a, skip)
 		id := base + "\x00" + key + "\x00" + a.Kind.String()
 		s := byName[id]
 		if s == nil {
-			s = &mseries{metric: a.Name, base: base, key: key, kind: a.Kind, scale: unitScale(a.Unit),
+			s = &mseries{metric: a.Name, base: base, key: key, kind: a.Kind, unit: a.Unit, scale: unitScale(a.Unit),
 				min: math.Inf(1), max: math.Inf(-1), errKnown: true}
 			byName[id] = s
 			out = append(out, s)
@@ -484,10 +534,10 @@ func (e *Mackerel) mapSeries(aggs []metric.Aggregate) []*mseries {
 }
 
 // seriesKey is the last name segment: attribute values joined by "_".
-func (e *Mackerel) seriesKey(a *metric.Aggregate) string {
+func (e *Mackerel) seriesKey(a *metric.Aggregate, skip string) string {
 	var parts []string
 	for _, k := range e.cfg.ResourceKey {
-		if v, ok := a.Resource.Get(k); ok {
+		if v, ok := a.Resource.Get(k); ok && k != skip {
 			parts = append(parts, v)
 		}
 	}
@@ -529,8 +579,13 @@ func cleanKey(s string) string {
 }
 
 // cleanMetricName keeps [A-Za-z0-9._-] (others become "_") and removes empty
-// segments.
+// segments. Cloud Monitoring types lose their API host and "/" separates
+// segments, as in Mackerel's own GCP integration:
+// "cloudsql.googleapis.com/database/cpu/utilization" →
+// "cloudsql.database.cpu.utilization".
 func cleanMetricName(s string) string {
+	s = strings.ReplaceAll(s, ".googleapis.com/", ".")
+	s = strings.ReplaceAll(s, "/", ".")
 	b := []byte(s)
 	for i, c := range b {
 		if !(isAlnum(c) || c == '.' || c == '_' || c == '-') {
@@ -643,7 +698,7 @@ func metricName(s *mseries, stat string) string {
 }
 
 // values builds the points of one minute, sorted by name (stable posts).
-func (e *Mackerel) values(series []*mseries, minute time.Time, seconds float64) []*mackerel.MetricValue {
+func (e *Mackerel) values(series []*mseries, minute time.Time, seconds float64, name func(*mseries, string) string) []*mackerel.MetricValue {
 	var out []*mackerel.MetricValue
 	t := minute.Unix()
 	seen := map[string]bool{}
@@ -657,13 +712,13 @@ func (e *Mackerel) values(series []*mseries, minute time.Time, seconds float64) 
 	for _, s := range series {
 		if s.kind == metric.Gauge {
 			if v, ok := e.statValue(s, "", seconds); ok {
-				add(metricName(s, ""), v)
+				add(name(s, ""), v)
 			}
 			continue
 		}
 		for _, stat := range e.stats {
 			if v, ok := e.statValue(s, stat, seconds); ok {
-				add(metricName(s, stat), v)
+				add(name(s, stat), v)
 			}
 		}
 	}
@@ -936,6 +991,250 @@ func (e *Mackerel) traceURLs(ctx context.Context, s *mseries, minute time.Time, 
 		urls = append(urls, MackerelTraceURL(e.cfg.TraceURLTemplate, e.cfg.Org, id))
 	}
 	return urls
+}
+
+// hostSeries is what one host gets from a window.
+type hostSeries struct {
+	rule       *MackerelHost
+	identifier string // customIdentifier
+	name       string // the attribute's value
+	aggs       []metric.Aggregate
+	series     []*mseries
+}
+
+// splitHosts takes the aggregates that belong to a host out of aggs.
+func (e *Mackerel) splitHosts(aggs []metric.Aggregate) ([]metric.Aggregate, []*hostSeries) {
+	if len(e.cfg.Hosts) == 0 {
+		return aggs, nil
+	}
+	var rest []metric.Aggregate
+	byID := map[string]*hostSeries{}
+	var hosts []*hostSeries
+	for _, a := range aggs {
+		var hs *hostSeries
+		for i := range e.cfg.Hosts {
+			rule := &e.cfg.Hosts[i]
+			v, ok := a.Resource.Get(rule.ResourceAttribute)
+			if !ok || v == "" || !matchAny(rule.Metrics, a.Name) {
+				continue
+			}
+			id := "sabaki/" + rule.ResourceAttribute + "/" + v
+			if hs = byID[id]; hs == nil {
+				hs = &hostSeries{rule: rule, identifier: id, name: v}
+				byID[id] = hs
+				hosts = append(hosts, hs)
+			}
+			break
+		}
+		if hs == nil {
+			rest = append(rest, a)
+			continue
+		}
+		hs.aggs = append(hs.aggs, a)
+	}
+	return rest, hosts
+}
+
+func matchAny(patterns []string, name string) bool {
+	if len(patterns) == 0 {
+		return true
+	}
+	for _, p := range patterns {
+		if ok, _ := path.Match(p, name); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// exportHost posts one host's minute as custom.* host metrics, registering
+// the host and creating graph definitions the first time they are needed.
+func (e *Mackerel) exportHost(ctx context.Context, h *hostSeries, minute time.Time, seconds float64) error {
+	id, err := e.hostID(ctx, h)
+	if err != nil {
+		return err
+	}
+	h.series = e.mapSeries(h.aggs, "custom.", h.rule.ResourceAttribute)
+	if err := e.ensureGraphDefs(ctx, h.series); err != nil {
+		return err
+	}
+	values := e.values(h.series, minute, seconds, hostMetricName)
+	for len(values) > 0 {
+		n := min(len(values), e.cfg.MaxPointsPerPost, max(1, int(e.cfg.MaxBytesPerPost)/(len(values[0].Name)+80)))
+		hv := make([]*mackerel.HostMetricValue, n)
+		for i, v := range values[:n] {
+			hv[i] = &mackerel.HostMetricValue{HostID: id, MetricValue: v}
+		}
+		if err := e.call(ctx, "posting host metrics", func(ctx context.Context) error {
+			return e.client.PostHostMetricValuesContext(ctx, hv)
+		}); err != nil {
+			return err
+		}
+		e.m.posted(n)
+		values = values[n:]
+	}
+	return nil
+}
+
+// hostID finds the host by customIdentifier, or registers it.
+func (e *Mackerel) hostID(ctx context.Context, h *hostSeries) (string, error) {
+	e.mu.Lock()
+	id, ok := e.hostIDs[h.identifier]
+	e.mu.Unlock()
+	if ok {
+		return id, nil
+	}
+	err := e.call(ctx, "finding host "+h.identifier, func(ctx context.Context) error {
+		found, err := e.client.FindHostsContext(ctx, &mackerel.FindHostsParam{CustomIdentifier: h.identifier})
+		if err == nil && len(found) > 0 {
+			id = found[0].ID
+		}
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	if id == "" {
+		err = e.call(ctx, "registering host "+h.identifier, func(ctx context.Context) error {
+			var err error
+			id, err = e.client.CreateHostContext(ctx, &mackerel.CreateHostParam{
+				Name: h.name, CustomIdentifier: h.identifier, Meta: mackerel.HostMeta{},
+				RoleFullnames: h.rule.Roles, Memo: "registered by sabaki for " + h.rule.ResourceAttribute + "=" + h.name,
+			})
+			return err
+		})
+		if err != nil {
+			return "", err
+		}
+		e.log.Info("registered Mackerel host", "custom_identifier", h.identifier, "host_id", id)
+	}
+	e.mu.Lock()
+	e.hostIDs[h.identifier] = id
+	e.mu.Unlock()
+	return id, nil
+}
+
+// Host metrics follow the graph-definition rules (a wildcard in a metric
+// name must also be in its graph's name), so they are named
+// custom.<metric>[.<group>].<key>.<stat> and each graph is
+// custom.<metric>[.<group>].# with one line per series and stat, the legend
+// grouped by series:
+//   - gauges: no group, stat "value";
+//   - histogram distribution stats (mean, min, max, sum, pXX): group
+//     "latency" for durations, else "dist";
+//   - count, rate, error_ratio: each its own group (they differ in unit).
+
+// hostGroup is the group segment of a stat of s.
+func hostGroup(s *mseries, stat string) string {
+	switch {
+	case s.kind == metric.Gauge:
+		return ""
+	case stat == "count" || stat == "rate" || stat == "error_ratio" || s.kind == metric.Counter:
+		return stat
+	case s.scale != 1 || s.unit == "ms":
+		return "latency"
+	}
+	return "dist"
+}
+
+func hostGraphName(s *mseries, stat string) string {
+	if g := hostGroup(s, stat); g != "" {
+		return s.base + "." + g
+	}
+	return s.base
+}
+
+// hostMetricName is the posted name of a stat of a host series.
+func hostMetricName(s *mseries, stat string) string {
+	if stat == "" {
+		stat = "value"
+	}
+	return hostGraphName(s, stat) + "." + s.key + "." + stat
+}
+
+// ensureGraphDefs creates, once per process, the graph definitions of the
+// series' stats with their units. Mackerel upserts by name, so a restart
+// re-creating them is harmless.
+func (e *Mackerel) ensureGraphDefs(ctx context.Context, series []*mseries) error {
+	byName := map[string]*mackerel.GraphDefsParam{}
+	var defs []*mackerel.GraphDefsParam
+	e.mu.Lock()
+	for _, s := range series {
+		stats := e.stats
+		if s.kind == metric.Gauge {
+			stats = []string{""}
+		}
+		for _, stat := range stats {
+			if s.kind == metric.Counter && !slices.Contains([]string{"count", "sum", "rate", "error_ratio"}, stat) {
+				continue
+			}
+			name := hostGraphName(s, stat)
+			metricStat := stat
+			if metricStat == "" {
+				metricStat = "value"
+			}
+			m := &mackerel.GraphDefsMetric{Name: name + ".#." + metricStat, DisplayName: "%1 " + metricStat}
+			if d := byName[name]; d != nil {
+				if !slices.ContainsFunc(d.Metrics, func(x *mackerel.GraphDefsMetric) bool { return x.Name == m.Name }) {
+					d.Metrics = append(d.Metrics, m)
+				}
+				continue
+			}
+			if e.graphDefs[name] {
+				continue
+			}
+			d := &mackerel.GraphDefsParam{
+				Name: name + ".#", DisplayName: strings.TrimPrefix(name, "custom."), Unit: graphUnit(s, stat),
+				Metrics: []*mackerel.GraphDefsMetric{m},
+			}
+			byName[name] = d
+			defs = append(defs, d)
+		}
+	}
+	for name := range byName {
+		e.graphDefs[name] = true
+	}
+	e.mu.Unlock()
+	if len(defs) == 0 {
+		return nil
+	}
+	err := e.call(ctx, "creating graph definitions", func(ctx context.Context) error {
+		return e.client.CreateGraphDefsContext(ctx, defs)
+	})
+	if err != nil {
+		e.mu.Lock()
+		for name := range byName {
+			delete(e.graphDefs, name)
+		}
+		e.mu.Unlock()
+	}
+	return err
+}
+
+// graphUnit is the Mackerel graph unit of a stat of s.
+func graphUnit(s *mseries, stat string) string {
+	switch stat {
+	case "count":
+		if s.kind == metric.Histogram {
+			return "integer"
+		}
+	case "error_ratio":
+		return "float"
+	case "rate":
+		if s.unit == "By" {
+			return "bytes/sec"
+		}
+		return "float"
+	}
+	switch {
+	case s.scale != 1 || s.unit == "ms":
+		return "milliseconds"
+	case s.unit == "By":
+		return "bytes"
+	case s.unit == "%":
+		return "percentage"
+	}
+	return "float"
 }
 
 // MackerelTraceURL fills a trace URL template's {org} and {trace_id}.

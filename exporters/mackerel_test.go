@@ -807,3 +807,94 @@ func TestMackerelFigures(t *testing.T) {
 		t.Errorf("the default max_bytes (%d) does not hold 24 h of 10,000 series (%d)", DefaultOutboxConfig().MaxBytes, perDay)
 	}
 }
+
+func TestMackerelHostMode(t *testing.T) {
+	env := newMackerelEnv(t, func(c *MackerelConfig) {
+		c.Hosts = []MackerelHost{{ResourceAttribute: "database_id", Roles: []string{"toitta:cloudsql"}}}
+	})
+	exp, ob := env.open()
+	window := func(start time.Time) *metric.Window {
+		h := histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+		for i := 1; i <= 100; i++ {
+			h.Record(float64(i) / 10) // ms
+		}
+		db := metric.Attrs{{Key: "database_id", Value: "proj:main"}, {Key: "project_id", Value: "proj"}}
+		run := metric.NewAttrs(map[string]string{"service_name": "web", "revision_name": "web-00042"})
+		return &metric.Window{Start: start, Duration: time.Minute, Series: []metric.Aggregate{
+			{Name: "cloudsql.googleapis.com/database/cpu/utilization", Unit: "1", Kind: metric.Gauge, Resource: db, Sum: 0.9, Count: 2},
+			{Name: "cloudsql.googleapis.com/database/disk/bytes_used", Unit: "By", Kind: metric.Gauge, Resource: db, Sum: 1e9, Count: 1},
+			{Name: "cloudsql.googleapis.com/database/postgresql/insights/aggregate/latencies", Unit: "us", Kind: metric.Histogram, Resource: db,
+				Attrs: metric.Attrs{{Key: "database", Value: "app"}}, Hist: h},
+			{Name: "run.googleapis.com/container/instance_count", Unit: "1", Kind: metric.Gauge, Resource: run,
+				Attrs: metric.Attrs{{Key: "state", Value: "active"}}, Sum: 3, Count: 1},
+		}}
+	}
+	env.clock.Set(t0.Add(3 * time.Minute))
+	mustEnqueue(t, ob, window(t0))
+	mustEnqueue(t, ob, window(t0.Add(time.Minute)))
+	drain(t, ob)
+
+	hosts := env.fake.Hosts()
+	if len(hosts) != 1 || hosts[0].CustomIdentifier != "sabaki/database_id/proj:main" || hosts[0].Name != "proj:main" ||
+		len(hosts[0].RoleFullnames) != 1 {
+		t.Fatalf("hosts %+v", hosts)
+	}
+	id := hosts[0].ID
+	checks := map[string]float64{
+		"custom.cloudsql.database.cpu.utilization.all.value":                               0.45,
+		"custom.cloudsql.database.disk.bytes_used.all.value":                               1e9,
+		"custom.cloudsql.database.postgresql.insights.aggregate.latencies.count.app.count": 100,
+		"custom.cloudsql.database.postgresql.insights.aggregate.latencies.latency.app.max": 0.01, // 10 µs in ms
+	}
+	for name, want := range checks {
+		for _, m := range []time.Time{t0, t0.Add(time.Minute)} {
+			if got, ok := env.fake.HostValue(id, name, m); !ok || math.Abs(got-want) > 1e-12 {
+				t.Errorf("host metric %s at %v = %v %v, want %v", name, m, got, ok, want)
+			}
+		}
+	}
+	// The Cloud Run series stays a service metric, split by service_name.
+	if v, ok := env.fake.Value("toitta", "run.container.instance_count.web_active", t0); !ok || v != 3 {
+		t.Fatalf("service metric: %v %v; names %v", v, ok, env.fake.Names("toitta"))
+	}
+	defs := env.fake.GraphDefs()
+	wantDefs := map[string]string{
+		"custom.cloudsql.database.cpu.utilization.#":                                 "float",
+		"custom.cloudsql.database.disk.bytes_used.#":                                 "bytes",
+		"custom.cloudsql.database.postgresql.insights.aggregate.latencies.latency.#": "milliseconds",
+		"custom.cloudsql.database.postgresql.insights.aggregate.latencies.count.#":   "integer",
+		"custom.cloudsql.database.postgresql.insights.aggregate.latencies.rate.#":    "float",
+	}
+	for name, unit := range wantDefs {
+		if d, ok := defs[name]; !ok || d.Unit != unit {
+			t.Errorf("graph def %s = %+v, want unit %s", name, d, unit)
+		}
+	}
+	if d := defs["custom.cloudsql.database.postgresql.insights.aggregate.latencies.latency.#"]; len(d.Metrics) != 6 {
+		t.Errorf("latency graph has %d metrics, want mean, p50, p90, p95, p99, max", len(d.Metrics))
+	}
+	creates, finds := 0, 0
+	for _, r := range env.fake.Requests() {
+		if strings.HasPrefix(r, "POST /api/v0/graph-defs/create") {
+			creates++
+		}
+		if strings.HasPrefix(r, "GET /api/v0/hosts") {
+			finds++
+		}
+	}
+	if creates != 1 || finds != 1 {
+		t.Fatalf("graph-def creates %d, host look-ups %d: want 1 each (idempotent, cached)", creates, finds)
+	}
+	// A new process finds the host by customIdentifier instead of registering it again.
+	exp2, err := NewMackerel(env.cfg, Settings{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := exp2.Export(context.Background(), window(t0.Add(2*time.Minute))); err != nil {
+		t.Fatal(err)
+	}
+	if len(env.fake.Hosts()) != 1 {
+		t.Fatalf("host registered twice: %+v", env.fake.Hosts())
+	}
+	_ = exp
+}
