@@ -73,17 +73,27 @@ func nanos(t time.Time) int64 {
 }
 
 // markError classifies a raw series: tracked when it carries a status
-// attribute (OTel http.response.status_code or the older http.status_code,
-// Prometheus code or status labels) or error.type; an error when the status
-// is 5xx or error.type is non-empty.
+// attribute (OTel http.response.status_code, the older http.status_code,
+// rpc.grpc.status_code, Prometheus code, status or status_code labels) or
+// error.type; an error when an HTTP status is 5xx (or "5xx"), a gRPC status
+// is one OTel counts as a server error (UNKNOWN, DEADLINE_EXCEEDED,
+// UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS), or error.type is
+// non-empty.
 func markError(attrs metric.Attrs) (isError, tracked bool) {
-	for _, key := range [...]string{"http.response.status_code", "http.status_code", "code", "status"} {
+	for _, key := range [...]string{"http.response.status_code", "http.status_code", "code", "status", "status_code"} {
 		v, ok := attrs.Get(key)
 		if !ok {
 			continue
 		}
 		tracked = true
 		if is5xx(v) {
+			isError = true
+		}
+	}
+	if v, ok := attrs.Get("rpc.grpc.status_code"); ok {
+		tracked = true
+		switch v {
+		case "2", "4", "12", "13", "14", "15":
 			isError = true
 		}
 	}

@@ -802,3 +802,33 @@ func TestRunEmitsOnTime(t *testing.T) {
 		}
 	})
 }
+
+func TestMarkError(t *testing.T) {
+	for _, tc := range []struct {
+		attrs            []string
+		isError, tracked bool
+	}{
+		{[]string{"http.response.status_code", "500"}, true, true},
+		{[]string{"http.response.status_code", "599"}, true, true},
+		{[]string{"http.response.status_code", "499"}, false, true},
+		{[]string{"http.response.status_code", "600"}, false, true},
+		{[]string{"http.status_code", "503"}, true, true},
+		{[]string{"code", "502"}, true, true},
+		{[]string{"code", "200"}, false, true},
+		{[]string{"status", "5xx"}, true, true},
+		{[]string{"status", "2xx"}, false, true},
+		{[]string{"status_code", "504"}, true, true},
+		{[]string{"rpc.grpc.status_code", "14"}, true, true},
+		{[]string{"rpc.grpc.status_code", "5"}, false, true}, // NOT_FOUND is the client's problem
+		{[]string{"rpc.grpc.status_code", "0"}, false, true},
+		{[]string{"error.type", "timeout"}, true, true},
+		{[]string{"error.type", ""}, false, true},
+		{[]string{"http.route", "/"}, false, false},
+		{nil, false, false},
+	} {
+		isErr, tracked := markError(attrsOf(tc.attrs...))
+		if isErr != tc.isError || tracked != tc.tracked {
+			t.Errorf("%v: error %v tracked %v, want %v %v", tc.attrs, isErr, tracked, tc.isError, tc.tracked)
+		}
+	}
+}
