@@ -106,8 +106,12 @@ func TestLoadDefaults(t *testing.T) {
 		if len(ps) > 0 {
 			t.Fatal(ps)
 		}
-		if len(cfg.Sources) == 0 || cfg.Sources[0].Type != "self" {
-			t.Errorf("sources = %+v", cfg.Sources)
+		var types []string
+		for _, s := range cfg.Sources {
+			types = append(types, s.Type)
+		}
+		if strings.Join(types, ",") != "otlp,self" {
+			t.Errorf("source types = %v, want otlp,self", types)
 		}
 		if len(cfg.Exporters) == 0 || cfg.Exporters[0].Type != "console" {
 			t.Errorf("exporters = %+v", cfg.Exporters)
