@@ -114,7 +114,7 @@ type Pipeline struct {
 }
 
 type pipelineMetrics struct {
-	points      prometheus.Counter
+	points      *prometheus.CounterVec
 	dropped     map[string]prometheus.Counter
 	overflow    prometheus.Counter
 	rejected    prometheus.Counter
@@ -131,8 +131,8 @@ func newPipelineMetrics(reg prometheus.Registerer) (pipelineMetrics, error) {
 		Help: "Points the pipeline dropped, by reason.",
 	}, []string{"reason"})
 	m := pipelineMetrics{
-		points: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sabaki_pipeline_points_total", Help: "Points received by the pipeline."}),
+		points: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sabaki_pipeline_points_total", Help: "Points received by the pipeline, by source."}, []string{"source"}),
 		dropped: map[string]prometheus.Counter{},
 		overflow: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sabaki_pipeline_overflow_series_total",
@@ -303,7 +303,7 @@ func (p *Pipeline) Consume(ctx context.Context, b metric.Batch) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("pipeline: %w", err)
 	}
-	p.m.points.Add(float64(n))
+	p.m.points.WithLabelValues(b.Source).Add(float64(n))
 	now := p.now()
 	bufp := keyBufs.Get().(*[]byte)
 	var drops dropCounts

@@ -832,3 +832,25 @@ func TestMarkError(t *testing.T) {
 		}
 	}
 }
+
+func TestPointsCountedPerSource(t *testing.T) {
+	h := newHarness(t, PipelineConfig{})
+	h.consume(counter(metric.Delta, pt(time.Second, 1), pt(2*time.Second, 1)))
+	if got := metricValue(h.p.m.points.WithLabelValues("test")); got != 2 {
+		t.Errorf("sabaki_pipeline_points_total{source=test} = %v, want 2", got)
+	}
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, mf := range mfs {
+		names[mf.GetName()] = true
+	}
+	for _, n := range []string{"sabaki_pipeline_points_total", "sabaki_pipeline_dropped_points_total",
+		"sabaki_pipeline_overflow_series_total", "sabaki_pipeline_windows_total", "sabaki_pipeline_active_series"} {
+		if !names[n] {
+			t.Errorf("%s not registered", n)
+		}
+	}
+}
