@@ -124,11 +124,13 @@ func (h *Histogram) lazyInit() {
 //
 // The fast path covers normal values that are not powers of two at scales
 // 1..10 (where histograms of real data live); everything else, and the
-// first value of a zero Histogram, goes through recordOther.
+// first non-zero value of a zero Histogram, takes recordRare/recordOther.
 func (h *Histogram) Record(v float64) {
 	b := math.Float64bits(v)
-	if b&expMask == expMask {
-		h.dropped++
+	abs := b &^ signBit
+	exp := int32(abs >> mantBits)
+	if uint32(exp-1) >= 0x7fe { // ±0, subnormal, ±Inf, NaN
+		h.recordRare(v)
 		return
 	}
 	h.sum += v
@@ -138,14 +140,13 @@ func (h *Histogram) Record(v float64) {
 	if v > h.max {
 		h.max = v
 	}
-	abs := b &^ signBit
 	if math.Float64frombits(abs) <= h.zeroThreshold {
 		h.zeroCount++
 		return
 	}
 	s := int32(h.scale)
-	exp, mant := int32(abs>>mantBits), abs&mantMask
-	if uint32(s-1) >= lutScale || exp == 0 || mant == 0 {
+	mant := abs & mantMask
+	if uint32(s-1) >= lutScale || mant == 0 {
 		h.recordOther(v, abs)
 		return
 	}
@@ -191,6 +192,27 @@ func (h *Histogram) Record(v float64) {
 	default:
 		*(*uint64)(p)++
 	}
+}
+
+// recordRare is Record for zeros, subnormals, ±Inf and NaN.
+func (h *Histogram) recordRare(v float64) {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		h.dropped++
+		return
+	}
+	h.sum += v
+	if v < h.min {
+		h.min = v
+	}
+	if v > h.max {
+		h.max = v
+	}
+	abs := math.Float64bits(v) &^ signBit
+	if math.Float64frombits(abs) <= h.zeroThreshold {
+		h.zeroCount++
+		return
+	}
+	h.recordOther(v, abs)
 }
 
 // recordOther finishes Record for what the fast path does not cover: sum,
