@@ -28,6 +28,9 @@ import (
 //     long-running producer's lifetime total is not a one-window spike).
 //   - A cumulative point not newer than the previous one is a duplicate or
 //     out of order: dropped, reason="out_of_order".
+//   - A cumulative point too late for its window (see window.go) still moves
+//     the baseline: its increments are dropped (reason="too_late") rather
+//     than counted into a later window.
 //   - Cumulative histograms: delta = current − previous bucket by bucket,
 //     after downscaling the finer of the two to the coarser scale; a lower
 //     count, or any bucket (or the zero bucket) going negative, is a reset.

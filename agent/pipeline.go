@@ -59,7 +59,9 @@ type Settings struct {
 	// Now is the wall clock (time.Now when nil).
 	Now func() time.Time
 	// OnWindow receives every closed window and every re-emission, from one
-	// goroutine at a time (Run's or Flush's caller). It owns the window.
+	// goroutine at a time (Run's or Flush's caller). It owns the window,
+	// except that the window's histograms, attributes and exemplars must not
+	// be modified (a re-emission may share them). It must not call Flush.
 	OnWindow func(*metric.Window)
 	// StartTime is the agent's start: a cumulative series first seen with a
 	// Start not before it counts from zero (see normalize.go).
