@@ -42,21 +42,13 @@ type TLSConfig struct {
 // IsZero reports whether no TLS setting was given.
 func (c TLSConfig) IsZero() bool { return c == TLSConfig{} }
 
-// Validate implements config.Validator.
+// Validate implements config.Validator. Files are read when the exporter is
+// built (a missing file is a problem of the machine, not of the config).
 func (c *TLSConfig) Validate() error {
-	var errs []error
 	if (c.CertFile == "") != (c.KeyFile == "") {
-		errs = append(errs, config.Field("cert_file", "cert_file and key_file must be set together"))
+		return config.Field("cert_file", "cert_file and key_file must be set together")
 	}
-	for _, f := range []struct{ key, path string }{{"ca_file", c.CAFile}, {"cert_file", c.CertFile}, {"key_file", c.KeyFile}} {
-		if f.path == "" {
-			continue
-		}
-		if _, err := os.Stat(f.path); err != nil {
-			errs = append(errs, config.Field(f.key, "%v", err))
-		}
-	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // Load builds the *tls.Config (TLS 1.2 or later).

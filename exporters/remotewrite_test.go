@@ -3,13 +3,17 @@ package exporters
 import (
 	"context"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -640,5 +644,30 @@ func TestRemoteWriteConfigValidate(t *testing.T) {
 	c.URL, c.BasicAuth, c.Headers = "https://x/api/v1/push", BasicAuth{"user", "pw-secret"}, map[string]Secret{"X-Token": "hdr-secret"}
 	if s := fmt.Sprintf("%v %+v %#v", c, c, c); strings.Contains(s, "pw-secret") || strings.Contains(s, "hdr-secret") {
 		t.Errorf("String reveals secrets: %s", s)
+	}
+}
+
+// TestRemoteWriteTLS: a server with a private CA is trusted through
+// tls.ca_file and refused without it.
+func TestRemoteWriteTLS(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshake is expected
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	if err := os.WriteFile(ca, pemBytes, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w := otlpTestWindow(time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC), 1)
+	e, _ := rwTestExporter(t, srv.URL, func(c *RemoteWriteConfig) { c.TLS.CAFile = ca })
+	if err := e.Export(context.Background(), w); err != nil {
+		t.Errorf("with ca_file: %v", err)
+	}
+	e2, _ := rwTestExporter(t, srv.URL, nil)
+	if err := e2.Export(context.Background(), w); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("without ca_file: %v, want a certificate error", err)
 	}
 }
