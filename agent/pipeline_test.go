@@ -854,3 +854,19 @@ func TestPointsCountedPerSource(t *testing.T) {
 		}
 	}
 }
+
+// An idle cumulative histogram still shows up in its window, with count 0.
+func TestCumulativeHistogramNoChange(t *testing.T) {
+	h := newHarness(t, PipelineConfig{})
+	h.consume(histSeries(metric.Cumulative, hpt(10*time.Second, newHist(1, 2, 3))))
+	h.consume(histSeries(metric.Cumulative, hpt(20*time.Second, newHist(1, 2, 3))))
+	h.at(2 * time.Minute)
+	ws := h.take()
+	if len(ws) != 1 {
+		t.Fatalf("%d windows", len(ws))
+	}
+	a := find(ws[0], "latency")
+	if a == nil || a.Hist == nil || a.Hist.Count() != 0 || a.Count != 0 || a.Sum != 0 {
+		t.Errorf("idle histogram = %+v", a)
+	}
+}
