@@ -48,13 +48,18 @@ func NewConcurrent(maxSize int, maxScale int32) *Concurrent {
 	return c
 }
 
-// lock returns a locked shard, preferring the calling goroutine's own.
-func (c *Concurrent) lock() *shard {
-	var probe byte
-	// Stack addresses of one goroutine differ in the low bits only; the
-	// multiplicative hash spreads the stack's identity over the shards.
-	i := (uintptr(unsafe.Pointer(&probe)) >> 11) * 0x9E3779B97F4A7C15 >> 40
-	for k := uintptr(0); k < 4; k++ {
+// shardHint hashes the address of a variable on the caller's stack.
+// Stack addresses of one goroutine differ in the low bits only (stacks are
+// at least 2 KiB apart); the multiplicative hash spreads the stack's
+// identity over the shards.
+func shardHint(p *byte) uintptr {
+	return (uintptr(unsafe.Pointer(p)) >> 11) * 0x9E3779B97F4A7C15 >> 40
+}
+
+// lockSlow is taken when the goroutine's own shard is busy: it tries the
+// next shards, then waits on its own.
+func (c *Concurrent) lockSlow(i uintptr) *shard {
+	for k := uintptr(1); k < 4; k++ {
 		s := c.shards[(i+k)&c.mask]
 		if s.mu.TryLock() {
 			return s
@@ -67,14 +72,24 @@ func (c *Concurrent) lock() *shard {
 
 // Record adds one observation of v (NaN and ±Inf count as Dropped).
 func (c *Concurrent) Record(v float64) {
-	s := c.lock()
+	var probe byte
+	i := shardHint(&probe)
+	s := c.shards[i&c.mask]
+	if !s.mu.TryLock() {
+		s = c.lockSlow(i)
+	}
 	s.h.Record(v)
 	s.mu.Unlock()
 }
 
 // RecordN adds n observations of v.
 func (c *Concurrent) RecordN(v float64, n uint64) {
-	s := c.lock()
+	var probe byte
+	i := shardHint(&probe)
+	s := c.shards[i&c.mask]
+	if !s.mu.TryLock() {
+		s = c.lockSlow(i)
+	}
 	s.h.RecordN(v, n)
 	s.mu.Unlock()
 }

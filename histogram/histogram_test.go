@@ -455,20 +455,27 @@ func TestFromExplicitExact(t *testing.T) {
 
 func TestConcurrent(t *testing.T) {
 	c := NewConcurrent(0, 0)
-	vs := dataset("lognormal", 20000)
+	vs := dataset("lognormal", 32000)
+	// 32 goroutines: more than the shards, so collisions (lockSlow) happen;
+	// a concurrent Snapshot runs meanwhile.
 	done := make(chan bool)
-	for g := 0; g < 4; g++ {
+	for g := 0; g < 32; g++ {
 		go func(g int) {
-			for _, v := range vs[g*5000 : (g+1)*5000] {
-				c.Record(v)
+			for i, v := range vs[g*1000 : (g+1)*1000] {
+				if i%2 == 0 {
+					c.Record(v)
+				} else {
+					c.RecordN(v, 1)
+				}
 			}
 			done <- true
 		}(g)
 	}
-	for g := 0; g < 4; g++ {
+	dst := New(0, 0)
+	c.Snapshot(dst)
+	for g := 0; g < 32; g++ {
 		<-done
 	}
-	dst := New(0, 0)
 	c.Snapshot(dst)
 	equalHist(t, "concurrent", dst, record(New(0, 0), vs))
 	again := New(0, 0)
