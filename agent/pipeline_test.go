@@ -870,3 +870,18 @@ func TestCumulativeHistogramNoChange(t *testing.T) {
 		t.Errorf("idle histogram = %+v", a)
 	}
 }
+
+// A cumulative point too late for its window moves the baseline: its
+// increments are dropped, not counted into the next window.
+func TestTooLateCumulativeMovesBaseline(t *testing.T) {
+	h := newHarness(t, PipelineConfig{Lateness: time.Minute})
+	h.consume(counter(metric.Cumulative, pt(10*time.Second, 100)))
+	h.at(10 * time.Minute)
+	h.consume(counter(metric.Cumulative, pt(20*time.Second, 150))) // window 0 closed long ago
+	h.consume(counter(metric.Cumulative, pt(10*time.Minute, 160)))
+	h.at(12 * time.Minute)
+	got := sums(h.take())
+	if got[600] != 10 || h.dropped(DropTooLate) != 1 {
+		t.Errorf("windows %v, too_late %v; want the +600s window = 10 and one drop", got, h.dropped(DropTooLate))
+	}
+}
