@@ -234,6 +234,7 @@ type promTarget struct {
 	buf      bytes.Buffer
 
 	seen, next map[uint64]struct{}
+	conv       promConverter
 
 	failures int
 	down     bool
@@ -573,12 +574,9 @@ func (p *Prometheus) scrape(ctx context.Context, t *promTarget, at time.Time) ([
 		return nil, fmt.Errorf("body exceeds body_size_limit (%s uncompressed); raise body_size_limit or expose fewer series", appFormatBytes(limit))
 	}
 	format := expfmt.ResponseFormat(resp.Header)
-	conv := promConverter{
-		resource:        t.resource,
-		at:              at,
-		honorLabels:     p.cfg.HonorLabels,
-		honorTimestamps: p.cfg.HonorTimestamps,
-	}
+	conv := &t.conv // reused: its intern table and decode buffers carry over
+	conv.resource, conv.at, conv.dropped = t.resource, at, nil
+	conv.honorLabels, conv.honorTimestamps = p.cfg.HonorLabels, p.cfg.HonorTimestamps
 	series, err := conv.parse(t.buf.Bytes(), format)
 	for reason, n := range conv.dropped {
 		p.m.dropped.WithLabelValues(p.name, reason).Add(float64(n))
@@ -716,14 +714,38 @@ func appRegister[C prometheus.Collector](reg prometheus.Registerer, c C) C {
 	return c
 }
 
-// promConverter turns decoded metric families into sabaki series.
+// promConverter turns decoded metric families into sabaki series. The
+// protobuf format is decoded by promDecodeProto straight into the reusable
+// promFamily; the text formats go through expfmt's parsers and an adapter
+// from client_model types; both meet in appendFamily, so the mapping is the
+// same whatever the format.
 type promConverter struct {
 	resource        metric.Attrs
 	at              time.Time
 	honorLabels     bool
 	honorTimestamps bool
+	// intern holds label names and values seen before (kept per target
+	// across scrapes): repeated strings cost no allocation.
+	intern map[string]string
 	// dropped counts exposed series that were skipped, by reason.
 	dropped map[string]int
+
+	fam promFamily
+}
+
+// promInternMax bounds a target's intern table; it is cleared beyond.
+const promInternMax = 1 << 16
+
+func (c *promConverter) str(b []byte) string {
+	if s, ok := c.intern[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if c.intern == nil || len(c.intern) >= promInternMax {
+		c.intern = make(map[string]string, 1024)
+	}
+	c.intern[s] = s
+	return s
 }
 
 // parse decodes an exposition body in the given format (FmtUnknown falls
@@ -732,7 +754,11 @@ func (c *promConverter) parse(body []byte, format expfmt.Format) ([]metric.Serie
 	what := "text"
 	switch format.FormatType() {
 	case expfmt.TypeProtoDelim:
-		what = "protobuf"
+		out, err := c.parseProto(body)
+		if err != nil {
+			return nil, fmt.Errorf("parse protobuf exposition: %w", err)
+		}
+		return out, nil
 	case expfmt.TypeOpenMetrics:
 		what = "OpenMetrics"
 	case expfmt.TypeTextPlain:
@@ -750,7 +776,8 @@ func (c *promConverter) parse(body []byte, format expfmt.Format) ([]metric.Serie
 		if err != nil {
 			return nil, fmt.Errorf("parse %s exposition: %w", what, err)
 		}
-		out = c.appendFamily(out, &mf)
+		c.fam.fromDTO(&mf)
+		out = c.appendFamily(out, &c.fam)
 	}
 	return out, nil
 }
@@ -768,48 +795,38 @@ var promUnits = map[string]string{
 	"bytes": "By", "ratio": "1", "percent": "%", "celsius": "Cel",
 }
 
-func (c *promConverter) appendFamily(out []metric.Series, mf *dto.MetricFamily) []metric.Series {
-	name := mf.GetName()
-	unit := mf.GetUnit()
+func (c *promConverter) appendFamily(out []metric.Series, f *promFamily) []metric.Series {
+	unit := f.unit
 	if u, ok := promUnits[unit]; ok {
 		unit = u
 	}
-	desc := mf.GetHelp()
-	for _, m := range mf.GetMetric() {
-		if m == nil {
-			continue
-		}
-		attrs, res := c.labels(m, "", "")
+	for i := range f.metrics {
+		m := &f.metrics[i]
+		attrs, res := c.labels(m.labels, "", "")
 		ts := c.at
-		if c.honorTimestamps && m.TimestampMs != nil {
-			ts = time.UnixMilli(m.GetTimestampMs())
+		if c.honorTimestamps && m.hasTS {
+			ts = time.UnixMilli(m.timestampMs)
 		}
-		base := metric.Series{Name: name, Unit: unit, Description: desc, Resource: res, Attrs: attrs}
-		switch mf.GetType() {
+		base := metric.Series{Name: f.name, Unit: unit, Description: f.help, Resource: res, Attrs: attrs}
+		switch f.typ {
 		case dto.MetricType_COUNTER:
-			cnt := m.GetCounter()
 			s := base
 			s.Kind, s.Temporality = metric.Counter, metric.Cumulative
-			pt := metric.Point{Start: promCreated(cnt.GetCreatedTimestamp()), Time: ts, Value: cnt.GetValue()}
-			if e, ok := promExemplar(cnt.GetExemplar(), ts); ok {
-				pt.Exemplars = []metric.Exemplar{e}
+			pt := metric.Point{Start: m.created, Time: ts, Value: m.value}
+			if m.hasExemplar {
+				pt.Exemplars = []metric.Exemplar{m.exemplar.convert(ts)}
 			}
 			s.Points = []metric.Point{pt}
 			out = append(out, s)
-		case dto.MetricType_GAUGE:
+		case dto.MetricType_GAUGE, dto.MetricType_UNTYPED:
 			s := base
 			s.Kind = metric.Gauge
-			s.Points = []metric.Point{{Time: ts, Value: m.GetGauge().GetValue()}}
-			out = append(out, s)
-		case dto.MetricType_UNTYPED:
-			s := base
-			s.Kind = metric.Gauge
-			s.Points = []metric.Point{{Time: ts, Value: m.GetUntyped().GetValue()}}
+			s.Points = []metric.Point{{Time: ts, Value: m.value}}
 			out = append(out, s)
 		case dto.MetricType_SUMMARY:
 			out = c.appendSummary(out, base, m, ts)
 		case dto.MetricType_HISTOGRAM:
-			s, err := promHistogram(base, m.GetHistogram(), ts)
+			s, err := promHistogram(base, m, ts)
 			if err != nil {
 				c.drop("invalid_histogram")
 				continue
@@ -822,35 +839,36 @@ func (c *promConverter) appendFamily(out []metric.Series, mf *dto.MetricFamily) 
 	return out
 }
 
-func (c *promConverter) appendSummary(out []metric.Series, base metric.Series, m *dto.Metric, ts time.Time) []metric.Series {
-	sum := m.GetSummary()
-	start := promCreated(sum.GetCreatedTimestamp())
-	for _, q := range sum.GetQuantile() {
+func (c *promConverter) appendSummary(out []metric.Series, base metric.Series, m *promMetric, ts time.Time) []metric.Series {
+	for _, q := range m.quantiles {
 		s := base
 		s.Kind = metric.Gauge
-		s.Attrs, s.Resource = c.labels(m, "quantile", strconv.FormatFloat(q.GetQuantile(), 'f', -1, 64))
-		s.Points = []metric.Point{{Time: ts, Value: q.GetValue()}}
+		s.Attrs, s.Resource = c.labels(m.labels, "quantile", strconv.FormatFloat(q.q, 'f', -1, 64))
+		s.Points = []metric.Point{{Time: ts, Value: q.v}}
 		out = append(out, s)
+	}
+	count := float64(m.count)
+	if m.hasCountFloat {
+		count = m.countFloat
 	}
 	s := base
 	s.Name, s.Kind, s.Temporality = base.Name+"_sum", metric.Counter, metric.Cumulative
-	s.Points = []metric.Point{{Start: start, Time: ts, Value: sum.GetSampleSum()}}
+	s.Points = []metric.Point{{Start: m.created, Time: ts, Value: m.sum}}
 	out = append(out, s)
 	s.Name = base.Name + "_count"
-	s.Points = []metric.Point{{Start: start, Time: ts, Value: float64(sum.GetSampleCount())}}
+	s.Points = []metric.Point{{Start: m.created, Time: ts, Value: count}}
 	out = append(out, s)
 	return out
 }
 
-// labels returns the point attributes of m (plus one extra pair when
-// extraKey is set) and the resource to use, applying honor_labels on
-// conflicts between exposed and target labels.
-func (c *promConverter) labels(m *dto.Metric, extraKey, extraVal string) (metric.Attrs, metric.Attrs) {
-	lp := m.GetLabel()
+// labels returns the point attributes (plus one extra pair when extraKey is
+// set) and the resource to use, applying honor_labels on conflicts between
+// exposed and target labels.
+func (c *promConverter) labels(lp []promLabel, extraKey, extraVal string) (metric.Attrs, metric.Attrs) {
 	attrs := make(metric.Attrs, 0, len(lp)+1)
 	res := c.resource
 	for _, l := range lp {
-		k, v := l.GetName(), l.GetValue()
+		k := l.name
 		if _, clash := c.resource.Get(k); clash {
 			if c.honorLabels {
 				res = promWithoutKey(res, k)
@@ -858,7 +876,7 @@ func (c *promConverter) labels(m *dto.Metric, extraKey, extraVal string) (metric
 				k = "exported_" + k
 			}
 		}
-		attrs = append(attrs, metric.Attr{Key: k, Value: v})
+		attrs = append(attrs, metric.Attr{Key: k, Value: l.value})
 	}
 	if extraKey != "" {
 		attrs = append(attrs, metric.Attr{Key: extraKey, Value: extraVal})
@@ -879,7 +897,7 @@ func promWithoutKey(a metric.Attrs, key string) metric.Attrs {
 	return out
 }
 
-// created returns a created timestamp as a point's Start; zero when absent.
+// promCreated returns a created timestamp as a point's Start; zero when absent.
 func promCreated(ts *timestamppb.Timestamp) time.Time {
 	if ts == nil || !ts.IsValid() || ts.GetSeconds() <= 0 {
 		return time.Time{}
@@ -887,43 +905,42 @@ func promCreated(ts *timestamppb.Timestamp) time.Time {
 	return ts.AsTime()
 }
 
-// promIsNative follows Prometheus: a histogram is native when it has
-// spans or a zero bucket (client_golang adds an empty span to an empty one).
-func promIsNative(h *dto.Histogram) bool {
-	return len(h.GetPositiveSpan()) > 0 || len(h.GetNegativeSpan()) > 0 ||
-		h.GetZeroThreshold() > 0 || h.GetZeroCount() > 0 || h.GetZeroCountFloat() > 0
+// promIsNative follows Prometheus: a histogram is native when it has spans
+// or a zero bucket (client_golang adds an empty span to an empty one).
+func promIsNative(m *promMetric) bool {
+	return len(m.posSpans) > 0 || len(m.negSpans) > 0 || m.zt > 0 || m.zc > 0 || m.zcf > 0
 }
 
 // promHistogram converts a histogram metric. A family exposing both the
 // native and the classic form (client_golang with Buckets and
 // NativeHistogramBucketFactor) is read as native: it is exact and finer;
 // the classic buckets are used only when no native form is present.
-func promHistogram(base metric.Series, h *dto.Histogram, ts time.Time) (metric.Series, error) {
-	if h == nil {
+func promHistogram(base metric.Series, m *promMetric, ts time.Time) (metric.Series, error) {
+	if !m.hasHist {
 		return metric.Series{}, errors.New("histogram sample without histogram data")
 	}
 	var (
 		hist *histogram.Histogram
 		err  error
 	)
-	if promIsNative(h) {
-		hist, err = promNative(h)
+	if promIsNative(m) {
+		hist, err = promNative(m)
 	} else {
-		hist, err = promClassic(h)
+		hist, err = promClassic(m)
 	}
 	if err != nil {
 		return metric.Series{}, err
 	}
 	base.Kind, base.Temporality = metric.Histogram, metric.Cumulative
-	pt := metric.Point{Start: promCreated(h.GetCreatedTimestamp()), Time: ts, Hist: hist}
-	for _, e := range h.GetExemplars() {
-		if x, ok := promExemplar(e, ts); ok {
-			pt.Exemplars = append(pt.Exemplars, x)
-		}
+	pt := metric.Point{Start: m.created, Time: ts, Hist: hist}
+	for i := range m.exemplars {
+		pt.Exemplars = append(pt.Exemplars, m.exemplars[i].convert(ts))
 	}
-	for _, b := range h.GetBucket() {
-		if x, ok := promExemplar(b.GetExemplar(), ts); ok && !promHasExemplar(pt.Exemplars, x) {
-			pt.Exemplars = append(pt.Exemplars, x)
+	for i := range m.buckets {
+		if b := &m.buckets[i]; b.hasExemplar {
+			if x := b.exemplar.convert(ts); !promHasExemplar(pt.Exemplars, x) {
+				pt.Exemplars = append(pt.Exemplars, x)
+			}
 		}
 	}
 	base.Points = []metric.Point{pt}
@@ -943,30 +960,30 @@ func promHasExemplar(es []metric.Exemplar, x metric.Exemplar) bool {
 // Prometheus layout as is (schema = scale, Prometheus index = OTel index+1,
 // the zero threshold kept); float histograms are accepted when their counts
 // are whole numbers.
-func promNative(h *dto.Histogram) (*histogram.Histogram, error) {
+func promNative(m *promMetric) (*histogram.Histogram, error) {
 	n := histogram.Native{
-		Schema:         h.GetSchema(),
-		ZeroThreshold:  h.GetZeroThreshold(),
-		ZeroCount:      h.GetZeroCount(),
-		Count:          h.GetSampleCount(),
-		Sum:            h.GetSampleSum(),
-		PositiveSpans:  promSpans(h.GetPositiveSpan()),
-		NegativeSpans:  promSpans(h.GetNegativeSpan()),
-		PositiveDeltas: h.GetPositiveDelta(),
-		NegativeDeltas: h.GetNegativeDelta(),
+		Schema:         m.schema,
+		ZeroThreshold:  m.zt,
+		ZeroCount:      m.zc,
+		Count:          m.count,
+		Sum:            m.sum,
+		PositiveSpans:  m.posSpans,
+		NegativeSpans:  m.negSpans,
+		PositiveDeltas: m.posDeltas,
+		NegativeDeltas: m.negDeltas,
 	}
-	if h.SampleCountFloat != nil || len(h.GetPositiveCount()) > 0 || len(h.GetNegativeCount()) > 0 {
+	if m.hasCountFloat || len(m.posCounts) > 0 || len(m.negCounts) > 0 {
 		var err error
-		if n.Count, err = promWholeCount(h.GetSampleCountFloat()); err != nil {
+		if n.Count, err = promWholeCount(m.countFloat); err != nil {
 			return nil, err
 		}
-		if n.ZeroCount, err = promWholeCount(h.GetZeroCountFloat()); err != nil {
+		if n.ZeroCount, err = promWholeCount(m.zcf); err != nil {
 			return nil, err
 		}
-		if n.PositiveDeltas, err = promFloatDeltas(h.GetPositiveCount()); err != nil {
+		if n.PositiveDeltas, err = promFloatDeltas(m.posCounts); err != nil {
 			return nil, err
 		}
-		if n.NegativeDeltas, err = promFloatDeltas(h.GetNegativeCount()); err != nil {
+		if n.NegativeDeltas, err = promFloatDeltas(m.negCounts); err != nil {
 			return nil, err
 		}
 	}
@@ -975,17 +992,6 @@ func promNative(h *dto.Histogram) (*histogram.Histogram, error) {
 		return nil, fmt.Errorf("native histogram: %w", err)
 	}
 	return hist, nil
-}
-
-func promSpans(in []*dto.BucketSpan) []histogram.Span {
-	if len(in) == 0 {
-		return nil
-	}
-	out := make([]histogram.Span, len(in))
-	for i, s := range in {
-		out[i] = histogram.Span{Offset: s.GetOffset(), Length: s.GetLength()}
-	}
-	return out
 }
 
 func promWholeCount(f float64) (uint64, error) {
@@ -1011,27 +1017,27 @@ func promFloatDeltas(counts []float64) ([]int64, error) {
 
 // promClassic converts cumulative `le` buckets into per-bucket counts (the
 // last one the +Inf overflow) and then into an exponential histogram.
-func promClassic(h *dto.Histogram) (*histogram.Histogram, error) {
-	count := h.GetSampleCount()
-	if h.SampleCountFloat != nil {
+func promClassic(m *promMetric) (*histogram.Histogram, error) {
+	count := m.count
+	if m.hasCountFloat {
 		var err error
-		if count, err = promWholeCount(h.GetSampleCountFloat()); err != nil {
+		if count, err = promWholeCount(m.countFloat); err != nil {
 			return nil, err
 		}
 	}
-	buckets := h.GetBucket()
-	bounds := make([]float64, 0, len(buckets))
-	counts := make([]uint64, 0, len(buckets)+1)
+	bounds := make([]float64, 0, len(m.buckets))
+	counts := make([]uint64, 0, len(m.buckets)+1)
 	var prev uint64
-	for _, b := range buckets {
-		cum := b.GetCumulativeCount()
-		if b.CumulativeCountFloat != nil {
+	for i := range m.buckets {
+		b := &m.buckets[i]
+		cum := b.cum
+		if b.hasCumFloat {
 			var err error
-			if cum, err = promWholeCount(b.GetCumulativeCountFloat()); err != nil {
+			if cum, err = promWholeCount(b.cumFloat); err != nil {
 				return nil, err
 			}
 		}
-		ub := b.GetUpperBound()
+		ub := b.upper
 		if math.IsNaN(ub) {
 			return nil, errors.New("classic histogram: NaN bucket bound")
 		}
@@ -1052,25 +1058,23 @@ func promClassic(h *dto.Histogram) (*histogram.Histogram, error) {
 		return nil, fmt.Errorf("classic histogram: count %d below the last bucket's %d", count, prev)
 	}
 	counts = append(counts, count-prev)
-	hist, err := histogram.FromExplicit(bounds, counts, h.GetSampleSum(), histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+	hist, err := histogram.FromExplicit(bounds, counts, m.sum, histogram.DefaultMaxSize, histogram.DefaultMaxScale)
 	if err != nil {
 		return nil, fmt.Errorf("classic histogram: %w", err)
 	}
 	return hist, nil
 }
 
-// promExemplar converts an exemplar; trace_id and span_id labels (hex)
-// become the trace context, other labels its attributes.
-func promExemplar(e *dto.Exemplar, ts time.Time) (metric.Exemplar, bool) {
-	if e == nil {
-		return metric.Exemplar{}, false
+// convert turns an exposed exemplar into a metric.Exemplar: trace_id and
+// span_id labels (hex) become the trace context, other labels its
+// attributes; without a timestamp it takes the sample's.
+func (e *promExemplarRaw) convert(ts time.Time) metric.Exemplar {
+	x := metric.Exemplar{Value: e.value, Time: ts}
+	if e.hasTS {
+		x.Time = e.ts
 	}
-	x := metric.Exemplar{Value: e.GetValue(), Time: ts}
-	if e.Timestamp != nil {
-		x.Time = e.GetTimestamp().AsTime()
-	}
-	for _, l := range e.GetLabel() {
-		switch k, v := l.GetName(), l.GetValue(); {
+	for _, l := range e.labels {
+		switch k, v := l.name, l.value; {
 		case k == "trace_id" && promHexID(x.TraceID[:], v):
 		case k == "span_id" && promHexID(x.SpanID[:], v):
 		default:
@@ -1078,7 +1082,7 @@ func promExemplar(e *dto.Exemplar, ts time.Time) (metric.Exemplar, bool) {
 		}
 	}
 	x.Attrs.Sort()
-	return x, true
+	return x
 }
 
 // promHexID decodes a hex ID right-aligned into dst (a 64-bit trace ID

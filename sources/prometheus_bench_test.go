@@ -66,7 +66,8 @@ func BenchmarkPrometheusParse(b *testing.B) {
 	for _, tc := range []struct {
 		name   string
 		format expfmt.Format
-	}{{"protobuf-native", expfmt.FmtProtoDelim}, {"text-classic", expfmt.FmtText}} {
+		ref    bool // through client_model's generated decoder, for comparison
+	}{{"protobuf-native", expfmt.FmtProtoDelim, false}, {"protobuf-native-generated-decoder", expfmt.FmtProtoDelim, true}, {"text-classic", expfmt.FmtText, false}} {
 		b.Run(tc.name, func(b *testing.B) {
 			body := benchExposition(b, tc.format)
 			res := metric.Attrs{{Key: "instance", Value: "127.0.0.1:3000"}, {Key: "job", Value: "app"}}
@@ -75,9 +76,17 @@ func BenchmarkPrometheusParse(b *testing.B) {
 			b.ReportAllocs()
 			m0 := mallocs()
 			b.ResetTimer()
+			// One converter per target, reused scrape after scrape as the
+			// source does (its intern table and buffers carry over).
+			c := promConverter{resource: res, at: at, honorTimestamps: true}
 			for b.Loop() {
-				c := promConverter{resource: res, at: at, honorTimestamps: true}
-				series, err := c.parse(body, tc.format)
+				var series []metric.Series
+				var err error
+				if tc.ref {
+					series, err = promParseDTO(&c, body)
+				} else {
+					series, err = c.parse(body, tc.format)
+				}
 				if err != nil || len(series) != 2000 {
 					b.Fatalf("%d series, %v", len(series), err)
 				}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"math/rand/v2"
@@ -25,6 +26,11 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/encoding/protodelim"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/sabakiio/sabaki/internal/config"
 	"github.com/sabakiio/sabaki/metric"
@@ -888,4 +894,238 @@ func promGatherCount(g prometheus.Gatherer, name string) (int, error) {
 		}
 	}
 	return 0, nil
+}
+
+// promParseDTO converts a protobuf exposition through client_model's
+// generated decoder (expfmt) instead of promDecodeProto: the reference the
+// hand-written decoder must agree with.
+func promParseDTO(c *promConverter, body []byte) ([]metric.Series, error) {
+	dec := expfmt.NewDecoder(bytes.NewReader(body), expfmt.FmtProtoDelim)
+	var out []metric.Series
+	var mf dto.MetricFamily
+	for {
+		err := dec.Decode(&mf)
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		c.fam.fromDTO(&mf)
+		out = c.appendFamily(out, &c.fam)
+	}
+}
+
+// promDiff describes the first difference between two conversions, or "".
+func promDiff(a, b []metric.Series) string {
+	if len(a) != len(b) {
+		return fmt.Sprintf("%d series vs %d", len(a), len(b))
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if x.Name != y.Name || x.Unit != y.Unit || x.Description != y.Description || x.Kind != y.Kind || x.Temporality != y.Temporality ||
+			!x.Attrs.Equal(y.Attrs) || !x.Resource.Equal(y.Resource) || len(x.Points) != len(y.Points) {
+			return fmt.Sprintf("series %d: %+v vs %+v", i, x, y)
+		}
+		for j := range x.Points {
+			p, q := x.Points[j], y.Points[j]
+			if !p.Start.Equal(q.Start) || !p.Time.Equal(q.Time) || !(p.Value == q.Value || math.IsNaN(p.Value) && math.IsNaN(q.Value)) {
+				return fmt.Sprintf("%s point %d: %+v vs %+v", x.Name, j, p, q)
+			}
+			if (p.Hist == nil) != (q.Hist == nil) {
+				return fmt.Sprintf("%s: histogram presence differs", x.Name)
+			}
+			if p.Hist != nil {
+				dp, dq := p.Hist.Data(), q.Hist.Data()
+				if fmt.Sprint(dp) != fmt.Sprint(dq) || p.Hist.Dropped() != q.Hist.Dropped() {
+					return fmt.Sprintf("%s: histogram %+v vs %+v", x.Name, dp, dq)
+				}
+			}
+			if len(p.Exemplars) != len(q.Exemplars) {
+				return fmt.Sprintf("%s: %d exemplars vs %d", x.Name, len(p.Exemplars), len(q.Exemplars))
+			}
+			for k := range p.Exemplars {
+				e, f := p.Exemplars[k], q.Exemplars[k]
+				if e.TraceID != f.TraceID || e.SpanID != f.SpanID || !(e.Value == f.Value || math.IsNaN(e.Value) && math.IsNaN(f.Value)) || !e.Time.Equal(f.Time) || !e.Attrs.Equal(f.Attrs) {
+					return fmt.Sprintf("%s: exemplar %+v vs %+v", x.Name, e, f)
+				}
+			}
+		}
+	}
+	return ""
+}
+
+func promProtoBody(t testing.TB, g prometheus.Gatherer) []byte {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	enc := expfmt.NewEncoder(&buf, expfmt.FmtProtoDelim)
+	for _, mf := range mfs {
+		if err := enc.Encode(mf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return buf.Bytes()
+}
+
+// TestPrometheusProtoDecoder checks the hand-written protobuf decoder
+// against client_model's generated one on real client_golang output and on
+// hand-made families (float histograms, negative buckets, unpacked fields,
+// timestamps, a gauge histogram).
+func TestPrometheusProtoDecoder(t *testing.T) {
+	bodies := map[string][]byte{"client_golang app": promProtoBody(t, newPromApp(t).reg)}
+	f64 := func(v float64) *float64 { return &v }
+	u64 := func(v uint64) *uint64 { return &v }
+	i32 := func(v int32) *int32 { return &v }
+	u32 := func(v uint32) *uint32 { return &v }
+	str := func(v string) *string { return &v }
+	typ := func(v dto.MetricType) *dto.MetricType { return &v }
+	ts := &timestamppb.Timestamp{Seconds: 1764072000, Nanos: 5}
+	lbl := []*dto.LabelPair{{Name: str("route"), Value: str("/x")}}
+	ex := &dto.Exemplar{Label: []*dto.LabelPair{{Name: str("trace_id"), Value: str("0af7651916cd43dd8448eb211c80319c")}, {Name: str("k"), Value: str("v")}}, Value: f64(0.7), Timestamp: ts}
+	fams := []*dto.MetricFamily{
+		{Name: str("float_native"), Type: typ(dto.MetricType_HISTOGRAM), Metric: []*dto.Metric{{Label: lbl, TimestampMs: proto.Int64(1764072000123), Histogram: &dto.Histogram{
+			SampleCountFloat: f64(7), SampleSum: f64(-1.5), Schema: i32(2), ZeroThreshold: f64(1e-6), ZeroCountFloat: f64(1),
+			PositiveSpan: []*dto.BucketSpan{{Offset: i32(-3), Length: u32(2)}, {Offset: i32(4), Length: u32(1)}}, PositiveCount: []float64{1, 2, 1},
+			NegativeSpan: []*dto.BucketSpan{{Offset: i32(1), Length: u32(1)}}, NegativeCount: []float64{2},
+			Exemplars: []*dto.Exemplar{ex}, CreatedTimestamp: ts,
+		}}}},
+		{Name: str("int_native_neg"), Type: typ(dto.MetricType_HISTOGRAM), Metric: []*dto.Metric{{Histogram: &dto.Histogram{
+			SampleCount: u64(6), SampleSum: f64(2), Schema: i32(-1), ZeroCount: u64(1),
+			PositiveSpan: []*dto.BucketSpan{{Offset: i32(0), Length: u32(2)}}, PositiveDelta: []int64{2, -1},
+			NegativeSpan: []*dto.BucketSpan{{Offset: i32(-2), Length: u32(1)}}, NegativeDelta: []int64{2},
+		}}}},
+		{Name: str("classic_float"), Type: typ(dto.MetricType_HISTOGRAM), Unit: str("seconds"), Help: str("h"), Metric: []*dto.Metric{{Histogram: &dto.Histogram{
+			SampleCountFloat: f64(4), SampleSum: f64(2), Bucket: []*dto.Bucket{{UpperBound: f64(0.5), CumulativeCountFloat: f64(1), Exemplar: ex}, {UpperBound: f64(1), CumulativeCountFloat: f64(3)}},
+		}}}},
+		{Name: str("gh"), Type: typ(dto.MetricType_GAUGE_HISTOGRAM), Metric: []*dto.Metric{{Histogram: &dto.Histogram{SampleCount: u64(1)}}}},
+		{Name: str("summ"), Type: typ(dto.MetricType_SUMMARY), Metric: []*dto.Metric{{Label: lbl, Summary: &dto.Summary{SampleCount: u64(3), SampleSum: f64(1.5),
+			Quantile: []*dto.Quantile{{Quantile: f64(0.5), Value: f64(0.4)}}, CreatedTimestamp: ts}}}},
+		{Name: str("u"), Type: typ(dto.MetricType_UNTYPED), Metric: []*dto.Metric{{Untyped: &dto.Untyped{Value: f64(math.Inf(1))}}, {Untyped: &dto.Untyped{Value: f64(math.NaN())}}}},
+		{Name: str("c_total"), Metric: []*dto.Metric{{Label: lbl, Counter: &dto.Counter{Value: f64(3), Exemplar: ex, CreatedTimestamp: &timestamppb.Timestamp{Seconds: 5, Nanos: 2e9}}}}},
+		{Name: str("no_data_hist"), Type: typ(dto.MetricType_HISTOGRAM), Metric: []*dto.Metric{{Label: lbl}}},
+	}
+	var buf bytes.Buffer
+	for _, mf := range fams {
+		if _, err := protodelim.MarshalTo(&buf, mf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bodies["hand-made"] = buf.Bytes()
+	// The same with every packed field written unpacked.
+	var unpacked bytes.Buffer
+	for _, mf := range fams {
+		b, err := proto.Marshal(mf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = promUnpack(t, b, (&dto.MetricFamily{}).ProtoReflect().Descriptor())
+		unpacked.Write(protowire.AppendVarint(nil, uint64(len(b))))
+		unpacked.Write(b)
+	}
+	bodies["unpacked"] = unpacked.Bytes()
+	for name, body := range bodies {
+		t.Run(name, func(t *testing.T) {
+			at := time.Unix(1764072060, 0)
+			res := metric.Attrs{{Key: "instance", Value: "i:1"}, {Key: "job", Value: "j"}}
+			ref := promConverter{resource: res, at: at, honorTimestamps: true}
+			want, err := promParseDTO(&ref, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := promConverter{resource: res, at: at, honorTimestamps: true}
+			series, err := got.parse(body, expfmt.FmtProtoDelim)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := promDiff(series, want); d != "" {
+				t.Fatalf("decoders disagree: %s", d)
+			}
+			if fmt.Sprint(got.dropped) != fmt.Sprint(ref.dropped) {
+				t.Errorf("dropped %v vs %v", got.dropped, ref.dropped)
+			}
+			if len(series) == 0 {
+				t.Fatal("nothing decoded")
+			}
+		})
+	}
+	// Truncated input is an error, not a panic.
+	body := bodies["hand-made"]
+	for _, n := range []int{1, 5, len(body) / 2, len(body) - 1} {
+		c := promConverter{at: time.Now()}
+		if _, err := c.parse(body[:n], expfmt.FmtProtoDelim); err == nil {
+			t.Errorf("truncated at %d: no error", n)
+		}
+	}
+}
+
+// promUnpack rewrites packed repeated scalar fields of msg (described by
+// md) as one field per element, recursively, as an old encoder may write.
+func promUnpack(t testing.TB, msg []byte, md protoreflect.MessageDescriptor) []byte {
+	var out []byte
+	for len(msg) > 0 {
+		num, typ, n := protowire.ConsumeTag(msg)
+		msg = msg[n:]
+		fd := md.Fields().ByNumber(num)
+		switch typ {
+		case protowire.BytesType:
+			v, n := protowire.ConsumeBytes(msg)
+			msg = msg[n:]
+			switch {
+			case fd != nil && fd.Message() != nil:
+				out = protowire.AppendTag(out, num, typ)
+				out = protowire.AppendBytes(out, promUnpack(t, v, fd.Message()))
+			case fd != nil && fd.IsList() && fd.Kind() == protoreflect.DoubleKind:
+				for ; len(v) > 0; v = v[8:] {
+					x, _ := protowire.ConsumeFixed64(v)
+					out = protowire.AppendTag(out, num, protowire.Fixed64Type)
+					out = protowire.AppendFixed64(out, x)
+				}
+			case fd != nil && fd.IsList() && fd.Kind() == protoreflect.Sint64Kind:
+				for len(v) > 0 {
+					x, n := protowire.ConsumeVarint(v)
+					v = v[n:]
+					out = protowire.AppendTag(out, num, protowire.VarintType)
+					out = protowire.AppendVarint(out, x)
+				}
+			default:
+				out = protowire.AppendTag(out, num, typ)
+				out = protowire.AppendBytes(out, v)
+			}
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, msg)
+			out = protowire.AppendTag(out, num, typ)
+			out = append(out, msg[:n]...)
+			msg = msg[n:]
+		}
+	}
+	return out
+}
+
+// FuzzProto feeds arbitrary bytes to both protobuf decoders: no panic, and
+// whenever the generated decoder accepts the input the hand-written one
+// produces the same series.
+func FuzzProto(f *testing.F) {
+	f.Add(promProtoBody(f, newPromApp(f).reg))
+	f.Add([]byte{})
+	f.Add([]byte{0x05, 0x0a, 0x01, 'x', 0x18, 0x04})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		at := time.Unix(1764072060, 0)
+		ref := promConverter{at: at, honorTimestamps: true}
+		want, refErr := promParseDTO(&ref, body)
+		got := promConverter{at: at, honorTimestamps: true}
+		series, err := got.parse(body, expfmt.FmtProtoDelim)
+		if refErr != nil {
+			return // the generated decoder refuses; ours may be more lenient (UTF-8 names)
+		}
+		if err != nil {
+			t.Fatalf("generated decoder accepts, hand-written refuses: %v", err)
+		}
+		if d := promDiff(series, want); d != "" {
+			t.Fatalf("decoders disagree: %s", d)
+		}
+	})
 }
