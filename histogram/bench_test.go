@@ -108,10 +108,12 @@ func BenchmarkMergeAll(b *testing.B) {
 			dst := New(0, 0)
 			b.ReportAllocs()
 			b.ResetTimer()
+			ct := startCPU(b, false)
 			for i := 0; i < b.N; i++ {
 				dst.Reset()
 				MergeAll(dst, hs)
 			}
+			ct.stop(b)
 		})
 	}
 }

@@ -332,6 +332,20 @@ func sortSearchLE(sorted []float64, x float64) int {
 	return n
 }
 
+// TestEncodedSize reports bytes per encoded histogram for the test
+// distributions, for a 1-minute window (1,000 values) and a large one.
+func TestEncodedSize(t *testing.T) {
+	for _, n := range []int{1000, 100000} {
+		for _, name := range datasets {
+			h := record(New(0, 0), dataset(name, n))
+			b, _ := h.AppendBinary(nil)
+			d := h.Data()
+			t.Logf("%7d values %-9s scale %2d, %3d+%3d buckets: %4d bytes", n, name, h.Scale(),
+				len(d.Positive.Counts), len(d.Negative.Counts), len(b))
+		}
+	}
+}
+
 func TestDataRoundTrip(t *testing.T) {
 	for _, name := range datasets {
 		h := record(New(0, 0), dataset(name, 5000))

@@ -274,13 +274,26 @@ func addRun[D, S counter](dst []D, dstStart int32, src []S, srcStart int32, d ui
 		}
 		return len(src)
 	}
+	// Cross-scale: 2^d source buckets fold into one destination bucket;
+	// sum each group in a register and touch the destination once.
+	j := (srcStart >> d) - dstStart
+	var acc uint64
+	group := 0 // first source index of the current group
 	for i, c := range src {
-		j := ((srcStart + int32(i)) >> d) - dstStart
-		v := uint64(dst[j]) + uint64(c)
-		if v > lim || (v < uint64(c) && lim != math.MaxUint64) {
-			return i
+		if k := ((srcStart + int32(i)) >> d) - dstStart; k != j {
+			v := uint64(dst[j]) + acc
+			if v > lim || (v < acc && lim != math.MaxUint64) {
+				return group
+			}
+			dst[j] = D(v)
+			j, acc, group = k, 0, i
 		}
-		dst[j] = D(v)
+		acc += uint64(c) // wraps only if the true total does: counts are mod 2^64
 	}
+	v := uint64(dst[j]) + acc
+	if v > lim || (v < acc && lim != math.MaxUint64) {
+		return group
+	}
+	dst[j] = D(v)
 	return len(src)
 }
