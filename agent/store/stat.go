@@ -126,7 +126,10 @@ func ParseQuantile(stat string) (float64, error) {
 	if err != nil || v < 0 || v > 100 || math.IsNaN(v) || strings.ContainsAny(rest, "eE+-") {
 		return 0, fmt.Errorf("not a quantile: %q (use p0 … p100, e.g. p99.9)", stat)
 	}
-	return v / 100, nil
+	// Parse the decimal shifted by two places rather than dividing, so
+	// p99.9 is exactly the float nearest 0.999.
+	q, _ := strconv.ParseFloat(rest+"e-2", 64)
+	return q, nil
 }
 
 // ValidStat reports whether stat is a statistic of some kind.
