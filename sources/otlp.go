@@ -35,6 +35,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	_ "google.golang.org/grpc/encoding/gzip" // accept gzip-compressed gRPC requests (otlpmetricgrpc.WithCompressor("gzip"))
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -247,6 +248,7 @@ func (r *OTLP) Start(_ context.Context, sink metric.Sink) error {
 		opts := []grpc.ServerOption{
 			grpc.MaxRecvMsgSize(int(r.cfg.MaxRequestBytes)),
 			grpc.UnaryInterceptor(r.grpcAuth),
+			grpc.StatsHandler(otlpGRPCStats{r: r}),
 		}
 		if tlsCfg != nil {
 			opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
@@ -397,6 +399,21 @@ func (g otlpGRPC) Export(ctx context.Context, req *collectormetrics.ExportMetric
 		return nil, st.Err()
 	default:
 		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+}
+
+// otlpGRPCStats counts requests that gRPC refuses before the handler runs
+// (a message over max_request_bytes), which the handler cannot see.
+type otlpGRPCStats struct{ r *OTLP }
+
+func (otlpGRPCStats) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context   { return ctx }
+func (otlpGRPCStats) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (otlpGRPCStats) HandleConn(context.Context, stats.ConnStats)                       {}
+func (h otlpGRPCStats) HandleRPC(_ context.Context, s stats.RPCStats) {
+	if e, ok := s.(*stats.End); ok && e.Error != nil {
+		if st := status.Convert(e.Error); st.Code() == codes.ResourceExhausted && strings.Contains(st.Message(), "larger than max") {
+			h.r.m.requests.WithLabelValues(h.r.name, "grpc", "too_large").Inc()
+		}
 	}
 }
 

@@ -538,6 +538,9 @@ func TestOTLPGRPC(t *testing.T) {
 	if _, err := client.Export(authed, otlpRequest(3000, 0)); status.Code(err) != codes.ResourceExhausted {
 		t.Errorf("oversized: %v", err)
 	}
+	if v := promSelfValue(r.m.requests.WithLabelValues("otlp", "grpc", "too_large")); v != 1 {
+		t.Errorf("too_large requests counted %v, want 1", v)
+	}
 	sink.fail = func(int) error { return metric.ErrFull }
 	_, err = client.Export(authed, otlpRequest(3, 0))
 	st := status.Convert(err)
