@@ -161,6 +161,12 @@ type MackerelConfig struct {
 	// Cloud Run service) as custom metrics of a Mackerel host each, with
 	// graph definitions, instead of as service metrics.
 	Hosts []MackerelHost `yaml:"hosts"`
+	// Monitors are service-metric monitors the exporter creates or updates
+	// (matched by name) at its first contact with Mackerel.
+	Monitors []MackerelMonitor `yaml:"monitors"`
+	// ExemplarsURL is where people reach sabaki's /api/v1/exemplars (for
+	// monitor memos); empty leaves the link out.
+	ExemplarsURL string `yaml:"exemplars_url"`
 	// Annotate lists the thresholds that create graph annotations.
 	Annotate []MackerelAnnotate `yaml:"annotate"`
 	// AnnotateEvery is the least time between two annotations for the same
@@ -274,6 +280,7 @@ func (c *MackerelConfig) Validate() error {
 			}
 		}
 	}
+	errs = append(errs, c.validateMonitors()...)
 	if c.MaxPointsPerPost < 1 {
 		errs = append(errs, config.Field("max_points_per_post", "must be positive"))
 	}
@@ -338,11 +345,12 @@ type Mackerel struct {
 	stats  []string
 	m      mackerelMetrics
 
-	mu          sync.Mutex
-	minutes     map[int64]*minuteWindows // sub-minute windows by minute
-	lastAnnotAt map[string]time.Time     // by metric and stat
-	hostIDs     map[string]string        // customIdentifier → host ID
-	graphDefs   map[string]bool          // graph definitions created
+	mu             sync.Mutex
+	minutes        map[int64]*minuteWindows // sub-minute windows by minute
+	lastAnnotAt    map[string]time.Time     // by metric and stat
+	hostIDs        map[string]string        // customIdentifier → host ID
+	graphDefs      map[string]bool          // graph definitions created
+	monitorsSynced bool
 }
 
 // minuteWindows holds the windows seen for one minute, by start.
@@ -414,6 +422,7 @@ func (e *Mackerel) Export(ctx context.Context, w *metric.Window) error {
 		series = append(series, h.series...)
 	}
 	e.annotate(ctx, series, minute, seconds)
+	e.syncMonitorsOnce(ctx)
 	return nil
 }
 

@@ -80,6 +80,11 @@ func TestMackerelConfig(t *testing.T) {
 		{"annotate unknown stat", "type: mackerel\nservice: toitta\napi_key: k\norg: o\nannotate: [{metric: m, stat: p42, above: 1s}]\n", "annotate[0].stat"},
 		{"bad threshold", "type: mackerel\nservice: toitta\napi_key: k\norg: o\nannotate: [{metric: m, stat: p95, above: fast}]\n", "neither a number nor a duration"},
 		{"typo", "type: mackerel\nservice: toitta\napi_key: k\nquantile: [0.5]\n", "did you mean"},
+		{"monitor", "type: mackerel\nservice: toitta\napi_key: k\nmonitors:\n  - {name: users p95, metric: http.server.request.duration, stat: p95, series: {http.route: /api/users/:id}, warning: 2s, duration: 5m}\n", ""},
+		{"monitor without threshold", "type: mackerel\nservice: toitta\napi_key: k\nmonitors: [{name: x, metric: m, stat: p95}]\n", "needs warning or critical"},
+		{"monitor duplicate", "type: mackerel\nservice: toitta\napi_key: k\nmonitors: [{name: x, metric: m, stat: p95, warning: 1}, {name: x, metric: m, stat: p99, warning: 1}]\n", "duplicate monitor name"},
+		{"monitor duration", "type: mackerel\nservice: toitta\napi_key: k\nmonitors: [{name: x, metric: m, stat: p95, warning: 1, duration: 90s}]\n", "monitors[0].duration"},
+		{"host rule", "type: mackerel\nservice: toitta\napi_key: k\nhosts: [{resource_attribute: database_id, roles: [nocolon]}]\n", "hosts[0].roles[0]"},
 		{"outbox", "type: mackerel\nservice: toitta\napi_key: k\noutbox: {max_bytes: 10KiB}\n", "outbox.max_bytes"},
 	}
 	for _, tc := range tests {
@@ -897,4 +902,60 @@ func TestMackerelHostMode(t *testing.T) {
 		t.Fatalf("host registered twice: %+v", env.fake.Hosts())
 	}
 	_ = exp
+}
+
+func TestMackerelMonitors(t *testing.T) {
+	two := Threshold{Value: 2000, IsDuration: true, set: true}
+	env := newMackerelEnv(t, func(c *MackerelConfig) {
+		c.ExemplarsURL = "https://sabaki.example.internal/api/v1/exemplars"
+		c.Monitors = []MackerelMonitor{
+			{Name: "users p95", Metric: "http.server.request.duration", Stat: "p95",
+				Series: map[string]string{"http.route": "/api/users/:id", "http.request.method": "GET"},
+				Warning: &two, Duration: config.Duration(5 * time.Minute), MaxCheckAttempts: 3},
+			{Name: "error ratio", Metric: "http.server.request.duration", Stat: "error_ratio",
+				Series: map[string]string{"http.route": "/", "http.request.method": "GET"},
+				Critical: &Threshold{Value: 0.01, set: true}},
+		}
+	})
+	exp, _ := env.open()
+	ctx := context.Background()
+	dry, err := exp.SyncMonitors(ctx, true)
+	if err != nil || len(dry) != 2 || dry[0].Action != "create" || len(env.fake.Monitors()) != 0 {
+		t.Fatalf("dry run: %+v %v; monitors %v", dry, err, env.fake.Monitors())
+	}
+	// Export creates them at the first contact, once.
+	w, _ := latencyWindow(t0, 10, false)
+	env.clock.Set(t0.Add(2 * time.Minute))
+	for range 2 {
+		if err := exp.Export(ctx, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms := env.fake.Monitors()
+	if len(ms) != 2 {
+		t.Fatalf("monitors %v", ms)
+	}
+	m := ms[0]
+	if m["metric"] != "http.server.request.duration.p95.GET_api_users_id" || m["warning"] != 2000.0 || m["duration"] != 5.0 ||
+		m["maxCheckAttempts"] != 3.0 || m["operator"] != ">" || m["service"] != "toitta" ||
+		!strings.Contains(m["memo"].(string), "https://sabaki.example.internal/api/v1/exemplars?metric=http.server.request.duration") {
+		t.Fatalf("monitor %v", m)
+	}
+	// The monitored name is one the exporter posts.
+	if _, ok := env.fake.Value("toitta", m["metric"].(string), t0); !ok {
+		t.Fatalf("monitor watches %v, which is never posted; names %v", m["metric"], env.fake.Names("toitta"))
+	}
+	// Re-sync: nothing to do; a changed threshold is an update in place.
+	again, err := exp.SyncMonitors(ctx, false)
+	if err != nil || again[0].Action != "unchanged" || again[1].Action != "unchanged" {
+		t.Fatalf("re-sync %+v %v", again, err)
+	}
+	exp.cfg.Monitors[0].Warning = &Threshold{Value: 3000, IsDuration: true, set: true}
+	upd, err := exp.SyncMonitors(ctx, false)
+	if err != nil || upd[0].Action != "update" || !strings.Contains(upd[0].Diff, "warning: 2000 → 3000") {
+		t.Fatalf("update %+v %v", upd, err)
+	}
+	if ms := env.fake.Monitors(); len(ms) != 2 || ms[0]["warning"] != 3000.0 {
+		t.Fatalf("after update %v", ms)
+	}
 }
