@@ -131,12 +131,14 @@ func TestCloudMonitoringDay(t *testing.T) {
 		LateEvery: 37, InsightsResetAt: 12 * time.Hour, Seed: 1}
 	srv, truth := startFake(t, sc)
 	src := newTestSource(t, srv, &memState{}, func(c *CloudMonitoringConfig) {
-		c.Interval = config.Duration(5 * time.Minute)
+		c.Interval = config.Duration(15 * time.Minute)
 		c.Timeout = c.Interval
 		c.MetricTypes = []string{fakegcp.RunCPUUsage}
 	})
+	// Polls every 15 min reading back 5 min before the previous end: late
+	// points (visible 4 min after their end) and re-read ones both occur.
 	var cl collector
-	run(t, srv, src, &cl, day0, day0.Add(24*time.Hour+10*time.Minute), 5*time.Minute)
+	run(t, srv, src, &cl, day0, day0.Add(24*time.Hour+15*time.Minute), 15*time.Minute)
 
 	// Every point exactly once: all but the baseline of each cumulative series.
 	// (Query Insights is cumulative: a late point older than one already
@@ -303,8 +305,11 @@ func TestCloudMonitoringDay(t *testing.T) {
 		t.Errorf("gauge distribution interval %s", p.Time.Sub(p.Start))
 	}
 
+	if dup := testutilSum(t, src.reg, "sabaki_cloudmonitoring_points_total", "duplicate"); dup == 0 {
+		t.Error("no re-read points: the overlap was not exercised")
+	}
 	// One call per metric type per poll: 20 metric types, no paging here.
-	polls := int(24*time.Hour/(5*time.Minute)) + 3
+	polls := int(24*time.Hour/(15*time.Minute)) + 2
 	if got, want := srv.CallCount("ListTimeSeries", ""), polls*20; got != want {
 		t.Errorf("ListTimeSeries calls = %d, want %d", got, want)
 	}
@@ -554,7 +559,7 @@ func TestCloudMonitoringConfigValidate(t *testing.T) {
 func TestCloudMonitoringCostPerHour(t *testing.T) {
 	type result struct{ calls, series, points int }
 	measure := func(services int, interval time.Duration) result {
-		sc := fakegcp.Scenario{Project: "demo", Start: day0, Duration: 2*time.Hour + 10*time.Minute, Services: services, SQLInstances: 1, Seed: 6}
+		sc := fakegcp.Scenario{Project: "demo", Start: day0, Duration: 100 * time.Minute, Services: services, SQLInstances: 1, Seed: 6}
 		srv, _ := startFake(t, sc)
 		src := newTestSource(t, srv, nil, func(c *CloudMonitoringConfig) {
 			c.Interval = config.Duration(interval)
@@ -563,18 +568,19 @@ func TestCloudMonitoringCostPerHour(t *testing.T) {
 		var cl collector
 		run(t, srv, src, &cl, day0.Add(time.Hour), day0.Add(time.Hour), interval) // first start: 1 h backfill
 		srv.ResetCalls()
-		run(t, srv, src, &cl, day0.Add(time.Hour+interval), day0.Add(2*time.Hour), interval)
+		// Half an hour of steady polling, doubled: per hour.
+		run(t, srv, src, &cl, day0.Add(time.Hour+interval), day0.Add(90*time.Minute), interval)
 		var r result
 		for _, c := range srv.Calls() {
 			if c.Method == "ListTimeSeries" {
-				r.calls++
-				r.series += c.Series
-				r.points += c.Points
+				r.calls += 2
+				r.series += 2 * c.Series
+				r.points += 2 * c.Points
 			}
 		}
 		return r
 	}
-	for _, interval := range []time.Duration{time.Minute} {
+	for _, interval := range []time.Duration{time.Minute, 5 * time.Minute} {
 		one, fifty := measure(1, interval), measure(50, interval)
 		t.Logf("interval %s, per hour: 1 service: %d ListTimeSeries calls, %d time series returned, %d points; "+
 			"50 services: %d calls, %d time series, %d points", interval, one.calls, one.series, one.points, fifty.calls, fifty.series, fifty.points)
@@ -610,4 +616,28 @@ func TestCloudMonitoringWindow(t *testing.T) {
 			}
 		})
 	}
+}
+
+// testutilSum sums the counter family name over the series whose result
+// label is result.
+func testutilSum(t *testing.T, reg *prometheus.Registry, name, result string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == result {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -179,4 +180,81 @@ exporters:
 	if len(rows) < 24 || rows[0].Value != 1 {
 		t.Errorf("num_backends{database=postgres}: %d rows, first %+v", len(rows), rows)
 	}
+}
+
+// TestRunCloudMonitoringLive runs `sabaki run` as a process against the fake
+// (real time, polling every 2 s with a 5 min lookback, so every point is
+// re-read many times), stops it, and checks with `sabaki query` that each
+// minute's request count was stored exactly once.
+func TestRunCloudMonitoringLive(t *testing.T) {
+	now := time.Now().UTC().Truncate(time.Minute)
+	srv := fakegcp.New(now)
+	truth := srv.Load(fakegcp.Scenario{Project: "demo", Start: now.Add(-20 * time.Minute), Duration: 30 * time.Minute,
+		Services: 2, SQLInstances: 1, Seed: 8})
+	srv.UseWallClock()
+	addr, err := srv.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	dir := t.TempDir()
+	cfgFile := filepath.Join(dir, "sabaki.yaml")
+	cfg := fmt.Sprintf(`agent:
+  data_dir: %s
+  admin_listen: 127.0.0.1:0
+  lateness: 5m
+resource:
+  detect: []
+sources:
+  - type: cloudmonitoring
+    name: gcp
+    project: demo
+    endpoint: %s
+    credentials: none
+    interval: 2s
+    timeout: 2s
+    lookback: 5m
+    backfill: 10m
+exporters:
+  - type: console
+    max_series: 1
+`, filepath.Join(dir, "data"), addr)
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	p := startAgent(t, "-config", cfgFile)
+	p.waitFor("polls", 20*time.Second, func(string, string) bool {
+		return srv.CallCount("ListTimeSeries", fakegcp.RunRequestCount) >= 4
+	})
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(30 * time.Second); code != 0 {
+		_, errs := p.output()
+		t.Fatalf("exit %d\n%s", code, errs)
+	}
+	t1 := time.Now()
+	// Minutes whose points were visible at the first poll and still inside
+	// the lateness (first poll at t0), up to those surely visible at the end.
+	from := t0.Add(-4 * time.Minute).Truncate(time.Minute)
+	to := t1.Add(-2 * time.Minute).Truncate(time.Minute)
+	rows := queryJSON(t, "-config", cfgFile, "-metric", "run.googleapis.com/request_count", "-group-by", "service_name",
+		"-stat", "sum", "-from", from.Format(time.RFC3339), "-to", to.Format(time.RFC3339), "-step", "1m")
+	got := map[string]float64{}
+	for _, r := range rows {
+		got[r.Attributes["service_name"]] += r.Value
+	}
+	for svc, byEnd := range truth.LatenciesByTime {
+		want := 0
+		for end, samples := range byEnd {
+			if e := time.Unix(end, 0); !e.Before(from) && e.Before(to) {
+				want += len(samples)
+			}
+		}
+		if got[svc] != float64(want) || want == 0 {
+			t.Errorf("%s: stored request_count %v over %s..%s, want %d (each point once)", svc, got[svc], from.Format("15:04"), to.Format("15:04"), want)
+		}
+	}
+	t.Logf("%d ListTimeSeries calls for request_count over %s", srv.CallCount("ListTimeSeries", fakegcp.RunRequestCount), t1.Sub(t0).Round(time.Second))
 }

@@ -54,6 +54,7 @@ type Server struct {
 
 	mu          sync.Mutex
 	now         time.Time
+	wall        bool // the clock is time.Now (UseWallClock)
 	projects    map[string]bool
 	descriptors map[string]*metricpb.MetricDescriptor // by type
 	series      []*entry
@@ -148,6 +149,14 @@ func (s *Server) Stop() {
 func (s *Server) SetNow(t time.Time) {
 	s.mu.Lock()
 	s.now = t
+	s.mu.Unlock()
+}
+
+// UseWallClock makes the visibility clock follow time.Now, for tests that
+// run the agent as a process in real time.
+func (s *Server) UseWallClock() {
+	s.mu.Lock()
+	s.wall = true
 	s.mu.Unlock()
 }
 
@@ -380,6 +389,10 @@ func (s *Server) ListTimeSeries(_ context.Context, req *monitoringpb.ListTimeSer
 // points in (start, end] newest first; series without such points are
 // left out, as the real API does.
 func (s *Server) matching(project string, f *filter, start, end time.Time, view monitoringpb.ListTimeSeriesRequest_TimeSeriesView) []*monitoringpb.TimeSeries {
+	now := s.now
+	if s.wall {
+		now = time.Now()
+	}
 	var out []*monitoringpb.TimeSeries
 	for _, e := range s.series {
 		h := e.header
@@ -389,7 +402,7 @@ func (s *Server) matching(project string, f *filter, start, end time.Time, view 
 		var pts []*monitoringpb.Point
 		for i := len(e.points) - 1; i >= 0; i-- {
 			p := e.points[i]
-			if p.visible.After(s.now) {
+			if p.visible.After(now) {
 				continue
 			}
 			inside := p.end.After(start) && !p.end.After(end)
