@@ -50,7 +50,8 @@ func TestMackerelNames(t *testing.T) {
 	}
 	names := []struct{ in, want string }{
 		{".http.server.request.duration", "http.server.request.duration"},
-		{"sabaki..a/b", "sabaki.a_b"},
+		{"sabaki..a/b c", "sabaki.a.b_c"},
+		{"run.googleapis.com/request_latencies", "run.request_latencies"},
 		{"x.", "x"},
 	}
 	for _, tc := range names {
@@ -910,10 +911,10 @@ func TestMackerelMonitors(t *testing.T) {
 		c.ExemplarsURL = "https://sabaki.example.internal/api/v1/exemplars"
 		c.Monitors = []MackerelMonitor{
 			{Name: "users p95", Metric: "http.server.request.duration", Stat: "p95",
-				Series: map[string]string{"http.route": "/api/users/:id", "http.request.method": "GET"},
+				Series:  map[string]string{"http.route": "/api/users/:id", "http.request.method": "GET"},
 				Warning: &two, Duration: config.Duration(5 * time.Minute), MaxCheckAttempts: 3},
 			{Name: "error ratio", Metric: "http.server.request.duration", Stat: "error_ratio",
-				Series: map[string]string{"http.route": "/", "http.request.method": "GET"},
+				Series:   map[string]string{"http.route": "/", "http.request.method": "GET"},
 				Critical: &Threshold{Value: 0.01, set: true}},
 		}
 	})
