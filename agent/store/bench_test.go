@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -190,6 +191,7 @@ func BenchmarkDiskBytesPerPoint(b *testing.B) {
 		{"gauge_float", metric.Gauge, 2, 300, 720, 4},
 		{"histogram_latency", metric.Histogram, -1, 100, 720, 1},
 		{"agent_mix", 0, -1, 1000, 720, 1},
+		{"agent_mix_1h_tier", 0, -1, 300, 240, 1},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			r := rand.New(rand.NewPCG(2, 2))
@@ -207,7 +209,11 @@ func BenchmarkDiskBytesPerPoint(b *testing.B) {
 					gens = append(gens, g)
 				}
 			}
-			size, payload, rows := diskSize(b, gens, tc.windows)
+			per := 1
+			if strings.HasSuffix(tc.name, "_1h_tier") {
+				per = 60 // each point is the rollup of 60 minutes
+			}
+			size, payload, rows := diskSize(b, gens, tc.windows, per)
 			points := float64(tc.series * tc.windows)
 			b.ReportMetric(float64(size)/points, "B/point")
 			b.ReportMetric(float64(size)/points/float64(tc.values), "B/value")
@@ -220,31 +226,36 @@ func BenchmarkDiskBytesPerPoint(b *testing.B) {
 // diskSize writes windows for gens from t0, compacts everything and returns
 // the VACUUMed file size beyond an empty store, the chunk payload bytes and
 // the number of chunk rows.
-func diskSize(tb testing.TB, gens []*gen, windows int) (size, payload, rows int64) {
+func diskSize(tb testing.TB, gens []*gen, windows, per int) (size, payload, rows int64) {
 	dir := tb.TempDir()
 	now := t0
-	s, err := Open(dir, Options{Now: func() time.Time { return now }, Grace: time.Minute})
+	res := time.Duration(per) * time.Minute
+	s, err := Open(dir, Options{Now: func() time.Time { return now }, Grace: time.Minute, Tiers: []Tier{{res, 10000 * 24 * time.Hour}}})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	ctx := context.Background()
 	empty := fileSize(tb, s)
 	for m := range windows {
-		w := &metric.Window{Start: t0.Add(time.Duration(m) * time.Minute), Duration: time.Minute}
+		w := &metric.Window{Start: t0.Add(time.Duration(m) * res), Duration: res}
 		for _, g := range gens {
-			w.Series = append(w.Series, g.next())
+			a := g.next()
+			for range per - 1 {
+				mergeAgg(&a, g.next())
+			}
+			w.Series = append(w.Series, a)
 		}
 		if err := s.Write(ctx, w); err != nil {
 			tb.Fatal(err)
 		}
 		if m%120 == 119 {
-			now = w.Start.Add(20 * time.Minute)
+			now = w.Start.Add(res + 20*time.Minute)
 			if err := s.compactTier(ctx, 0, now.Unix()); err != nil {
 				tb.Fatal(err)
 			}
 		}
 	}
-	now = t0.Add(time.Duration(windows)*time.Minute + 3*time.Hour)
+	now = t0.Add(time.Duration(windows+120)*res + 3*time.Hour)
 	if err := s.compactTier(ctx, 0, now.Unix()); err != nil {
 		tb.Fatal(err)
 	}
@@ -252,6 +263,17 @@ func diskSize(tb testing.TB, gens []*gen, windows int) (size, payload, rows int6
 		tb.Fatal(err)
 	}
 	return fileSize(tb, s) - empty, payload, rows
+}
+
+// mergeAgg folds b into a as a rollup does.
+func mergeAgg(a *metric.Aggregate, b metric.Aggregate) {
+	a.Sum += b.Sum
+	a.Count += b.Count
+	a.Last = b.Last
+	a.Min, a.Max = math.Min(a.Min, b.Min), math.Max(a.Max, b.Max)
+	if a.Hist != nil {
+		a.Hist.Merge(b.Hist)
+	}
 }
 
 func fileSize(tb testing.TB, s *Store) int64 {
