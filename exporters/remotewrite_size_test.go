@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 	"time"
 
@@ -75,12 +76,43 @@ func TestExportSizes(t *testing.T) {
 	}
 
 	f := startRWFake(t)
-	e, _ := rwTestExporter(t, f.srv.URL, func(c *RemoteWriteConfig) { c.MaxSamplesPerSend = 2000 })
+	var ws []*metric.Window
 	for i := range 10 {
-		if err := e.Export(context.Background(), sizeWindow(t0.Add(time.Duration(i)*time.Minute), uint64(i+1))); err != nil {
+		ws = append(ws, sizeWindow(t0.Add(time.Duration(i)*time.Minute), uint64(i+1)))
+	}
+	heap := func() uint64 {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	e, _ := rwTestExporter(t, f.srv.URL, func(c *RemoteWriteConfig) { c.MaxSamplesPerSend = 2000 })
+	for _, w := range ws {
+		if err := e.Export(context.Background(), w); err != nil {
 			t.Fatal(err)
 		}
 	}
+	// The state the exporter keeps: the cumulative totals (cumulator) of
+	// 1,000 histogram series after 10 windows.
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("series-%04d", i)
+	}
+	before := heap()
+	c := newCumulator(6 * time.Minute)
+	for _, w := range ws {
+		c.begin(w)
+		for i := range w.Series {
+			c.add(keys[i], w, 0, w.Series[i].Hist)
+		}
+	}
+	state := int64(heap()) - int64(before)
+	runtime.KeepAlive(c)
+	runtime.KeepAlive(ws)
+	if state > 8<<10*1000 {
+		t.Errorf("cumulative state %d bytes for 1,000 series, want < 8 KiB per series", state)
+	}
+	t.Logf("remote write state after 10 windows (max_revision_age 6m: 7 windows kept per series + totals): %d bytes, %.0f B/series", state, float64(state)/1000)
 	f.mu.Lock()
 	sizes := append([]int(nil), f.sizes...)
 	f.mu.Unlock()
