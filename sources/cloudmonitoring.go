@@ -15,6 +15,7 @@ import (
 	"cloud.google.com/go/monitoring/apiv3/v2/monitoringpb"
 	"github.com/prometheus/client_golang/prometheus"
 	metricpb "google.golang.org/genproto/googleapis/api/metric"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -660,6 +661,9 @@ func (c *CloudMonitoring) retry(ctx context.Context, method, metricType string, 
 			return err
 		}
 		d := delay + time.Duration(rand.Int64N(int64(delay)/2+1))
+		if ra := gcpRetryDelay(err); ra > d {
+			d = ra // the server's RetryInfo (quota errors) wins over our backoff
+		}
 		dl, hasDeadline := ctx.Deadline()
 		if hasDeadline && time.Until(dl) < d || !hasDeadline && attempt >= 5 {
 			return err
@@ -674,6 +678,21 @@ func (c *CloudMonitoring) retry(ctx context.Context, method, metricType string, 
 		}
 		delay = min(2*delay, 30*time.Second)
 	}
+}
+
+// gcpRetryDelay returns the delay of a google.rpc.RetryInfo detail of err,
+// or 0.
+func gcpRetryDelay(err error) time.Duration {
+	st, ok := status.FromError(err)
+	if !ok {
+		return 0
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			return ri.GetRetryDelay().AsDuration()
+		}
+	}
+	return 0
 }
 
 // gcpMetrics are the source's self-metrics.

@@ -213,7 +213,13 @@ func (c *CloudMonitoring) convert(st *gcpStream, raw []*monitoringpb.TimeSeries,
 					continue
 				}
 				pt.Hist = hist
-				pt.Exemplars = gcpExemplars(d.GetExemplars(), pt.Start)
+				// A cumulative point's exemplars span its whole history: keep
+				// those after the previous point. Delta ones are the point's own.
+				var after time.Time
+				if kind == metricpb.MetricDescriptor_CUMULATIVE {
+					after = pt.Start
+				}
+				pt.Exemplars = gcpExemplars(d.GetExemplars(), after)
 			default:
 				invalid++
 				continue

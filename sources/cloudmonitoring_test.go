@@ -13,8 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"cloud.google.com/go/monitoring/apiv3/v2/monitoringpb"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/sabakiio/sabaki/histogram"
 	"github.com/sabakiio/sabaki/internal/config"
@@ -362,7 +364,8 @@ func TestCloudMonitoringPaging(t *testing.T) {
 func TestCloudMonitoringRetriesAndErrors(t *testing.T) {
 	sc := fakegcp.Scenario{Project: "demo", Start: day0, Duration: time.Hour, Services: 2, SQLInstances: 1, Seed: 3}
 	srv, truth := startFake(t, sc)
-	srv.Fail(fakegcp.Fault{Method: "ListTimeSeries", MetricType: fakegcp.RunRequestCount, Page: 2, Times: 2, Code: codes.ResourceExhausted})
+	srv.Fail(fakegcp.Fault{Method: "ListTimeSeries", MetricType: fakegcp.RunRequestCount, Page: 2, Times: 2, Code: codes.ResourceExhausted,
+		Message: "Quota exceeded for quota metric 'Time series queries'", RetryAfter: 30 * time.Millisecond})
 	srv.Fail(fakegcp.Fault{Method: "ListTimeSeries", MetricType: fakegcp.SQLCPUUtilization, Times: 1, Code: codes.Unavailable})
 	srv.Fail(fakegcp.Fault{Method: "ListTimeSeries", MetricType: fakegcp.RunRequestLatencies, Code: codes.PermissionDenied,
 		Message: "Permission monitoring.timeSeries.list denied (or the resource may not exist)."})
@@ -414,6 +417,9 @@ func TestCloudMonitoringRetriesAndErrors(t *testing.T) {
 	}
 	if c429 != 2 {
 		t.Errorf("scripted 429s answered = %d, want 2", c429)
+	}
+	if d := gcpRetryDelay(errWithRetryInfo(t)); d != 30*time.Millisecond {
+		t.Errorf("RetryInfo delay = %s, want 30ms", d)
 	}
 	// Reported once: the next polls stay quiet about it (the stream is
 	// retried hourly) while the others keep being read.
@@ -640,4 +646,25 @@ func testutilSum(t *testing.T, reg *prometheus.Registry, name, result string) fl
 		}
 	}
 	return sum
+}
+
+// errWithRetryInfo is a RESOURCE_EXHAUSTED error as the client surfaces it.
+func errWithRetryInfo(t *testing.T) error {
+	t.Helper()
+	srv := fakegcp.New(day0)
+	srv.AddProject("demo")
+	srv.Fail(fakegcp.Fault{Code: codes.ResourceExhausted, RetryAfter: 30 * time.Millisecond})
+	if _, err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	src := newTestSource(t, srv, nil, nil)
+	_, err := src.api.ListTimeSeriesPage(context.Background(), &monitoringpb.ListTimeSeriesRequest{
+		Name: "projects/demo", Filter: `metric.type = "x"`,
+		Interval: &monitoringpb.TimeInterval{EndTime: timestamppb.New(day0)},
+	})
+	if err == nil {
+		t.Fatal("no error")
+	}
+	return err
 }

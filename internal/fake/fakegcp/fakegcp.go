@@ -37,10 +37,12 @@ import (
 
 	"cloud.google.com/go/monitoring/apiv3/v2/monitoringpb"
 	metricpb "google.golang.org/genproto/googleapis/api/metric"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -94,6 +96,9 @@ type Fault struct {
 	Times      int // how many calls fail; 0 = every matching call
 	Code       codes.Code
 	Message    string
+	// RetryAfter adds a google.rpc.RetryInfo detail, as the real API does
+	// with RESOURCE_EXHAUSTED.
+	RetryAfter time.Duration
 	fired      int
 }
 
@@ -262,7 +267,13 @@ func (s *Server) fault(method, project, metricType string, page int) error {
 		if msg == "" {
 			msg = fmt.Sprintf("fakegcp: scripted %s", f.Code)
 		}
-		return status.Error(f.Code, msg)
+		st := status.New(f.Code, msg)
+		if f.RetryAfter > 0 {
+			if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(f.RetryAfter)}); err == nil {
+				st = d
+			}
+		}
+		return st.Err()
 	}
 	return nil
 }
