@@ -50,7 +50,10 @@ type rawState struct {
 	start     int64
 	lastTime  int64
 	lastValue float64
-	lastHist  *histogram.Histogram
+	// lastHist is the previous cumulative histogram as plain data: one
+	// Data() per point instead of two (the subtraction's main cost), for
+	// 8 bytes per bucket.
+	lastHist *histogram.Data
 
 	// seen is the wall time (UnixNano) of the last batch with the series.
 	seen int64
@@ -146,27 +149,28 @@ func startChanged(prev, cur int64) bool {
 // the caller), or nil when the point only set the baseline.
 func (st *rawState) histDelta(pt *metric.Point, agentStart int64, maxSize int, maxScale int32) *histogram.Histogram {
 	start := nanos(pt.Start)
+	cur := pt.Hist.Data()
 	prev, prevStart, had := st.lastHist, st.start, st.hasBase
-	st.hasBase, st.start, st.lastTime, st.lastHist = true, start, pt.Time.UnixNano(), pt.Hist
+	st.hasBase, st.start, st.lastTime, st.lastHist = true, start, pt.Time.UnixNano(), &cur
 	if !had {
 		if start != 0 && start >= agentStart {
-			return pt.Hist.Clone()
+			return pt.Hist
 		}
 		return nil
 	}
 	if startChanged(prevStart, start) {
-		return pt.Hist.Clone()
+		return pt.Hist
 	}
-	if d, ok := subtractHist(pt.Hist, prev, maxSize, maxScale); ok {
+	if d, ok := subtractHist(&cur, prev, maxSize, maxScale); ok {
 		return d
 	}
-	return pt.Hist.Clone() // reset
+	return pt.Hist // reset
 }
 
 // subtractHist returns cur − prev, or ok=false when the result would be
 // negative anywhere (the producer reset).
-func subtractHist(cur, prev *histogram.Histogram, maxSize int, maxScale int32) (*histogram.Histogram, bool) {
-	cd, pd := cur.Data(), prev.Data()
+func subtractHist(cur, prev *histogram.Data, maxSize int, maxScale int32) (*histogram.Histogram, bool) {
+	cd, pd := *cur, *prev
 	if cd.Count < pd.Count || cd.ZeroCount < pd.ZeroCount {
 		return nil, false
 	}
