@@ -668,32 +668,3 @@ func errWithRetryInfo(t *testing.T) error {
 	}
 	return err
 }
-
-func TestGCPDefaults(t *testing.T) {
-	dir := t.TempDir()
-	sa := dir + "/sa.json"
-	if err := os.WriteFile(sa, []byte(`{"type":"service_account","project_id":"from-file"}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	tests := []struct {
-		name    string
-		env     map[string]string
-		project string
-		ok      bool
-	}{
-		{"nothing", map[string]string{"HOME": dir}, "", false},
-		{"key file names the project", map[string]string{"GOOGLE_APPLICATION_CREDENTIALS": sa}, "from-file", true},
-		{"env project wins", map[string]string{"GOOGLE_APPLICATION_CREDENTIALS": sa, "GOOGLE_CLOUD_PROJECT": "env"}, "env", true},
-		{"Cloud Run without a project", map[string]string{"K_SERVICE": "web"}, "", false},
-		{"Cloud Run with a project", map[string]string{"K_SERVICE": "web", "GOOGLE_CLOUD_PROJECT": "p"}, "p", true},
-		{"project without credentials", map[string]string{"HOME": dir, "GOOGLE_CLOUD_PROJECT": "p"}, "p", false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			p, ok := GCPDefaults(func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok })
-			if p != tt.project || ok != tt.ok {
-				t.Errorf("GCPDefaults = %q, %v; want %q, %v", p, ok, tt.project, tt.ok)
-			}
-		})
-	}
-}

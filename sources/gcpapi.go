@@ -2,7 +2,6 @@ package sources
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -184,43 +183,4 @@ func statReason(err error) string {
 		return "not found"
 	}
 	return strings.TrimSpace(err.Error())
-}
-
-// GCPDefaults reports whether the embedded default config can turn the
-// Cloud Monitoring source on: a project is named (GOOGLE_CLOUD_PROJECT,
-// GCLOUD_PROJECT, or the project_id / quota_project_id of the credentials
-// file) and Application Default Credentials can be found without network
-// access (GOOGLE_APPLICATION_CREDENTIALS, the gcloud file, or a metadata
-// server announced by K_SERVICE on Cloud Run or GCE_METADATA_HOST). lookup
-// reads the environment (os.LookupEnv).
-func GCPDefaults(lookup func(string) (string, bool)) (project string, ok bool) {
-	env := func(k string) string { v, _ := lookup(k); return v }
-	file := env("GOOGLE_APPLICATION_CREDENTIALS")
-	if file == "" {
-		home := env("HOME")
-		if home != "" {
-			file = filepath.Join(home, ".config", "gcloud", "application_default_credentials.json")
-		}
-	}
-	var fromFile struct {
-		ProjectID      string `json:"project_id"`
-		QuotaProjectID string `json:"quota_project_id"`
-	}
-	haveCreds := false
-	if file != "" {
-		if b, err := os.ReadFile(file); err == nil {
-			haveCreds = true
-			_ = json.Unmarshal(b, &fromFile)
-		}
-	}
-	if env("K_SERVICE") != "" || env("GCE_METADATA_HOST") != "" {
-		haveCreds = true
-	}
-	for _, p := range []string{env("GOOGLE_CLOUD_PROJECT"), env("GCLOUD_PROJECT"), fromFile.ProjectID, fromFile.QuotaProjectID} {
-		if p != "" {
-			project = p
-			break
-		}
-	}
-	return project, haveCreds && project != ""
 }
