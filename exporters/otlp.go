@@ -74,6 +74,10 @@ type OTLPConfig struct {
 	// least agent.lateness plus one window. Memory: one histogram per series
 	// per window in that span.
 	MaxRevisionAge config.Duration `yaml:"max_revision_age"`
+	// MaxPointsPerRequest splits a resource's data points over several
+	// requests (Mackerel refuses requests over 6 MB; a histogram point with
+	// about 100 buckets and an exemplar is about 300 bytes before gzip).
+	MaxPointsPerRequest int `yaml:"max_points_per_request"`
 	// Outbox configures the durable queue the exporter sends from.
 	Outbox OutboxConfig `yaml:"outbox"`
 }
@@ -82,13 +86,14 @@ type OTLPConfig struct {
 // delta temporality.
 func DefaultOTLPConfig() OTLPConfig {
 	return OTLPConfig{
-		Common:         Common{Type: "otlp", Name: "otlp"},
-		Protocol:       OTLPProtocolGRPC,
-		Compression:    "gzip",
-		Timeout:        config.Duration(10 * time.Second),
-		Temporality:    "delta",
-		MaxRevisionAge: config.Duration(6 * time.Minute),
-		Outbox:         DefaultOutboxConfig(),
+		Common:              Common{Type: "otlp", Name: "otlp"},
+		Protocol:            OTLPProtocolGRPC,
+		Compression:         "gzip",
+		Timeout:             config.Duration(10 * time.Second),
+		Temporality:         "delta",
+		MaxRevisionAge:      config.Duration(6 * time.Minute),
+		MaxPointsPerRequest: 10000,
+		Outbox:              DefaultOutboxConfig(),
 	}
 }
 
@@ -120,6 +125,9 @@ func (c *OTLPConfig) Validate() error {
 	}
 	if c.MaxRevisionAge < 0 {
 		errs = append(errs, config.Field("max_revision_age", "must not be negative"))
+	}
+	if c.MaxPointsPerRequest <= 0 {
+		errs = append(errs, config.Field("max_points_per_request", "must be positive"))
 	}
 	if c.Insecure && !c.TLS.IsZero() {
 		errs = append(errs, config.Field("tls", "cannot be combined with insecure: true"))
@@ -186,7 +194,8 @@ func (c *OTLPConfig) target() (otlpTarget, error) {
 //     filtered attributes.
 //
 // Resource attributes become the OTLP resource; series are grouped per
-// resource and then per metric (name, unit, kind). In delta mode a window
+// resource and then per metric (name, unit, kind), at most
+// max_points_per_request data points per request. In delta mode a window
 // re-emitted with late points is sent whole again with the same StartTime
 // and Time, so a backend that keeps the last point per timestamp (Mackerel)
 // overwrites; backends that add up deltas should use cumulative.
@@ -355,12 +364,13 @@ func newOTLPHTTP(cfg OTLPConfig, tgt otlpTarget) (*otlpmetrichttp.Exporter, erro
 // Name implements Exporter.
 func (e *OTLP) Name() string { return e.name }
 
-// Export implements Exporter: one OTLP request per resource in w.
+// Export implements Exporter: one OTLP request per resource in w (more when
+// a resource has more than max_points_per_request points).
 func (e *OTLP) Export(ctx context.Context, w *metric.Window) error {
 	if !e.done.start.Equal(w.Start) || e.done.revision != w.Revision {
 		e.done.start, e.done.revision, e.done.keys = w.Start, w.Revision, map[string]bool{}
 	}
-	parts, commits := e.build(w)
+	parts := e.build(w)
 	for i := range parts {
 		p := &parts[i]
 		if e.done.keys[p.key] {
@@ -369,11 +379,11 @@ func (e *OTLP) Export(ctx context.Context, w *metric.Window) error {
 		call := &otlpCall{}
 		err := e.exp.Export(context.WithValue(ctx, otlpCallKey{}, call), &p.rm)
 		if err = e.classify(call, err); err != nil {
-			return fmt.Errorf("otlp export window %s to %s (resource %d of %d): %w",
+			return fmt.Errorf("otlp export window %s to %s (request %d of %d): %w",
 				w.Start.UTC().Format(time.RFC3339), e.cfg.Endpoint, i+1, len(parts), err)
 		}
 		e.done.keys[p.key] = true
-		for _, c := range commits[p.key] {
+		for _, c := range p.commits {
 			e.cum.commit(c.key, c.t)
 		}
 	}
@@ -516,10 +526,13 @@ func otlpRetryableCode(c codes.Code) bool {
 	return false
 }
 
-// otlpPart is the request for one resource of a window.
+// otlpPart is one request: the data points of one resource (or part of
+// them, see max_points_per_request), and in cumulative mode the points to
+// commit once the request was accepted.
 type otlpPart struct {
-	key string // resource identity
-	rm  metricdata.ResourceMetrics
+	key     string // resource identity and part number
+	rm      metricdata.ResourceMetrics
+	commits []otlpCommit
 }
 
 type otlpCommit struct {
@@ -527,67 +540,95 @@ type otlpCommit struct {
 	t   time.Time
 }
 
-// build converts w into one ResourceMetrics per resource, in the order the
-// resources first appear, metrics in the order they first appear within it.
-// In cumulative mode it also returns, per resource, the cumulative points to
-// commit once that resource was accepted.
-func (e *OTLP) build(w *metric.Window) ([]otlpPart, map[string][]otlpCommit) {
-	var commits map[string][]otlpCommit
+// otlpResParts builds the requests of one resource.
+type otlpResParts struct {
+	rkey    string
+	res     *resource.Resource
+	parts   []otlpPart
+	metrics map[otlpMetricKey]int // index in the current part's metrics
+	points  int                   // points in the current part
+}
+
+type otlpMetricKey struct {
+	name, unit string
+	kind       metric.Kind
+}
+
+// metric returns the metric of a in the current part, starting a new part
+// when the current one is full.
+func (r *otlpResParts) metric(a *metric.Aggregate, scope instrumentation.Scope, maxPoints int) (*metricdata.Metrics, *otlpPart) {
+	if len(r.parts) == 0 || r.points >= maxPoints {
+		r.parts = append(r.parts, otlpPart{
+			key: fmt.Sprintf("%s#%d", r.rkey, len(r.parts)),
+			rm:  metricdata.ResourceMetrics{Resource: r.res, ScopeMetrics: []metricdata.ScopeMetrics{{Scope: scope}}},
+		})
+		r.metrics, r.points = map[otlpMetricKey]int{}, 0
+	}
+	part := &r.parts[len(r.parts)-1]
+	sm := &part.rm.ScopeMetrics[0]
+	mk := otlpMetricKey{a.Name, a.Unit, a.Kind}
+	mi, ok := r.metrics[mk]
+	if !ok {
+		mi = len(sm.Metrics)
+		r.metrics[mk] = mi
+		sm.Metrics = append(sm.Metrics, metricdata.Metrics{Name: a.Name, Unit: a.Unit, Description: a.Description})
+	}
+	r.points++
+	return &sm.Metrics[mi], part
+}
+
+// build converts w into requests: per resource (in the order resources
+// first appear), at most max_points_per_request data points each, metrics in
+// the order they first appear. The split is deterministic, so a retried
+// window has the same parts.
+func (e *OTLP) build(w *metric.Window) []otlpPart {
 	tooLate := false
 	if e.cum != nil {
-		commits = map[string][]otlpCommit{}
 		if tooLate = e.cum.begin(w); tooLate {
 			e.logger.Warn("window revision arrived after max_revision_age; its counters and histograms are not re-sent",
 				"window", w.Start, "revision", w.Revision)
 		}
 	}
-	type metricKey struct {
-		name, unit string
-		kind       metric.Kind
-	}
-	type resBuilder struct {
-		part    otlpPart
-		metrics map[metricKey]int
-	}
-	var order []*resBuilder
-	byRes := map[string]*resBuilder{}
+	var order []*otlpResParts
+	byRes := map[string]*otlpResParts{}
 	start, end := w.Start, w.End()
 	for i := range w.Series {
 		a := &w.Series[i]
+		if a.Kind == metric.Histogram && a.Hist == nil {
+			continue
+		}
 		rkey := attrsKey(a.Resource)
-		rb := byRes[rkey]
-		if rb == nil {
-			rb = &resBuilder{part: otlpPart{key: rkey, rm: metricdata.ResourceMetrics{
-				Resource:     resource.NewSchemaless(otelAttrs(a.Resource)...),
-				ScopeMetrics: []metricdata.ScopeMetrics{{Scope: e.scope}},
-			}}, metrics: map[metricKey]int{}}
-			byRes[rkey] = rb
-			order = append(order, rb)
-		}
-		sm := &rb.part.rm.ScopeMetrics[0]
-		mk := metricKey{a.Name, a.Unit, a.Kind}
-		mi, ok := rb.metrics[mk]
-		if !ok {
-			mi = len(sm.Metrics)
-			rb.metrics[mk] = mi
-			sm.Metrics = append(sm.Metrics, metricdata.Metrics{Name: a.Name, Unit: a.Unit, Description: a.Description})
-		}
-		m := &sm.Metrics[mi]
-		attrs := attribute.NewSet(otelAttrs(a.Attrs)...)
-		ex := otelExemplars(a.Exemplars)
-
 		pStart, pTime, sum, hist := start, end, a.Sum, a.Hist
 		temporality := metricdata.DeltaTemporality
+		var commit *otlpCommit
 		if e.cum != nil && a.Kind != metric.Gauge {
-			if tooLate || (a.Kind == metric.Histogram && a.Hist == nil) {
+			if tooLate {
 				continue
 			}
 			key := otlpSeriesKey(rkey, a)
 			p := e.cum.add(key, w, a.Sum, a.Hist)
 			pStart, pTime, sum, hist = p.Start, p.Time, p.Sum, p.Hist
 			temporality = metricdata.CumulativeTemporality
-			commits[rkey] = append(commits[rkey], otlpCommit{key: key, t: p.Time})
+			commit = &otlpCommit{key: key, t: p.Time}
 		}
+		var attrs attribute.Set
+		switch a.Kind {
+		case metric.Gauge, metric.Counter, metric.Histogram:
+			attrs = attribute.NewSet(otelAttrs(a.Attrs)...)
+		default:
+			continue
+		}
+		rp := byRes[rkey]
+		if rp == nil {
+			rp = &otlpResParts{rkey: rkey, res: resource.NewSchemaless(otelAttrs(a.Resource)...)}
+			byRes[rkey] = rp
+			order = append(order, rp)
+		}
+		m, part := rp.metric(a, e.scope, e.cfg.MaxPointsPerRequest)
+		if commit != nil {
+			part.commits = append(part.commits, *commit)
+		}
+		ex := otelExemplars(a.Exemplars)
 		switch a.Kind {
 		case metric.Gauge:
 			g, _ := m.Data.(metricdata.Gauge[float64])
@@ -599,24 +640,17 @@ func (e *OTLP) build(w *metric.Window) ([]otlpPart, map[string][]otlpCommit) {
 			s.DataPoints = append(s.DataPoints, metricdata.DataPoint[float64]{Attributes: attrs, StartTime: pStart, Time: pTime, Value: sum, Exemplars: ex})
 			m.Data = s
 		case metric.Histogram:
-			if hist == nil {
-				continue
-			}
 			h, _ := m.Data.(metricdata.ExponentialHistogram[float64])
 			h.Temporality = temporality
 			h.DataPoints = append(h.DataPoints, otelExpPoint(hist, attrs, pStart, pTime, ex))
 			m.Data = h
 		}
 	}
-	parts := make([]otlpPart, 0, len(order))
-	for _, rb := range order {
-		sm := &rb.part.rm.ScopeMetrics[0]
-		sm.Metrics = slices.DeleteFunc(sm.Metrics, func(m metricdata.Metrics) bool { return m.Data == nil })
-		if len(sm.Metrics) > 0 {
-			parts = append(parts, rb.part)
-		}
+	var parts []otlpPart
+	for _, rp := range order {
+		parts = append(parts, rp.parts...)
 	}
-	return parts, commits
+	return parts
 }
 
 // otelExpPoint copies a histogram into an OTLP exponential histogram point.

@@ -541,3 +541,31 @@ func gatheredSum(t *testing.T, reg *prometheus.Registry, name string) (float64, 
 	}
 	return 0, 0
 }
+
+// TestOTLPSplitsLargeResources: max_points_per_request splits a resource's
+// points over requests; every point arrives once, also across a retry.
+func TestOTLPSplitsLargeResources(t *testing.T) {
+	fake := fakeotlp.Start(t, fakeotlp.Options{})
+	fake.Push(fakeotlp.Response{}, fakeotlp.Response{GRPCCode: codes.Unavailable})
+	e, _ := otlpTestExporter(t, func(c *OTLPConfig) { c.Endpoint, c.MaxPointsPerRequest = fake.GRPCAddr, 3 })
+	w := otlpTestWindow(time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC), 1)
+	if err := e.Export(context.Background(), w); err == nil {
+		t.Fatal("want the scripted failure of the second request")
+	}
+	if err := e.Export(context.Background(), w); err != nil {
+		t.Fatal(err)
+	}
+	reqs := fake.Requests()
+	// web: 4 points → 3 + 1; db: 1. The second request failed once.
+	var sizes []int
+	for _, r := range reqs {
+		n := 0
+		for _, m := range r.GetResourceMetrics()[0].GetScopeMetrics()[0].GetMetrics() {
+			n += len(m.GetExponentialHistogram().GetDataPoints()) + len(m.GetSum().GetDataPoints()) + len(m.GetGauge().GetDataPoints())
+		}
+		sizes = append(sizes, n)
+	}
+	if !slices.Equal(sizes, []int{3, 1, 1, 1}) {
+		t.Errorf("points per request = %v, want [3 1 1 1] (web 3, web 1 failed, web 1 again, db 1)", sizes)
+	}
+}
