@@ -1,9 +1,11 @@
 package sources
 
 import (
+	"encoding/hex"
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -247,5 +249,54 @@ func TestGCPExemplars(t *testing.T) {
 	}
 	if out[1].HasTrace() {
 		t.Errorf("malformed span name gave a trace: %x", out[1].TraceID)
+	}
+}
+
+func FuzzParseSpanName(f *testing.F) {
+	for _, s := range []string{
+		"projects/demo/traces/0123456789abcdef0123456789abcdef/spans/0011223344556677",
+		"projects/p/traces/xyz/spans/1",
+		"projects//traces//spans/",
+		"",
+		"projects/demo/traces/0123456789abcdef0123456789abcdef/spans/0011223344556677/extra",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		trace, span := parseSpanName(name)
+		if trace == ([16]byte{}) != (span == [8]byte{}) && span != [8]byte{} && trace != [16]byte{} {
+			t.Fatalf("half-parsed %q", name)
+		}
+		if trace != ([16]byte{}) && !strings.Contains(strings.ToLower(name), hex.EncodeToString(trace[:])) {
+			t.Fatalf("trace %x not from %q", trace, name)
+		}
+	})
+}
+
+// BenchmarkGCPConvert measures one Cloud Run-shaped latency point (64
+// exponential buckets, growth 1.4, ~20 samples) from the API's TimeSeries to a
+// sabaki histogram point: bounds, conversion, exemplar.
+func BenchmarkGCPConvert(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 1))
+	samples := make([]float64, 20)
+	for i := range samples {
+		samples[i] = math.Exp(math.Log(40) + 0.8*rng.NormFloat64())
+	}
+	span, _ := anypb.New(&monitoringpb.SpanContext{SpanName: "projects/demo/traces/0123456789abcdef0123456789abcdef/spans/0011223344556677"})
+	d := fakegcp.Distribution(fakegcp.ExponentialBuckets(64, 1.4, 1), samples,
+		[]*distributionpb.Distribution_Exemplar{{Value: 90, Timestamp: fakegcp.Timestamp(time.Unix(1, 0)), Attachments: []*anypb.Any{span}}})
+	b.ReportAllocs()
+	for b.Loop() {
+		g, err := newGCPDist(d)
+		if err != nil {
+			b.Fatal(err)
+		}
+		h, err := g.histogram()
+		if err != nil || h.Count() != 20 {
+			b.Fatal(err)
+		}
+		if ex := gcpExemplars(d.Exemplars, time.Time{}); len(ex) != 1 {
+			b.Fatal("exemplar lost")
+		}
 	}
 }
