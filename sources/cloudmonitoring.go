@@ -278,7 +278,7 @@ func newCloudMonitoring(cfg CloudMonitoringConfig, set Settings, api gcpMetricAP
 	}
 	return &CloudMonitoring{
 		cfg:      cfg,
-		log:      log.With("source", cfg.Name),
+		log:      log, // the agent scopes it with the source name
 		state:    set.State,
 		api:      api,
 		projects: projects,
