@@ -302,6 +302,9 @@ func (c *CloudMonitoring) Close() error { return c.api.Close() }
 // others: its error is returned in a *PartialError next to the data of the
 // rest, and its cursor stays put so the next poll covers the gap.
 func (c *CloudMonitoring) Collect(ctx context.Context, at time.Time) (metric.Batch, error) {
+	if c.state == nil && len(c.streams) == 0 {
+		c.log.Warn("no state store: the read cursor is not kept across restarts (a restart backfills `backfill` again)")
+	}
 	streams, errs := c.resolve(ctx, at, c.streams)
 	batch := metric.Batch{Source: c.cfg.Name}
 	var mu sync.Mutex
