@@ -736,6 +736,18 @@ type promConverter struct {
 // promInternMax bounds a target's intern table; it is cleared beyond.
 const promInternMax = 1 << 16
 
+// internString is str for a string already allocated.
+func (c *promConverter) internString(s string) string {
+	if v, ok := c.intern[s]; ok {
+		return v
+	}
+	if c.intern == nil || len(c.intern) >= promInternMax {
+		c.intern = make(map[string]string, 1024)
+	}
+	c.intern[s] = s
+	return s
+}
+
 func (c *promConverter) str(b []byte) string {
 	if s, ok := c.intern[string(b)]; ok {
 		return s
@@ -761,6 +773,11 @@ func (c *promConverter) parse(body []byte, format expfmt.Format) ([]metric.Serie
 		return out, nil
 	case expfmt.TypeOpenMetrics:
 		what = "OpenMetrics"
+		out, err := c.parseOpenMetricsFast(body)
+		if err == nil {
+			return out, nil
+		}
+		c.dropped = nil // the slow path below counts again
 	case expfmt.TypeTextPlain:
 	default:
 		format = expfmt.FmtText

@@ -67,7 +67,7 @@ func BenchmarkPrometheusParse(b *testing.B) {
 		name   string
 		format expfmt.Format
 		ref    bool // through client_model's generated decoder, for comparison
-	}{{"protobuf-native", expfmt.FmtProtoDelim, false}, {"protobuf-native-generated-decoder", expfmt.FmtProtoDelim, true}, {"text-classic", expfmt.FmtText, false}} {
+	}{{"protobuf-native", expfmt.FmtProtoDelim, false}, {"protobuf-native-generated-decoder", expfmt.FmtProtoDelim, true}, {"text-classic", expfmt.FmtText, false}, {"openmetrics-classic", expfmt.FmtOpenMetrics_1_0_0, false}} {
 		b.Run(tc.name, func(b *testing.B) {
 			body := benchExposition(b, tc.format)
 			res := metric.Attrs{{Key: "instance", Value: "127.0.0.1:3000"}, {Key: "job", Value: "app"}}

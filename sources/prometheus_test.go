@@ -1114,6 +1114,19 @@ func FuzzProto(f *testing.F) {
 	f.Add([]byte{0x05, 0x0a, 0x01, 'x', 0x18, 0x04})
 	f.Fuzz(func(t *testing.T, body []byte) {
 		at := time.Unix(1764072060, 0)
+		// The generated decoder (protodelim, no size limit) allocates
+		// whatever a length prefix claims: only give it consistent framing.
+		for rest := body; len(rest) > 0; {
+			size, n := protowire.ConsumeVarint(rest)
+			if n < 0 || size > uint64(len(rest)-n) {
+				c := promConverter{at: at}
+				if _, err := c.parse(body, expfmt.FmtProtoDelim); err == nil {
+					t.Fatal("bad framing accepted")
+				}
+				return
+			}
+			rest = rest[n+int(size):]
+		}
 		ref := promConverter{at: at, honorTimestamps: true}
 		want, refErr := promParseDTO(&ref, body)
 		got := promConverter{at: at, honorTimestamps: true}
@@ -1126,6 +1139,117 @@ func FuzzProto(f *testing.F) {
 		}
 		if d := promDiff(series, want); d != "" {
 			t.Fatalf("decoders disagree: %s", d)
+		}
+	})
+}
+
+// promParseOMSlow converts an OpenMetrics body through expfmt's parser.
+func promParseOMSlow(c *promConverter, body []byte) ([]metric.Series, error) {
+	dec := expfmt.NewDecoder(bytes.NewReader(body), expfmt.FmtOpenMetrics_1_0_0)
+	var out []metric.Series
+	var mf dto.MetricFamily
+	for {
+		err := dec.Decode(&mf)
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		c.fam.fromDTO(&mf)
+		out = c.appendFamily(out, &c.fam)
+	}
+}
+
+func promOMBody(t testing.TB, g prometheus.Gatherer) []byte {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	enc := expfmt.NewEncoder(&buf, expfmt.FmtOpenMetrics_1_0_0, expfmt.WithCreatedLines())
+	for _, mf := range mfs {
+		if err := enc.Encode(mf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c, ok := enc.(expfmt.Closer); ok {
+		_ = c.Close()
+	}
+	return buf.Bytes()
+}
+
+var promOMSamples = []string{
+	"# TYPE a counter\n# HELP a Requests \\\"served\\\"\\nand more.\na_total{code=\"200\",path=\"/x\\\\y\"} 3 1764072000.5 # {trace_id=\"0af7651916cd43dd8448eb211c80319c\",span_id=\"b7ad6b7169203331\"} 0.25 1764072000.123456789\na_created{code=\"200\",path=\"/x\\\\y\"} 1764000000.25\na_total{code=\"500\",path=\"/x\\\\y\"} 1\n# EOF\n",
+	"# TYPE g_seconds gauge\n# UNIT g_seconds seconds\ng_seconds 1.5\ng_seconds{a=\"b\"} NaN\ng_seconds{a=\"c\"} -Inf 1764072000\n# TYPE u unknown\nu{x=\"\"} 1e3\n# EOF\n",
+	"# TYPE s summary\ns{quantile=\"0.5\",m=\"GET\"} 0.4\ns{quantile=\"0.99\",m=\"GET\"} 0.9\ns_sum{m=\"GET\"} 10.5\ns_count{m=\"GET\"} 20\ns_created{m=\"GET\"} 1764000000\n# EOF\n",
+	"# TYPE h histogram\nh_bucket{le=\"0.1\"} 1 # {trace_id=\"aa\"} 0.05\nh_bucket{le=\"1.0\"} 3\nh_bucket{le=\"+Inf\"} 4\nh_count 4\nh_sum 2.5\nh_created 1764000000.5\n# EOF\n",
+	"# TYPE a counter\na_total 1\n", // no # EOF: falls back, expfmt rejects
+	"# TYPE a gaugehistogram\na_bucket{le=\"+Inf\"} 1\na_gcount 1\na_gsum 1\n# EOF\n", // falls back
+	"# TYPE a counter\na_total -1\n# EOF\n", // falls back, expfmt rejects
+}
+
+// TestPrometheusOpenMetricsFast checks the fast OpenMetrics path against
+// expfmt's parser and that it does not fall back on what client libraries
+// write.
+func TestPrometheusOpenMetricsFast(t *testing.T) {
+	bodies := map[string][]byte{"client_golang app": promOMBody(t, newPromApp(t).reg)}
+	for i, s := range promOMSamples[:4] {
+		bodies[fmt.Sprintf("sample %d", i)] = []byte(s)
+	}
+	for name, body := range bodies {
+		t.Run(name, func(t *testing.T) {
+			at := time.Unix(1764072060, 0)
+			fast := promConverter{at: at, honorTimestamps: true}
+			got, err := fast.parseOpenMetricsFast(body)
+			if err != nil {
+				t.Fatalf("fell back: %v\n%s", err, body)
+			}
+			slow := promConverter{at: at, honorTimestamps: true}
+			want, err := promParseOMSlow(&slow, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := promDiff(got, want); d != "" {
+				t.Fatalf("fast and expfmt disagree: %s", d)
+			}
+			if len(got) == 0 {
+				t.Fatal("nothing parsed")
+			}
+		})
+	}
+	for i, s := range promOMSamples[4:] {
+		c := promConverter{at: time.Now()}
+		if _, err := c.parseOpenMetricsFast([]byte(s)); !errors.Is(err, errOMFallback) {
+			t.Errorf("sample %d: want a fallback, got %v", i+4, err)
+		}
+	}
+}
+
+// FuzzOpenMetrics: the fast path never accepts what expfmt rejects, and
+// agrees with it on what both accept.
+func FuzzOpenMetrics(f *testing.F) {
+	for _, s := range promOMSamples {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		if len(body) > 4096 {
+			return // expfmt's parser is too slow for long inputs
+		}
+		at := time.Unix(1764072060, 0)
+		fast := promConverter{at: at, honorTimestamps: true}
+		got, err := fast.parseOpenMetricsFast(body)
+		if err != nil {
+			return
+		}
+		slow := promConverter{at: at, honorTimestamps: true}
+		want, err := promParseOMSlow(&slow, body)
+		if err != nil {
+			t.Fatalf("fast path accepts what expfmt rejects (%v):\n%q", err, body)
+		}
+		if d := promDiff(got, want); d != "" {
+			t.Fatalf("fast and expfmt disagree: %s\n%q", d, body)
 		}
 	})
 }
