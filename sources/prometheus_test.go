@@ -1187,7 +1187,7 @@ var promOMSamples = []string{
 	"# TYPE h histogram\nh_bucket{le=\"0.1\"} 1 # {trace_id=\"aa\"} 0.05\nh_bucket{le=\"1.0\"} 3\nh_bucket{le=\"+Inf\"} 4\nh_count 4\nh_sum 2.5\nh_created 1764000000.5\n# EOF\n",
 	"# TYPE a counter\na_total 1\n", // no # EOF: falls back, expfmt rejects
 	"# TYPE a gaugehistogram\na_bucket{le=\"+Inf\"} 1\na_gcount 1\na_gsum 1\n# EOF\n", // falls back
-	"# TYPE a counter\na_total -1\n# EOF\n", // falls back, expfmt rejects
+	"# TYPE a counter\na_total -1\n# EOF\n",                                           // falls back, expfmt rejects
 }
 
 // TestPrometheusOpenMetricsFast checks the fast OpenMetrics path against
