@@ -569,3 +569,24 @@ func TestOTLPSplitsLargeResources(t *testing.T) {
 		t.Errorf("points per request = %v, want [3 1 1 1] (web 3, web 1 failed, web 1 again, db 1)", sizes)
 	}
 }
+
+// TestOTLPShutdown: safe twice, and clean even with an expired context
+// (nothing is buffered).
+func TestOTLPShutdown(t *testing.T) {
+	for _, proto := range []string{OTLPProtocolGRPC, OTLPProtocolHTTP} {
+		cfg := DefaultOTLPConfig()
+		cfg.Endpoint, cfg.Protocol, cfg.Insecure = "127.0.0.1:4317", proto, true
+		e, err := NewOTLP(cfg, Settings{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := e.Shutdown(ctx); err != nil {
+			t.Errorf("%s: Shutdown with an expired context = %v", proto, err)
+		}
+		if err := e.Shutdown(context.Background()); err != nil {
+			t.Errorf("%s: second Shutdown = %v", proto, err)
+		}
+	}
+}
