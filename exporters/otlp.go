@@ -180,7 +180,8 @@ func (c *OTLPConfig) target() (otlpTarget, error) {
 
 // OTLP exports closed windows as OTLP metrics through the OpenTelemetry Go
 // OTLP exporters (otlpmetricgrpc or otlpmetrichttp), one request per resource
-// in the window. The library's own retry is off: the outbox retries.
+// in the window (or more, see max_points_per_request). The library's own
+// retry is off: the outbox retries.
 //
 // Mapping (per window [Start, End)):
 //   - Counter → monotonic Sum; delta: the window's increase with StartTime =
@@ -271,13 +272,6 @@ func NewOTLP(cfg OTLPConfig, set Settings) (*OTLP, error) {
 	if cfg.Temporality == "cumulative" {
 		e.cum = newCumulator(cfg.MaxRevisionAge.D())
 	}
-	if set.Registerer != nil {
-		for _, c := range []prometheus.Collector{e.rejected, e.requests} {
-			if err := set.Registerer.Register(c); err != nil {
-				return nil, fmt.Errorf("otlp exporter %q: register self-metrics: %w", name, err)
-			}
-		}
-	}
 	tgt, _ := cfg.target()
 	if !tgt.plaintext || len(cfg.Headers) == 0 {
 		// fine
@@ -293,6 +287,13 @@ func NewOTLP(cfg OTLPConfig, set Settings) (*OTLP, error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("otlp exporter %q: %w", name, err)
+	}
+	if e.rejected, err = remoteRegister(set.Registerer, e.rejected); err == nil {
+		e.requests, err = remoteRegister(set.Registerer, e.requests)
+	}
+	if err != nil {
+		_ = e.exp.Shutdown(context.Background())
+		return nil, fmt.Errorf("otlp exporter %q: register self-metrics: %w", name, err)
 	}
 	return e, nil
 }

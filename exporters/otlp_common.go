@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sabakiio/sabaki/internal/config"
@@ -232,4 +233,24 @@ func bodySnippet(b []byte) string {
 		return "(empty body)"
 	}
 	return s
+}
+
+// remoteRegister registers c on reg, or returns the collector already
+// registered under the same description (an exporter rebuilt on reload with
+// the same name keeps counting on the same series). A nil reg registers
+// nothing.
+func remoteRegister[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	if reg == nil {
+		return c, nil
+	}
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing, nil
+			}
+		}
+		return c, err
+	}
+	return c, nil
 }

@@ -241,12 +241,14 @@ func NewRemoteWrite(cfg RemoteWriteConfig, set Settings) (*RemoteWrite, error) {
 			Help: "Compressed request bytes accepted by the remote-write receiver.",
 		}),
 	}
-	if set.Registerer != nil {
-		for _, c := range []prometheus.Collector{e.samples, e.skipped, e.bytes} {
-			if err := set.Registerer.Register(c); err != nil {
-				return nil, fmt.Errorf("remote_write exporter %q: register self-metrics: %w", name, err)
-			}
+	var err error
+	if e.samples, err = remoteRegister(set.Registerer, e.samples); err == nil {
+		if e.skipped, err = remoteRegister(set.Registerer, e.skipped); err == nil {
+			e.bytes, err = remoteRegister(set.Registerer, e.bytes)
 		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("remote_write exporter %q: register self-metrics: %w", name, err)
 	}
 	return e, nil
 }

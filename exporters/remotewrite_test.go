@@ -671,3 +671,23 @@ func TestRemoteWriteTLS(t *testing.T) {
 		t.Errorf("without ca_file: %v, want a certificate error", err)
 	}
 }
+
+// TestRebuildSameRegistry: an exporter rebuilt with the same name on the
+// same registry (config reload) reuses its self-metrics.
+func TestRebuildSameRegistry(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	for range 2 {
+		rc := DefaultRemoteWriteConfig()
+		rc.URL = "http://127.0.0.1:9090/api/v1/write"
+		if _, err := NewRemoteWrite(rc, Settings{Registerer: reg}); err != nil {
+			t.Fatal(err)
+		}
+		oc := DefaultOTLPConfig()
+		oc.Endpoint, oc.Insecure = "127.0.0.1:4317", true
+		e, err := NewOTLP(oc, Settings{Registerer: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = e.Shutdown(context.Background())
+	}
+}
