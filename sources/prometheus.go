@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -234,7 +235,9 @@ type promTarget struct {
 	buf      bytes.Buffer
 
 	seen, next map[uint64]struct{}
-	conv       promConverter
+	// exemplars of the previous successful scrape (promDedupExemplars)
+	exSeen, exNext map[uint64]struct{}
+	conv           promConverter
 
 	failures int
 	down     bool
@@ -585,6 +588,7 @@ func (p *Prometheus) scrape(ctx context.Context, t *promTarget, at time.Time) ([
 		return nil, err
 	}
 	p.trackStaleness(t, series)
+	promDedupExemplars(t, series)
 	if t.buf.Cap() > 4<<20 && n < int64(t.buf.Cap())/4 {
 		t.buf = bytes.Buffer{} // do not hold a large buffer for a target that shrank
 	}
@@ -644,6 +648,51 @@ func (p *Prometheus) trackStaleness(t *promTarget, series []metric.Series) {
 		p.m.stale.WithLabelValues(p.name).Add(float64(gone))
 	}
 	t.seen, t.next = t.next, t.seen
+}
+
+// promDedupExemplars drops exemplars the target already exposed in its
+// previous successful scrape. An exposition keeps showing an exemplar until
+// a newer one replaces it (client_golang keeps one per bucket and a few
+// per native histogram), so without this the same trace would be attached
+// to every later window, as if it had been slow in each. Identity is the
+// trace and span ID, value and timestamp, which needs no clock agreement
+// with the target.
+func promDedupExemplars(t *promTarget, series []metric.Series) {
+	if t.exSeen == nil {
+		t.exSeen, t.exNext = map[uint64]struct{}{}, map[uint64]struct{}{}
+	}
+	clear(t.exNext)
+	var h maphash.Hash
+	h.SetSeed(promSeed)
+	for i := range series {
+		for j := range series[i].Points {
+			pt := &series[i].Points[j]
+			if len(pt.Exemplars) == 0 {
+				continue
+			}
+			kept := pt.Exemplars[:0]
+			for _, e := range pt.Exemplars {
+				h.Reset()
+				h.WriteString(series[i].Name)
+				h.Write(e.TraceID[:])
+				h.Write(e.SpanID[:])
+				var b [16]byte
+				binary.LittleEndian.PutUint64(b[:8], math.Float64bits(e.Value))
+				binary.LittleEndian.PutUint64(b[8:], uint64(e.Time.UnixNano()))
+				h.Write(b[:])
+				k := h.Sum64()
+				t.exNext[k] = struct{}{}
+				if _, old := t.exSeen[k]; !old {
+					kept = append(kept, e)
+				}
+			}
+			if len(kept) == 0 {
+				kept = nil
+			}
+			pt.Exemplars = kept
+		}
+	}
+	t.exSeen, t.exNext = t.exNext, t.exSeen
 }
 
 func appFormatBytes(n int64) string {

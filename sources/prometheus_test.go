@@ -46,6 +46,7 @@ var promRoutes = []struct {
 // exemplars), a request counter with exemplars, a gauge and a summary.
 type promApp struct {
 	reg      *prometheus.Registry
+	lat      *prometheus.HistogramVec
 	values   map[string][]float64 // observations per route
 	traceIDs map[string]string    // trace_id -> span_id used in exemplars
 }
@@ -63,6 +64,7 @@ func newPromApp(t testing.TB) *promApp {
 	inflight := prometheus.NewGauge(prometheus.GaugeOpts{Name: "http_inflight_requests", Help: "In flight."})
 	sum := prometheus.NewSummary(prometheus.SummaryOpts{Name: "rpc_duration_seconds", Help: "RPC latency.", Objectives: map[float64]float64{0.5: 0.05, 0.99: 0.001}})
 	a.reg.MustRegister(lat, reqs, inflight, sum)
+	a.lat = lat
 
 	rng := rand.New(rand.NewPCG(1, 2))
 	for _, r := range promRoutes {
@@ -83,6 +85,13 @@ func newPromApp(t testing.TB) *promApp {
 	}
 	inflight.Set(3)
 	return a
+}
+
+// observe records one latency with an exemplar carrying traceID.
+func (a *promApp) observe(t testing.TB, route string, v float64, traceID string) {
+	t.Helper()
+	a.lat.WithLabelValues(route, "GET").(prometheus.ExemplarObserver).ObserveWithExemplar(v, prometheus.Labels{"trace_id": traceID, "span_id": "00000000000000aa"})
+	a.traceIDs[traceID] = "00000000000000aa"
 }
 
 func promRandHex(rng *rand.Rand, n int) string {
@@ -408,6 +417,28 @@ func TestPrometheusNative(t *testing.T) {
 	}
 	if n, err := promGatherCount(reg, "sabaki_prometheus_scrape_samples"); err != nil || n != 1 {
 		t.Errorf("self-metric scrape_samples: %d, %v", n, err)
+	}
+
+	// A second scrape shows the same exemplars again: they are not handed
+	// over twice. A new one is.
+	b, err = p.Collect(context.Background(), at.Add(15*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range b.Series {
+		if len(s.Points[0].Exemplars) > 0 {
+			t.Errorf("%s %v: exemplars handed over again: %v", s.Name, s.Attrs, s.Points[0].Exemplars)
+		}
+	}
+	fresh := "00000000000000000000000000abcdef"
+	app.observe(t, "/api/orders", 0.3, fresh)
+	b, err = p.Collect(context.Background(), at.Add(30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := promOne(t, b, "http_server_request_duration_seconds", map[string]string{"route": "/api/orders"}).Points[0].Exemplars
+	if len(ex) != 1 || hex.EncodeToString(ex[0].TraceID[:]) != fresh {
+		t.Errorf("after a new observation: exemplars %+v, want only trace %s", ex, fresh)
 	}
 }
 
