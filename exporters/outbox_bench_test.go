@@ -1,0 +1,48 @@
+package exporters
+
+import (
+	"testing"
+)
+
+// BenchmarkOutboxEnqueue measures writing (encode, frame, write, fsync) one
+// minute of 1,000 latency series.
+func BenchmarkOutboxEnqueue(b *testing.B) {
+	o, err := NewOutbox(DefaultOutboxConfig(), &recExporter{name: "bench"}, Settings{DataDir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := realisticWindow(t0, 1000)
+	p, _ := encodeWindow(w)
+	for b.Loop() {
+		if err := o.Enqueue(w); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(len(p)), "bytes/window")
+}
+
+// BenchmarkOutboxEncode measures the encoding alone.
+func BenchmarkOutboxEncode(b *testing.B) {
+	w := realisticWindow(t0, 1000)
+	for b.Loop() {
+		if _, err := encodeWindow(w); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkMackerelMinute measures mapping one minute of 1,000 latency
+// series to Mackerel values (no network).
+func BenchmarkMackerelMinute(b *testing.B) {
+	cfg := DefaultMackerelConfig()
+	cfg.Service, cfg.APIKey = "toitta", "k"
+	e, err := NewMackerel(cfg, Settings{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := realisticWindow(t0, 1000)
+	for b.Loop() {
+		minute, aggs, seconds := e.minuteOf(w)
+		_ = e.values(e.mapSeries(aggs, "", ""), minute, seconds, metricName)
+	}
+}
