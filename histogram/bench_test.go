@@ -271,3 +271,30 @@ func BenchmarkMergeFloor(b *testing.B) {
 	ct.stop(b)
 	runtime.KeepAlive(&dst)
 }
+
+// BenchmarkRecordScale measures Record at fixed scales: data whose range
+// is narrow keeps a histogram at a high scale (constant data stays at 20).
+func BenchmarkRecordScale(b *testing.B) {
+	for _, s := range []int32{-2, 0, 3, 8, 10, 12, 16, 20} {
+		b.Run(fmt.Sprint(s), func(b *testing.B) {
+			// Values spanning 100 buckets at scale s (fits MaxSize 160).
+			vs := dataset("uniform", benchN)
+			w := math.Exp2(100 * math.Exp2(-float64(s)))
+			for i := range vs {
+				vs[i] = 1.5 * math.Pow(w, vs[i])
+			}
+			h := NewAtScale(160, s)
+			record(h, vs)
+			if h.Scale() != s {
+				b.Fatalf("scale %d", h.Scale())
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			ct := startCPU(b, false)
+			for i := 0; i < b.N; i++ {
+				h.Record(vs[i&(benchN-1)])
+			}
+			ct.stop(b)
+		})
+	}
+}

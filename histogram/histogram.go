@@ -122,9 +122,9 @@ func (h *Histogram) lazyInit() {
 // counted by Dropped. It never allocates except when the bucket range grows
 // past the allocated buffer or a counter outgrows its width.
 //
-// The fast path covers normal values that are not powers of two at scales
-// 1..10 (where histograms of real data live); everything else, and the
-// first non-zero value of a zero Histogram, takes recordRare/recordOther.
+// The fast path covers normal values at scales up to 10 (where histograms
+// of real data live); higher scales take recordHigh, and zeros,
+// subnormals, NaN/±Inf and the first value of a zero Histogram recordRare.
 func (h *Histogram) Record(v float64) {
 	b := math.Float64bits(v)
 	abs := b &^ signBit
@@ -146,22 +146,29 @@ func (h *Histogram) Record(v float64) {
 	}
 	s := int32(h.scale)
 	mant := abs & mantMask
-	if uint32(s-1) >= lutScale || mant == 0 {
-		h.recordOther(v, abs)
+	e := exp - 1023
+	pow2 := int32((mant - 1) >> 63) // 1 for an exact power of two (upper bucket end)
+	var idx int32
+	switch {
+	case uint32(s-1) < lutScale:
+		idx = e<<uint(s&31) + lutIndex(mant, s) - pow2 // lutIndex(0) = 0
+	case s <= 0:
+		idx = (e - pow2) >> uint(-s&31)
+	default:
+		h.recordHigh(b, e, mant, s)
 		return
 	}
-	idx := (exp-1023)<<uint(s&31) + lutIndex(mant, s)
 	var slot uint32
 	if b&signBit == 0 {
 		slot = uint32(idx - h.posStart)
 		if slot >= uint32(h.posLen) {
-			h.addAt(false, idx, 1)
+			h.addMiss(b, idx)
 			return
 		}
 	} else {
 		slot = uint32(idx - h.negStart)
 		if slot >= uint32(h.negLen) {
-			h.addAt(true, idx, 1)
+			h.addMiss(b, idx)
 			return
 		}
 		slot += uint32(h.cap) - uint32(h.negLen)
@@ -192,6 +199,33 @@ func (h *Histogram) Record(v float64) {
 	default:
 		*(*uint64)(p)++
 	}
+}
+
+// addMiss finishes Record when idx is outside the current range: the range
+// grows (or the histogram downscales). A zero Histogram (scale 0, no
+// settings yet) always lands here first and is initialised by recordOther.
+func (h *Histogram) addMiss(b uint64, idx int32) {
+	if h.maxSize == 0 {
+		h.recordOther(math.Float64frombits(b), b&^signBit)
+		return
+	}
+	h.addAt(b&signBit != 0, idx, 1)
+}
+
+// recordHigh finishes Record at scales above lutScale (a tail call, so the
+// fast path keeps its registers): normal value, sum/min/max done.
+func (h *Histogram) recordHigh(b uint64, e int32, mant uint64, s int32) {
+	idx := e<<uint(s&31) + int32(hiDigits(mant, s))
+	if mant == 0 {
+		idx--
+	}
+	neg := b&signBit != 0
+	start, n, slot0 := h.region(neg)
+	if uint32(idx-start) < uint32(n) {
+		h.addSlot(slot0+int(idx-start), 1)
+		return
+	}
+	h.addAt(neg, idx, 1)
 }
 
 // recordRare is Record for zeros, subnormals, ±Inf and NaN.

@@ -18,12 +18,14 @@ import (
 //     scale+1 mantissa bits and one compare with an exact threshold
 //     (lutThresholds, generated and checked with exact integer arithmetic).
 //     No logarithm is taken.
-//   - lutScale < scale <= MaxScale: the scale bits of log2 of the mantissa by
-//     repeated squaring in 128-bit fixed point, carried as a lower and an
-//     upper bound; if the two bounds ever disagree (astronomically rare) the
-//     same digits are computed with math/big at increasing precision. Since
-//     (1+m/2^52)^(2^k) is never a power of two for m > 0, the loop always
-//     decides, so this path is exact too, just slower (tens of ns).
+//   - lutScale < scale <= MaxScale: a float64 logarithm gives the digits
+//     whenever it is farther than a safe error margin from a boundary
+//     (hiDigits; all but about one value in 2^23 at scale 20); otherwise
+//     the digits of log2 of the mantissa are computed by repeated squaring
+//     in 128-bit fixed point, carried as a lower and an upper bound, and if
+//     the two bounds ever disagree (astronomically rare) with math/big at
+//     increasing precision. Since (1+m/2^52)^(2^k) is never a power of two
+//     for m > 0, that loop always decides, so this path is exact too.
 
 const (
 	mantBits = 52
@@ -98,7 +100,30 @@ func mapIndex(abs uint64, scale int32) int32 {
 	if scale <= lutScale {
 		return e<<uint(scale) + lutIndex(mant, scale)
 	}
-	return e<<uint(scale) + int32(log2Digits(mant, scale))
+	return e<<uint(scale) + int32(hiDigits(mant, scale))
+}
+
+// hiMargin bounds the absolute error of math.Log(y)/ln2 for y in [1, 2)
+// with a wide safety factor: Go's Log is accurate to < 1 ulp, so the error
+// is below 2^-51; 2^-44 leaves a factor 128.
+const hiMargin = 0x1p-44
+
+// hiDigits returns floor(log2(1+m/2^52) · 2^s) for 0 <= m < 2^52 and
+// s > lutScale, exactly: a float64 logarithm gives the digits unless the
+// result lies within hiMargin·2^s (in index units) of an integer, which at
+// scale 20 happens for about one value in 2^23; those take the exact
+// squaring path.
+func hiDigits(m uint64, s int32) uint32 {
+	if m == 0 {
+		return 0
+	}
+	y := math.Float64frombits(1023<<mantBits | m) // 1 + m/2^52, exact
+	t := math.Log(y) * (1 / math.Ln2) * float64(int64(1)<<uint(s&63))
+	d := math.Floor(t)
+	if eps := hiMargin * float64(int64(1)<<uint(s&63)); t-d < eps || d+1-t < eps {
+		return log2Digits(m, s)
+	}
+	return uint32(d)
 }
 
 // log2Digits returns floor(log2(1+m/2^52) · 2^s) for 0 < m < 2^52, exactly.
