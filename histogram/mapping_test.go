@@ -167,3 +167,29 @@ func TestLowerBoundaryAndLargestIn(t *testing.T) {
 		}
 	}
 }
+
+// TestHiDigits compares the checked-logarithm digits with the exact
+// squaring digits on random mantissas at every scale above the table.
+func TestHiDigits(t *testing.T) {
+	r := rand.New(rand.NewPCG(seed, 3))
+	fallbacks := 0
+	for s := int32(lutScale + 1); s <= MaxScale; s++ {
+		for i := 0; i < 5000; i++ {
+			m := r.Uint64() & mantMask
+			if got, want := hiDigits(m, s), log2Digits(m, s); got != want {
+				t.Fatalf("scale %d m=%#x: %d, exact %d", s, m, got, want)
+			}
+		}
+		// Mantissas just around exact thresholds force the fallback.
+		for k := 1; k < 1<<lutScale; k += 97 {
+			th := lutThresholds[k] // a boundary at scale 10, hence at every finer scale
+			for _, m := range []uint64{th - 1, th, th + 1} {
+				if got, want := hiDigits(m, s), log2Digits(m, s); got != want {
+					t.Fatalf("scale %d m=%#x (boundary): %d, exact %d", s, m, got, want)
+				}
+				fallbacks++
+			}
+		}
+	}
+	t.Logf("%d boundary-adjacent mantissas checked", fallbacks)
+}
