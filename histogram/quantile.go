@@ -63,29 +63,29 @@ func (h *Histogram) find(k uint64) bucketRef {
 
 // rank returns the 0-based rank for q, or ok=false for an empty histogram or
 // a NaN q. q is clamped to [0, 1].
-func (h *Histogram) rank(q float64) (k uint64, ok bool) {
-	n := h.Count()
+func (h *Histogram) rank(q float64) (k, n uint64, ok bool) {
+	n = h.Count()
 	if n == 0 || math.IsNaN(q) {
-		return 0, false
+		return 0, n, false
 	}
 	q = max(0, min(1, q))
 	k = uint64(math.Floor(q * float64(n-1)))
 	if k > n-1 { // float rounding for huge n
 		k = n - 1
 	}
-	return k, true
+	return k, n, true
 }
 
 // extreme returns Min for rank 0 and Max for the last rank: exact, since
 // both are kept exactly.
-func (h *Histogram) extreme(k uint64) (float64, bool) {
+func (h *Histogram) extreme(k, n uint64) (float64, bool) {
 	if h.min > h.max {
 		return 0, false
 	}
 	if k == 0 {
 		return h.min, true
 	}
-	if k == h.Count()-1 {
+	if k == n-1 {
 		return h.max, true
 	}
 	return 0, false
@@ -114,14 +114,14 @@ func (h *Histogram) zeroRange() (lo, hi float64) {
 // convention above), clamped to [Min, Max]. It returns 0 for an empty
 // histogram and NaN for a NaN q; q outside [0, 1] is clamped.
 func (h *Histogram) Quantile(q float64) float64 {
-	k, ok := h.rank(q)
+	k, n, ok := h.rank(q)
 	if !ok {
 		if math.IsNaN(q) {
 			return math.NaN()
 		}
 		return 0
 	}
-	if v, ok := h.extreme(k); ok {
+	if v, ok := h.extreme(k, n); ok {
 		return v
 	}
 	b := h.find(k)
@@ -145,14 +145,14 @@ func (h *Histogram) Quantile(q float64) float64 {
 // [Min, Max]: its relative error is at most RelativeError() outside the zero
 // bucket. It returns 0 for an empty histogram and NaN for a NaN q.
 func (h *Histogram) QuantileMidpoint(q float64) float64 {
-	k, ok := h.rank(q)
+	k, n, ok := h.rank(q)
 	if !ok {
 		if math.IsNaN(q) {
 			return math.NaN()
 		}
 		return 0
 	}
-	if v, ok := h.extreme(k); ok {
+	if v, ok := h.extreme(k, n); ok {
 		return v
 	}
 	b := h.find(k)
