@@ -164,6 +164,8 @@ type OTLP struct {
 	m    *otlpMetrics
 	now  func() time.Time
 
+	exemplars otlpExemplarMemo
+
 	mu       sync.Mutex
 	sink     metric.Sink
 	started  bool
@@ -361,6 +363,7 @@ func (r *OTLP) export(ctx context.Context, req *collectormetrics.ExportMetricsSe
 		if sink == nil {
 			return nil, fmt.Errorf("otlp source %q: not started", r.name)
 		}
+		ups := r.exemplars.filter(c.series)
 		err := sink.Consume(ctx, metric.Batch{Source: r.name, Series: c.series})
 		if err != nil {
 			if errors.Is(err, metric.ErrFull) {
@@ -370,6 +373,7 @@ func (r *OTLP) export(ctx context.Context, req *collectormetrics.ExportMetricsSe
 			r.m.requests.WithLabelValues(r.name, transport, "error").Inc()
 			return nil, fmt.Errorf("hand batch to pipeline: %w", err)
 		}
+		r.exemplars.commit(ups, c.now)
 		r.m.received.WithLabelValues(r.name, transport).Add(float64(c.accepted))
 	}
 	outcome := "ok"

@@ -324,6 +324,33 @@ func TestOTLPSDK(t *testing.T) {
 				t.Errorf("received self-metric %v, want %d", v, len(got))
 			}
 			_ = reg
+
+			// The SDK repeats a cumulative series' exemplars at every export
+			// until newer ones replace them: each is handed over once.
+			sink.mu.Lock()
+			sink.batches = nil
+			sink.mu.Unlock()
+			if err := mp.ForceFlush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range sink.series() {
+				if len(s.Points[0].Exemplars) > 0 {
+					t.Errorf("%s %v: exemplars handed over again", s.Name, s.Attrs)
+				}
+			}
+			c, sp := tracer.Start(ctx, "late request")
+			dur.Record(c, 9.5, otelmetric.WithAttributes(attribute.String("http.route", "/api/orders"), attribute.String("http.request.method", "GET"), attribute.Int("http.response.status_code", 200)))
+			sp.End()
+			sink.mu.Lock()
+			sink.batches = nil
+			sink.mu.Unlock()
+			if err := mp.ForceFlush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			ex := otlpOne(t, sink.series(), "http.server.request.duration", map[string]string{"http.route": "/api/orders", "http.response.status_code": "200"}).Points[0].Exemplars
+			if len(ex) != 1 || ex[0].TraceID != sp.SpanContext().TraceID() || ex[0].Value != 9.5 {
+				t.Errorf("after one new traced request: exemplars %+v", ex)
+			}
 		})
 	}
 }
