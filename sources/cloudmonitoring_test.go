@@ -570,9 +570,10 @@ func TestCloudMonitoringCostPerHour(t *testing.T) {
 		src := newTestSource(t, srv, nil, func(c *CloudMonitoringConfig) {
 			c.Interval = config.Duration(interval)
 			c.Timeout = c.Interval
+			c.Backfill = 0 // steady state only
 		})
 		var cl collector
-		run(t, srv, src, &cl, day0.Add(time.Hour), day0.Add(time.Hour), interval) // first start: 1 h backfill
+		run(t, srv, src, &cl, day0.Add(time.Hour), day0.Add(time.Hour), interval)
 		srv.ResetCalls()
 		// Half an hour of steady polling, doubled: per hour.
 		run(t, srv, src, &cl, day0.Add(time.Hour+interval), day0.Add(90*time.Minute), interval)
