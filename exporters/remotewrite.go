@@ -145,7 +145,8 @@ func (c *RemoteWriteConfig) Validate() error {
 //     to 8), both accumulated in memory from the windows' deltas (see
 //     cumulator: a restart is a counter reset, which rate() and increase()
 //     handle); gauges as the window's last value. Samples are stamped with
-//     the window end.
+//     the window end; a series' first total is preceded by a zero 1 ms
+//     after its start, so rate() and increase() count its first window.
 //   - Names per the OTel → Prometheus conventions (remotewrite_names.go);
 //     resource attributes give job (service.namespace/service.name) and
 //     instance (service.instance.id, else host.name), the ones listed in
@@ -338,7 +339,7 @@ type rwSeries struct {
 	counterLike bool      // counter or histogram (cumulative state in cum)
 	t           time.Time // timestamp of its sample or histogram
 	samples     []rwSample
-	hists       []histogram.Native
+	hists       []rwHist
 	exemplars   []rwExemplar
 	family      string
 	typ         int // MetricMetadata.MetricType
@@ -348,6 +349,11 @@ type rwSeries struct {
 func (s *rwSeries) size() int { return len(s.samples) + len(s.hists) }
 
 type rwLabel struct{ name, value string }
+
+type rwHist struct {
+	n histogram.Native
+	t int64 // ms
+}
 
 type rwSample struct {
 	v float64
@@ -466,12 +472,27 @@ func (e *RemoteWrite) build(w *metric.Window) []rwSeries {
 				e.skipped.WithLabelValues("too_late").Inc()
 				continue
 			}
+			fresh := e.cum.lastTime(s.key).IsZero()
 			p := e.cum.add(s.key, w, g.sum, g.hist)
 			s.counterLike, s.t = true, p.Time
+			// A series' first total is preceded by a zero just after its
+			// start (what Prometheus 3 calls created-timestamp zero
+			// injection), so increase() and rate() count the first window
+			// too. 1 ms after the start, not at it: the previous run's last
+			// sample may sit exactly at this window's start.
+			zero := p.Start.Add(time.Millisecond)
+			fresh = fresh && zero.Before(p.Time)
 			if g.kind == metric.Counter {
-				s.samples = []rwSample{{v: p.Sum, t: p.Time.UnixMilli()}}
+				if fresh {
+					s.samples = append(s.samples, rwSample{v: 0, t: zero.UnixMilli()})
+				}
+				s.samples = append(s.samples, rwSample{v: p.Sum, t: p.Time.UnixMilli()})
 			} else {
-				s.hists = []histogram.Native{p.Hist.Native()}
+				n := p.Hist.Native()
+				if fresh {
+					s.hists = append(s.hists, rwHist{n: histogram.Native{Schema: n.Schema, ZeroThreshold: n.ZeroThreshold}, t: zero.UnixMilli()})
+				}
+				s.hists = append(s.hists, rwHist{n: n, t: p.Time.UnixMilli()})
 			}
 		}
 		if s.t.Equal(end) {

@@ -346,6 +346,18 @@ func TestRemoteWritePrometheus(t *testing.T) {
 		t.Errorf("test data: widening schema stayed %d", schemaSeen[0])
 	}
 	t.Logf("widening histogram cumulative schemas per window: %v", schemaSeen)
+	// The first window counts too: its totals follow a zero 1 ms after the
+	// window start, so increase() over the first window sees them. The
+	// counter is exact (Prometheus does not extrapolate below a zero); the
+	// histogram is extrapolated over the missing millisecond (×60/59.999).
+	first := ws[0].End()
+	if got := p.one(t, `increase(http_server_requests_total{job="shop/web"}[1m])`, first); got != 60 {
+		t.Errorf("first window: counter increase = %g, want 60", got)
+	}
+	want0 := float64(ws[0].Series[0].Hist.Count())
+	if got := p.one(t, "histogram_count(increase("+sel+"[1m]))", first); math.Abs(got-want0) > want0*1e-4 {
+		t.Errorf("first window: histogram increase count = %g, want %g (±0.01%%)", got, want0)
+	}
 	// The narrow histogram arrived at schema 8 with its exact count.
 	if got := p.one(t, `histogram_count(calibration_ratio_spread)`, lastEnd); got != float64(windows*100) {
 		t.Errorf("narrow histogram count = %g, want %d", got, windows*100)

@@ -91,7 +91,7 @@ func (e *rwEncoder) appendSeries(b []byte, s *rwSeries) []byte {
 		b = rwAppendMsg(b, 3, e.sub)
 	}
 	for i := range s.hists {
-		e.sub = e.appendHistogram(e.sub[:0], &s.hists[i], s.t.UnixMilli())
+		e.sub = e.appendHistogram(e.sub[:0], &s.hists[i].n, s.hists[i].t)
 		b = rwAppendMsg(b, 4, e.sub)
 	}
 	return b

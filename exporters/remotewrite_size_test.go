@@ -43,7 +43,8 @@ func sizeWindow(start time.Time, seed uint64) *metric.Window {
 
 // TestExportSizes measures the bytes one window of 1,000 histogram series
 // costs on the wire: OTLP (gRPC and HTTP, gzip and none, delta) as received
-// by the fake, and remote write (snappy) for the first window and for the
+// by the fake, and remote write (snappy) for the first window (which also
+// carries a zero before each series' first total) and for the
 // tenth (cumulative histograms hold the buckets of all windows so far).
 // Run with -v to see the figures; the bounds only catch regressions.
 func TestExportSizes(t *testing.T) {
@@ -86,7 +87,7 @@ func TestExportSizes(t *testing.T) {
 		runtime.ReadMemStats(&m)
 		return m.HeapAlloc
 	}
-	e, _ := rwTestExporter(t, f.srv.URL, func(c *RemoteWriteConfig) { c.MaxSamplesPerSend = 2000 })
+	e, _ := rwTestExporter(t, f.srv.URL, func(c *RemoteWriteConfig) { c.MaxSamplesPerSend = 5000 }) // one request per window
 	for _, w := range ws {
 		if err := e.Export(context.Background(), w); err != nil {
 			t.Fatal(err)

@@ -386,10 +386,10 @@ func TestRemoteWriteEncoding(t *testing.T) {
 		}
 	}
 	reqs := f.requests()
-	// Per window: 2 latency + 1 counter + 1 gauge + 1 db histogram + 2 target_info = 7 series → 3 requests.
-	if len(reqs) != 9 {
-		t.Fatalf("requests = %d, want 9 (3 per window at 3 samples each)", len(reqs))
-	}
+	// Per window: 2 latency + 1 counter + 1 gauge + 1 db histogram + 2
+	// target_info = 7 samples; the first window has 4 more, the zeros
+	// before each counter's and histogram's first total.
+	total := 0
 	for i, r := range reqs {
 		n := 0
 		for _, s := range r.series {
@@ -398,6 +398,10 @@ func TestRemoteWriteEncoding(t *testing.T) {
 		if n > 3 {
 			t.Errorf("request %d holds %d samples, max 3", i, n)
 		}
+		total += n
+	}
+	if total != 7*3+4 || len(reqs) < total/3 {
+		t.Errorf("%d samples in %d requests, want 25 in at least 9", total, len(reqs))
 	}
 	f.mu.Lock()
 	if got := f.hdrs[0].Get("Authorization"); got != "Bearer tok-secret" {
@@ -418,6 +422,15 @@ func TestRemoteWriteEncoding(t *testing.T) {
 		merged.Merge(ws[i].Series[0].Hist)
 		if s.labels["job"] != "web" || s.labels["instance"] != "i-1" {
 			t.Errorf("job/instance = %q/%q", s.labels["job"], s.labels["instance"])
+		}
+		if i == 0 {
+			// The series' first total comes after an empty histogram 1 ms
+			// after its start.
+			if len(s.hists) != 2 || s.hists[0].n.Count != 0 || len(s.hists[0].n.PositiveSpans) != 0 ||
+				s.hists[0].t != ws[0].Start.UnixMilli()+1 || s.hists[0].n.Schema != merged.Native().Schema {
+				t.Fatalf("first window: %+v, want a zero histogram at start+1ms, then the total", s.hists)
+			}
+			s.hists = s.hists[1:]
 		}
 		if len(s.hists) != 1 || len(s.samples) != 0 {
 			t.Fatalf("series %d: %d histograms, %d samples", i, len(s.hists), len(s.samples))
@@ -443,11 +456,17 @@ func TestRemoteWriteEncoding(t *testing.T) {
 	if len(db) != 3 || db[0].labels["job"] != "db" || db[0].labels["instance"] != "" {
 		t.Fatalf("db series = %+v", db)
 	}
-	if n := db[0].hists[0].n; n.ZeroCount != 3 || len(n.NegativeSpans) == 0 {
+	if n := db[0].hists[1].n; n.ZeroCount != 3 || len(n.NegativeSpans) == 0 {
 		t.Errorf("db histogram lost zeros or negatives: %+v", n)
 	}
 	ctr := rwFind(all, map[string]string{"__name__": "http_server_requests_total"})
 	for i, s := range ctr {
+		if i == 0 {
+			if len(s.samples) != 2 || s.samples[0] != (rwSample{0, ws[0].Start.UnixMilli() + 1}) {
+				t.Fatalf("first counter samples = %+v, want a zero at start+1ms first", s.samples)
+			}
+			s.samples = s.samples[1:]
+		}
 		if len(s.samples) != 1 || s.samples[0].v != 42*float64(i+1) || s.samples[0].t != ws[i].End().UnixMilli() {
 			t.Errorf("counter window %d = %+v, want total %d", i, s.samples, 42*(i+1))
 		}
@@ -575,11 +594,26 @@ func TestRemoteWriteRetrySendsTheRest(t *testing.T) {
 		t.Fatal(err)
 	}
 	reqs := f.requests()
-	if len(reqs) != 3 {
-		t.Fatalf("requests = %d, want 3", len(reqs))
+	if len(reqs) < 3 || !rwSameSeries(reqs[1].series, reqs[2].series) {
+		t.Fatalf("retry did not start with exactly the failed request: %d requests", len(reqs))
 	}
-	if len(reqs[0].series) != 4 || !rwSameSeries(reqs[1].series, reqs[2].series) {
-		t.Errorf("retry did not resend exactly the failed request: %d, %d, %d series", len(reqs[0].series), len(reqs[1].series), len(reqs[2].series))
+	// Every series arrives exactly once among the accepted requests.
+	seen := map[string]int{}
+	for i, r := range reqs {
+		if i == 1 {
+			continue // the failed one
+		}
+		for _, s := range r.series {
+			seen[fmt.Sprint(s.labels)]++
+		}
+	}
+	for k, n := range seen {
+		if n != 1 {
+			t.Errorf("series %s accepted %d times", k, n)
+		}
+	}
+	if len(seen) != 7 {
+		t.Errorf("%d distinct series accepted, want 7", len(seen))
 	}
 }
 
