@@ -223,6 +223,7 @@ type CloudMonitoring struct {
 	bstreams map[string]*gcpStream
 	prefixes map[string]*gcpPrefix // by project + " " + prefix
 	logged   sync.Map              // first BucketOptions logged per metric type
+	layouts  gcpLayouts
 }
 
 type gcpPrefix struct {

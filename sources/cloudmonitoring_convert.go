@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"cloud.google.com/go/monitoring/apiv3/v2/monitoringpb"
@@ -184,18 +185,19 @@ func (c *CloudMonitoring) convert(st *gcpStream, raw []*monitoringpb.TimeSeries,
 				d := v.GetDistributionValue()
 				c.logBuckets(st.metricType, d)
 				var gd gcpDist
-				var err error
 				var ok bool
-				switch kind {
-				case metricpb.MetricDescriptor_CUMULATIVE:
-					gd, pt.Start, ok, err = st.difference(h, start, end, d)
-				case metricpb.MetricDescriptor_GAUGE:
+				bounds, err := c.layouts.bounds(d.GetBucketOptions())
+				switch {
+				case err != nil:
+				case kind == metricpb.MetricDescriptor_CUMULATIVE:
+					gd, pt.Start, ok, err = st.difference(h, start, end, d, bounds)
+				case kind == metricpb.MetricDescriptor_GAUGE:
 					// One sample period's samples, as a delta.
 					pt.Start = end.Add(-st.samplePeriod())
-					gd, err = newGCPDist(d)
+					gd, err = newGCPDistWith(d, bounds)
 					ok = true
 				default:
-					gd, err = newGCPDist(d)
+					gd, err = newGCPDistWith(d, bounds)
 					ok = true
 				}
 				if err != nil {
@@ -247,6 +249,39 @@ func (c *CloudMonitoring) logBuckets(metricType string, d *distributionpb.Distri
 		return
 	}
 	c.log.Info("first bucket layout", "metric_type", metricType, "bucket_options", gcpOptionsKey(d.GetBucketOptions()))
+}
+
+// gcpLayouts caches the boundaries of exponential and linear layouts (a
+// series keeps its layout, and computing 65 powers per point was a quarter
+// of the conversion's time). Explicit bounds come with each point.
+type gcpLayouts struct{ m sync.Map }
+
+type gcpLayoutKey struct {
+	exp  bool
+	n    int32
+	a, b float64
+}
+
+func (l *gcpLayouts) bounds(o *distributionpb.Distribution_BucketOptions) ([]float64, error) {
+	var k gcpLayoutKey
+	switch {
+	case o.GetExponentialBuckets() != nil:
+		e := o.GetExponentialBuckets()
+		k = gcpLayoutKey{true, e.GetNumFiniteBuckets(), e.GetGrowthFactor(), e.GetScale()}
+	case o.GetLinearBuckets() != nil:
+		li := o.GetLinearBuckets()
+		k = gcpLayoutKey{false, li.GetNumFiniteBuckets(), li.GetWidth(), li.GetOffset()}
+	default:
+		return gcpBounds(o)
+	}
+	if b, ok := l.m.Load(k); ok {
+		return b.([]float64), nil
+	}
+	b, err := gcpBounds(o)
+	if err == nil {
+		l.m.Store(k, b)
+	}
+	return b, err
 }
 
 // gcpDist is a distribution reduced to what the conversion needs.
@@ -320,6 +355,12 @@ func newGCPDist(d *distributionpb.Distribution) (gcpDist, error) {
 	if err != nil {
 		return gcpDist{}, err
 	}
+	return newGCPDistWith(d, bounds)
+}
+
+// newGCPDistWith is newGCPDist with the layout's boundaries already known
+// (shared, read-only).
+func newGCPDistWith(d *distributionpb.Distribution, bounds []float64) (gcpDist, error) {
 	g := gcpDist{bounds: bounds, counts: make([]uint64, len(bounds)+1)}
 	if len(bounds) == 0 {
 		// No layout: all observations at the mean.
@@ -382,8 +423,8 @@ type gcpCumPoint struct {
 // A changed start time, layout, or any decrease is a reset: the point
 // counts from its new start. The first point of a series only sets the
 // baseline (ok = false).
-func (st *gcpStream) difference(h uint64, start, end time.Time, d *distributionpb.Distribution) (gcpDist, time.Time, bool, error) {
-	cur, err := newGCPDist(d)
+func (st *gcpStream) difference(h uint64, start, end time.Time, d *distributionpb.Distribution, bounds []float64) (gcpDist, time.Time, bool, error) {
+	cur, err := newGCPDistWith(d, bounds)
 	if err != nil {
 		return gcpDist{}, time.Time{}, false, err
 	}

@@ -186,7 +186,8 @@ func TestGCPCumulativeDifference(t *testing.T) {
 			n += c
 		}
 		d := &distributionpb.Distribution{Count: n, Mean: 50, BucketOptions: o, BucketCounts: counts}
-		g, s, ok, err := st.difference(1, start, t0.Add(time.Duration(min)*time.Minute), d)
+		bounds, _ := gcpBounds(o)
+		g, s, ok, err := st.difference(1, start, t0.Add(time.Duration(min)*time.Minute), d, bounds)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -285,9 +286,14 @@ func BenchmarkGCPConvert(b *testing.B) {
 	span, _ := anypb.New(&monitoringpb.SpanContext{SpanName: "projects/demo/traces/0123456789abcdef0123456789abcdef/spans/0011223344556677"})
 	d := fakegcp.Distribution(fakegcp.ExponentialBuckets(64, 1.4, 1), samples,
 		[]*distributionpb.Distribution_Exemplar{{Value: 90, Timestamp: fakegcp.Timestamp(time.Unix(1, 0)), Attachments: []*anypb.Any{span}}})
+	var layouts gcpLayouts
 	b.ReportAllocs()
 	for b.Loop() {
-		g, err := newGCPDist(d)
+		bounds, err := layouts.bounds(d.BucketOptions)
+		if err != nil {
+			b.Fatal(err)
+		}
+		g, err := newGCPDistWith(d, bounds)
 		if err != nil {
 			b.Fatal(err)
 		}
