@@ -35,7 +35,8 @@ const (
 // resolution (Downscale) whenever a range would need more than MaxSize
 // buckets, so it always holds the finest resolution that fits.
 //
-// Count, Sum, Min and Max are exact. NaN and ±Inf are not observations: they
+// Count, Min and Max are exact; Sum is the float64 running sum. NaN and
+// ±Inf are not observations: they
 // go into no bucket, not into Count, Sum, Min or Max, and are counted by
 // Dropped (OTel SDKs drop them too; Prometheus counts NaN in its count and
 // ±Inf in overflow buckets, see FromNative).
@@ -44,9 +45,9 @@ const (
 // with New. The zero value is an empty histogram with the default settings.
 //
 // Memory: counters are 1, 2, 4 or 8 bytes wide, all of one width, widened on
-// overflow; both signs share one buffer of exactly the slots in use (grown by
-// doubling up to MaxSize per sign), so a histogram holding 160 buckets with
-// counts below 65536 takes 80 + 320 bytes.
+// overflow; both signs share one buffer that holds the bucket ranges in use
+// (grown by doubling, capped at MaxSize per sign in use), so a histogram
+// holding 160 buckets with counts below 65536 takes 80 + 320 bytes.
 type Histogram struct {
 	sum, min, max float64 // min > max while empty (Min and Max report 0)
 	zeroThreshold float64
