@@ -2,6 +2,7 @@ package exporters
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -372,6 +373,10 @@ func (e *OTLP) Export(ctx context.Context, w *metric.Window) error {
 		e.done.start, e.done.revision, e.done.keys = w.Start, w.Revision, map[string]bool{}
 	}
 	parts := e.build(w)
+	// A request refused for good does not stop the window's other requests
+	// (other resources may be fine); the first refusal is returned at the
+	// end, so the outbox drops the window only after the rest got through.
+	var refused error
 	for i := range parts {
 		p := &parts[i]
 		if e.done.keys[p.key] {
@@ -380,15 +385,21 @@ func (e *OTLP) Export(ctx context.Context, w *metric.Window) error {
 		call := &otlpCall{}
 		err := e.exp.Export(context.WithValue(ctx, otlpCallKey{}, call), &p.rm)
 		if err = e.classify(call, err); err != nil {
-			return fmt.Errorf("otlp export window %s to %s (request %d of %d): %w",
+			err = fmt.Errorf("otlp export window %s to %s (request %d of %d): %w",
 				w.Start.UTC().Format(time.RFC3339), e.cfg.Endpoint, i+1, len(parts), err)
+			if !IsPermanent(err) {
+				return err
+			}
+			refused = cmp.Or(refused, err)
+			e.done.keys[p.key] = true
+			continue
 		}
 		e.done.keys[p.key] = true
 		for _, c := range p.commits {
 			e.cum.commit(c.key, c.t)
 		}
 	}
-	return nil
+	return refused
 }
 
 // Shutdown implements Exporter; it closes the connection and is safe to

@@ -590,3 +590,18 @@ func TestOTLPShutdown(t *testing.T) {
 		}
 	}
 }
+
+// TestOTLPRefusedResourceDoesNotStopTheRest: InvalidArgument for one
+// resource still lets the other through; the refusal comes back permanent.
+func TestOTLPRefusedResourceDoesNotStopTheRest(t *testing.T) {
+	fake := fakeotlp.Start(t, fakeotlp.Options{})
+	fake.Push(fakeotlp.Response{GRPCCode: codes.InvalidArgument, Message: "bad point"})
+	e, _ := otlpTestExporter(t, func(c *OTLPConfig) { c.Endpoint = fake.GRPCAddr })
+	err := e.Export(context.Background(), otlpTestWindow(time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC), 1))
+	if err == nil || !IsPermanent(err) || !strings.Contains(err.Error(), "bad point") {
+		t.Fatalf("Export = %v, want the permanent refusal", err)
+	}
+	if n := len(fake.Requests()); n != 2 {
+		t.Errorf("requests = %d, want both resources tried", n)
+	}
+}

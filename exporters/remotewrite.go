@@ -270,6 +270,11 @@ func (e *RemoteWrite) Export(ctx context.Context, w *metric.Window) error {
 		e.done.start, e.done.revision, e.done.keys = w.Start, w.Revision, map[string]bool{}
 	}
 	series := e.build(w)
+	// A request refused for good (4xx: an out-of-order sample, a duplicate
+	// after a restart) does not stop the other requests of the window: they
+	// are sent, and the first refusal is returned at the end, so the outbox
+	// drops the window only once everything else got through.
+	var refused error
 	for len(series) > 0 {
 		n, count := 0, 0
 		for n < len(series) && (n == 0 || count+series[n].size() <= e.cfg.MaxSamplesPerSend) {
@@ -280,7 +285,17 @@ func (e *RemoteWrite) Export(ctx context.Context, w *metric.Window) error {
 		series = series[n:]
 		body := e.enc.request(chunk)
 		if err := e.send(ctx, body); err != nil {
-			return fmt.Errorf("remote_write window %s to %s: %w", w.Start.UTC().Format(time.RFC3339), e.cfg.URL, err)
+			err = fmt.Errorf("remote_write window %s to %s: %w", w.Start.UTC().Format(time.RFC3339), e.cfg.URL, err)
+			if !IsPermanent(err) {
+				return err
+			}
+			if refused == nil {
+				refused = err
+			}
+			for i := range chunk {
+				e.done.keys[chunk[i].key] = true
+			}
+			continue
 		}
 		e.bytes.Add(float64(len(body)))
 		for i := range chunk {
@@ -296,7 +311,7 @@ func (e *RemoteWrite) Export(ctx context.Context, w *metric.Window) error {
 			e.samples.WithLabelValues("exemplar").Add(float64(len(s.exemplars)))
 		}
 	}
-	return nil
+	return refused
 }
 
 // send POSTs one encoded request.

@@ -725,3 +725,23 @@ func TestRebuildSameRegistry(t *testing.T) {
 		_ = e.Shutdown(context.Background())
 	}
 }
+
+// TestRemoteWriteRefusedRequestDoesNotStopTheRest: a 400 on one request of a
+// window still lets the others through; the refusal is returned (permanent)
+// at the end.
+func TestRemoteWriteRefusedRequestDoesNotStopTheRest(t *testing.T) {
+	f := startRWFake(t)
+	f.push(rwFakeAnswer{status: 400, body: "duplicate sample for timestamp"})
+	e, _ := rwTestExporter(t, f.srv.URL, func(c *RemoteWriteConfig) { c.MaxSamplesPerSend = 4 })
+	err := e.Export(context.Background(), otlpTestWindow(time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC), 1))
+	if err == nil || !IsPermanent(err) || !strings.Contains(err.Error(), "duplicate sample") {
+		t.Fatalf("Export = %v, want the permanent refusal", err)
+	}
+	n := 0
+	for _, r := range f.requests() {
+		n += len(r.series)
+	}
+	if len(f.requests()) < 2 || n != 7 {
+		t.Errorf("%d requests with %d series, want every series sent once", len(f.requests()), n)
+	}
+}
