@@ -145,7 +145,7 @@ func TestOTLPSDK(t *testing.T) {
 	for _, transport := range []string{"grpc", "http"} {
 		t.Run(transport, func(t *testing.T) {
 			ctx := context.Background()
-			r, sink, reg := startOTLP(t, nil)
+			r, sink, _ := startOTLP(t, nil)
 			var exp sdkmetric.Exporter
 			var err error
 			if transport == "grpc" {
@@ -323,7 +323,6 @@ func TestOTLPSDK(t *testing.T) {
 			if v := promSelfValue(r.m.received.WithLabelValues("otlp", transport)); int(v) != len(got) {
 				t.Errorf("received self-metric %v, want %d", v, len(got))
 			}
-			_ = reg
 
 			// The SDK repeats a cumulative series' exemplars at every export
 			// until newer ones replace them: each is handed over once.

@@ -86,12 +86,9 @@ func (p *omParser) flush() {
 	if p.typ == dto.MetricType_COUNTER {
 		f.name = p.base + "_total"
 	}
-	p.c.out(f, &p.out)
+	p.out = p.c.appendFamily(p.out, f)
 	p.open = false
 }
-
-// out appends the family's series (a method so tests see one call site).
-func (c *promConverter) out(f *promFamily, dst *[]metric.Series) { *dst = c.appendFamily(*dst, f) }
 
 var omTypes = map[string]dto.MetricType{
 	"counter": dto.MetricType_COUNTER, "gauge": dto.MetricType_GAUGE, "unknown": dto.MetricType_UNTYPED,
