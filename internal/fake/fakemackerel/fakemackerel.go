@@ -116,6 +116,7 @@ type Fault struct {
 
 type faultRule struct {
 	from, to time.Time // by the server clock; zero = unbounded
+	skip     int       // matching requests to let through first
 	left     int       // remaining uses; -1 = unlimited
 	path     string    // prefix of the request path; "" = all
 	f        Fault
@@ -252,6 +253,13 @@ func (s *Server) FailBetween(from, to time.Time, pathPrefix string, f Fault) {
 func (s *Server) FailNext(n int, pathPrefix string, f Fault) {
 	s.mu.Lock()
 	s.faults = append(s.faults, &faultRule{left: n, path: pathPrefix, f: f})
+	s.mu.Unlock()
+}
+
+// FailAfter lets the next skip matching requests through, then fails n.
+func (s *Server) FailAfter(skip, n int, pathPrefix string, f Fault) {
+	s.mu.Lock()
+	s.faults = append(s.faults, &faultRule{skip: skip, left: n, path: pathPrefix, f: f})
 	s.mu.Unlock()
 }
 
@@ -422,6 +430,10 @@ func (s *Server) fault(r *http.Request) (Fault, bool) {
 		if (!fr.from.IsZero() && now.Before(fr.from)) || (!fr.to.IsZero() && !now.Before(fr.to)) {
 			continue
 		}
+		if fr.skip > 0 {
+			fr.skip--
+			continue
+		}
 		if fr.left > 0 {
 			fr.left--
 		}
@@ -431,6 +443,20 @@ func (s *Server) fault(r *http.Request) (Fault, bool) {
 }
 
 func (s *Server) handle(w http.ResponseWriter, r *http.Request) int {
+	// Read the body first, as a server does: a client that goes away
+	// while a scripted delay runs is then noticed (the request's context ends).
+	var raw []byte
+	if r.Method != http.MethodGet {
+		limit := s.rules.MaxBodyBytes
+		if limit <= 0 {
+			limit = math.MaxInt32
+		}
+		var err error
+		raw, err = io.ReadAll(io.LimitReader(r.Body, limit+1))
+		if err != nil {
+			return writeErr(w, errf(http.StatusBadRequest, "reading body: %v", err))
+		}
+	}
 	if f, ok := s.fault(r); ok {
 		if f.Delay > 0 {
 			t := time.NewTimer(f.Delay)
@@ -487,16 +513,8 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) int {
 		if s.rules.RequireJSONContentType && !strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
 			return writeErr(w, errf(http.StatusUnsupportedMediaType, "Content-Type must be application/json"))
 		}
-		limit := s.rules.MaxBodyBytes
-		if limit <= 0 {
-			limit = math.MaxInt32
-		}
-		var err error
-		body, err = io.ReadAll(io.LimitReader(r.Body, limit+1))
-		if err != nil {
-			return writeErr(w, errf(http.StatusBadRequest, "reading body: %v", err))
-		}
-		if int64(len(body)) > limit {
+		body = raw
+		if limit := s.rules.MaxBodyBytes; limit > 0 && int64(len(body)) > limit {
 			s.recordPost(r, 0, len(body), http.StatusRequestEntityTooLarge, 0)
 			return writeErr(w, errf(http.StatusRequestEntityTooLarge, "Request Entity Too Large"))
 		}
