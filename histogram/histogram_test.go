@@ -648,3 +648,34 @@ func TestNativeCoarseScale(t *testing.T) {
 		t.Fatalf("count %d/%d", g.Count(), h.Count())
 	}
 }
+
+// TestMergeWidens: sums that outgrow the destination's counter width in
+// the middle of a run (same scale and across scales) widen and resume.
+func TestMergeWidens(t *testing.T) {
+	for _, srcScale := range []int32{3, 5} {
+		dst := NewAtScale(160, 3)
+		src := NewAtScale(160, srcScale)
+		var vals []float64
+		for i := 0; i < 40; i++ {
+			vals = append(vals, math.Exp2(float64(i)/8+0.01))
+		}
+		for _, v := range vals {
+			dst.RecordN(v, 200)
+			src.RecordN(v, uint64(60+i8(v)))
+		}
+		if dst.width != 0 {
+			t.Fatalf("dst width %d, want 8-bit counters", dst.width)
+		}
+		want := dst.Clone()
+		for _, v := range vals {
+			want.RecordN(v, uint64(60+i8(v)))
+		}
+		dst.Merge(src)
+		equalBuckets(t, "widening merge", dst, want)
+		if dst.width == 0 {
+			t.Fatal("not widened")
+		}
+	}
+}
+
+func i8(v float64) int { return int(v) % 7 }
