@@ -46,3 +46,18 @@ func BenchmarkMackerelMinute(b *testing.B) {
 		_ = e.values(e.mapSeries(aggs, "", ""), minute, seconds, metricName)
 	}
 }
+
+// BenchmarkOutboxEncode10k encodes one minute of 10,000 latency series and
+// reports the record size (what sizes the default outbox max_bytes).
+func BenchmarkOutboxEncode10k(b *testing.B) {
+	w := realisticWindow(t0, 10000)
+	var n int
+	for b.Loop() {
+		p, err := encodeWindow(w)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n = len(p) + frameHeader
+	}
+	b.ReportMetric(float64(n), "bytes/window")
+}
