@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -169,12 +170,16 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// BenchmarkDiskBytesPerPoint writes 12 hours of 1-minute windows for series of
+// benchScale multiplies the series counts of BenchmarkDiskBytesPerPoint:
+// 64 KiB pages leave a fixed slack per table that small runs overstate.
+var benchScale = flag.Int("store.bench-scale", 1, "multiply the series of the disk-size benchmarks")
+
+// BenchmarkDiskBytesPerPoint writes 6 hours of 1-minute windows (3 chunks) for series of
 // one kind, compacts, VACUUMs and reports the file size per stored point
 // (everything included: chunk payload, SQLite pages, series rows, indexes),
 // minus an empty store. It does the work once whatever b.N is:
 //
-//	go test ./agent/store -run '^$' -bench DiskBytes -benchtime=1x
+//	go test ./agent/store -run '^$' -bench DiskBytes -benchtime=1x -store.bench-scale=4
 func BenchmarkDiskBytesPerPoint(b *testing.B) {
 	for _, tc := range []struct {
 		name    string
@@ -184,15 +189,16 @@ func BenchmarkDiskBytesPerPoint(b *testing.B) {
 		windows int
 		values  int // float values per point, for B/value
 	}{
-		{"counter", metric.Counter, -1, 500, 720, 1},
-		{"gauge_mix", metric.Gauge, -1, 500, 720, 4},
-		{"gauge_small_int", metric.Gauge, 0, 300, 720, 4},
-		{"gauge_large_int", metric.Gauge, 1, 300, 720, 4},
-		{"gauge_float", metric.Gauge, 2, 300, 720, 4},
-		{"histogram_latency", metric.Histogram, -1, 100, 720, 1},
-		{"agent_mix", 0, -1, 1000, 720, 1},
-		{"agent_mix_1h_tier", 0, -1, 300, 240, 1},
+		{"counter", metric.Counter, -1, 300, 360, 1},
+		{"gauge_mix", metric.Gauge, -1, 300, 360, 4},
+		{"gauge_small_int", metric.Gauge, 0, 200, 360, 4},
+		{"gauge_large_int", metric.Gauge, 1, 200, 360, 4},
+		{"gauge_float", metric.Gauge, 2, 200, 360, 4},
+		{"histogram_latency", metric.Histogram, -1, 100, 360, 1},
+		{"agent_mix", 0, -1, 600, 360, 1},
+		{"agent_mix_1h_tier", 0, -1, 200, 240, 1},
 	} {
+		tc.series *= max(1, *benchScale)
 		b.Run(tc.name, func(b *testing.B) {
 			r := rand.New(rand.NewPCG(2, 2))
 			var gens []*gen
@@ -306,7 +312,10 @@ func BenchmarkRollupHistogramBytes(b *testing.B) {
 			r := rand.New(rand.NewPCG(3, 3))
 			g := newGen(r, metric.Histogram, 0)
 			var total int
-			const series = 5
+			series := 5
+			if per > 60 {
+				series = 2
+			}
 			for range series {
 				pts := make([]point, 120)
 				for i := range pts {
@@ -318,7 +327,7 @@ func BenchmarkRollupHistogramBytes(b *testing.B) {
 				}
 				total += len(encodeChunk(nil, metric.Histogram, int64(per)*60, pts))
 			}
-			b.ReportMetric(float64(total)/(series*120), "payload-B/point")
+			b.ReportMetric(float64(total)/float64(series*120), "payload-B/point")
 		})
 	}
 }

@@ -549,9 +549,9 @@ func TestConcurrentReaderWhileWriting(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	wg.Go(func() {
-		for m := 1; m < 150; m++ {
-			aggs := make([]metric.Aggregate, 0, 200)
-			for i := range 200 {
+		for m := 1; m < 100; m++ {
+			aggs := make([]metric.Aggregate, 0, 100)
+			for i := range 100 {
 				aggs = append(aggs, counter(fmt.Sprintf("/r%d", i), 1))
 			}
 			if err := s.Write(context.Background(), win(t0.Add(time.Duration(m)*time.Minute), 0, aggs...)); err != nil {
@@ -568,7 +568,7 @@ func TestConcurrentReaderWhileWriting(t *testing.T) {
 	})
 	wg.Go(func() {
 		last := 0.0
-		for range 25 {
+		for range 15 {
 			rows, err := r.Query(context.Background(), Query{Metric: "http.requests", GroupBy: []string{"service.name"}, From: t0, To: c.now(), Step: 24 * time.Hour})
 			if err != nil {
 				errs <- err
@@ -589,8 +589,8 @@ func TestConcurrentReaderWhileWriting(t *testing.T) {
 		t.Fatal(err)
 	}
 	rows := query(t, r, Query{Metric: "http.requests", GroupBy: []string{"service.name"}, From: t0, To: c.now(), Step: 24 * time.Hour})
-	if len(rows) != 1 || rows[0].Agg.Sum != 1+149*200 {
-		t.Errorf("final sum %+v, want %d", rows, 1+149*200)
+	if len(rows) != 1 || rows[0].Agg.Sum != 1+99*100 {
+		t.Errorf("final sum %+v, want %d", rows, 1+99*100)
 	}
 }
 
