@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -718,11 +719,18 @@ func otelExemplars(es []metric.Exemplar) []metricdata.Exemplar[float64] {
 
 // attrsKey encodes attributes as a map key (length-prefixed, unambiguous).
 func attrsKey(a metric.Attrs) string {
-	var b strings.Builder
+	n := 0
 	for _, kv := range a {
-		fmt.Fprintf(&b, "%d:%s%d:%s", len(kv.Key), kv.Key, len(kv.Value), kv.Value)
+		n += len(kv.Key) + len(kv.Value) + 8
 	}
-	return b.String()
+	b := make([]byte, 0, n)
+	for _, kv := range a {
+		b = strconv.AppendInt(b, int64(len(kv.Key)), 10)
+		b = append(append(b, ':'), kv.Key...)
+		b = strconv.AppendInt(b, int64(len(kv.Value)), 10)
+		b = append(append(b, ':'), kv.Value...)
+	}
+	return string(b)
 }
 
 // otlpSeriesKey identifies a series within a resource for the cumulator.

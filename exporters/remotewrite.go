@@ -388,6 +388,13 @@ const (
 	rwTypeHistogram = 3
 )
 
+type rwResource struct{ labels []rwLabel }
+
+type rwFamilyKey struct {
+	name, unit string
+	kind       metric.Kind
+}
+
 // rwGroup is the merged delta of the aggregates that map to one label set.
 type rwGroup struct {
 	s    rwSeries
@@ -412,14 +419,34 @@ func (e *RemoteWrite) build(w *metric.Window) []rwSeries {
 	groups := map[string]*rwGroup{}
 	var order []*rwGroup
 	targets := map[string]*rwGroup{}
+	resources := map[string]*rwResource{} // per resource: its labels (translated once)
+	families := map[rwFamilyKey]string{}
 	for i := range w.Series {
 		a := &w.Series[i]
 		if a.Kind == metric.Histogram && (a.Hist == nil || a.Hist.Count() == 0) {
 			continue
 		}
-		res := e.resourceLabels(a.Resource)
-		family := promMetricName(a.Name, a.Unit, a.Kind == metric.Counter, a.Kind == metric.Gauge)
-		labels := append(slices.Clone(res), rwLabel{"__name__", family})
+		rk := attrsKey(a.Resource)
+		res := resources[rk]
+		if res == nil {
+			res = &rwResource{labels: e.resourceLabels(a.Resource)}
+			if tl := e.targetInfo(a.Resource); tl != nil {
+				tk := rwLabelsKey(tl)
+				if targets[tk] == nil {
+					targets[tk] = &rwGroup{kind: metric.Gauge, last: 1, s: rwSeries{key: tk, labels: tl, family: "target_info", typ: rwTypeGauge,
+						help: "Target metadata: the resource attributes of the series with the same job and instance."}}
+				}
+			}
+			resources[rk] = res
+		}
+		fk := rwFamilyKey{a.Name, a.Unit, a.Kind}
+		family, ok := families[fk]
+		if !ok {
+			family = promMetricName(a.Name, a.Unit, a.Kind == metric.Counter, a.Kind == metric.Gauge)
+			families[fk] = family
+		}
+		labels := make([]rwLabel, 0, len(res.labels)+1+len(a.Attrs))
+		labels = append(append(labels, res.labels...), rwLabel{"__name__", family})
 		for _, kv := range a.Attrs {
 			n := promLabelName(kv.Key)
 			if n == "job" || n == "instance" {
@@ -456,13 +483,6 @@ func (e *RemoteWrite) build(w *metric.Window) []rwSeries {
 			}
 		}
 		g.ex = append(g.ex, a.Exemplars...)
-		if tl := e.targetInfo(a.Resource); tl != nil {
-			tk := rwLabelsKey(tl)
-			if targets[tk] == nil {
-				targets[tk] = &rwGroup{kind: metric.Gauge, last: 1, s: rwSeries{key: tk, labels: tl, family: "target_info", typ: rwTypeGauge,
-					help: "Target metadata: the resource attributes of the series with the same job and instance."}}
-			}
-		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(targets)) {
 		order = append(order, targets[k])
