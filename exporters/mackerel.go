@@ -147,6 +147,10 @@ type MackerelConfig struct {
 	// resource labels that name a Cloud Run service (service_name) and a
 	// Cloud SQL instance (database_id), so their series stay apart.
 	ResourceKey []string `yaml:"resource_key"`
+	// KeyIgnore lists point attributes left out of the series key (series
+	// that differ only in them are merged). The default drops the OTLP
+	// instrumentation scope, which names the library, not the series.
+	KeyIgnore []string `yaml:"key_ignore"`
 	// Org is the Mackerel organisation name, substituted for {org}.
 	Org string `yaml:"org"`
 	// TraceURLTemplate makes a trace link from {org} and {trace_id} (32 hex
@@ -193,6 +197,7 @@ func DefaultMackerelConfig() MackerelConfig {
 		Quantiles:        []float64{0.5, 0.9, 0.95, 0.99},
 		Stats:            []string{"count", "rate", "mean", "max", "error_ratio"},
 		ResourceKey:      []string{"service_name", "database_id"},
+		KeyIgnore:        []string{"otel.scope.name", "otel.scope.version"},
 		TraceURLTemplate: DefaultMackerelTraceURLTemplate,
 		AnnotateEvery:    config.Duration(30 * time.Minute),
 		MaxPointsPerPost: 1000,
@@ -551,7 +556,9 @@ func (e *Mackerel) seriesKey(a *metric.Aggregate, skip string) string {
 		}
 	}
 	for _, kv := range a.Attrs {
-		parts = append(parts, kv.Value)
+		if !slices.Contains(e.cfg.KeyIgnore, kv.Key) {
+			parts = append(parts, kv.Value)
+		}
 	}
 	return cleanKey(strings.Join(parts, "_"))
 }

@@ -178,6 +178,9 @@ func (e *Mackerel) monitorKey(attrs map[string]string) string {
 		parts = append(parts, kv.Value)
 	}
 	for _, kv := range metric.NewAttrs(rest) {
+		if slices.Contains(e.cfg.KeyIgnore, kv.Key) {
+			continue
+		}
 		parts = append(parts, kv.Value)
 	}
 	return cleanKey(strings.Join(parts, "_"))

@@ -198,8 +198,9 @@ func latencyWindow(start time.Time, n int, slow bool) (*metric.Window, []*histog
 		hs = append(hs, h)
 		a := metric.Aggregate{
 			Name: "http.server.request.duration", Unit: "s", Kind: metric.Histogram,
-			Resource:   metric.Attrs{{Key: "service.name", Value: "toitta"}},
-			Attrs:      metric.Attrs{{Key: "http.request.method", Value: "GET"}, {Key: "http.route", Value: route}},
+			Resource: metric.Attrs{{Key: "service.name", Value: "toitta"}},
+			Attrs: metric.Attrs{{Key: "http.request.method", Value: "GET"}, {Key: "http.route", Value: route},
+				{Key: "otel.scope.name", Value: "github.com/acme/toitta"}},
 			Hist:       h.Clone(),
 			ErrorCount: uint64(r * 3), ErrorTracked: true,
 		}
