@@ -47,6 +47,7 @@ type cumSeries struct {
 	seen   time.Time // newest window end that carried the series
 	base   cumValue
 	recent []cumWindow // ascending by start
+	total  cumValue    // base + every recent window, kept up to date
 }
 
 type cumValue struct {
@@ -64,7 +65,9 @@ type cumPoint struct {
 	Start time.Time // stable start of the series
 	Time  time.Time // point timestamp: the window end, or just after the last accepted point
 	Sum   float64
-	Hist  *histogram.Histogram // a fresh histogram the caller may keep
+	// Hist is the series' running total: read it (Data, Native) but do not
+	// change or keep it; the next add for the series changes it.
+	Hist *histogram.Histogram
 }
 
 // cumIdleTTL is how long a series may go without data before its totals are
@@ -108,7 +111,9 @@ func (c *cumulator) begin(w *metric.Window) (tooLate bool) {
 
 // add records the window's delta for the series key (sum for a counter, h
 // for a histogram; h is cloned) and returns the series' new total. begin must
-// have been called for w and must not have reported it too late.
+// have been called for w and must not have reported it too late. A new
+// window costs one merge; a revision or a retry recomputes the total from
+// the kept windows.
 func (c *cumulator) add(key string, w *metric.Window, sum float64, h *histogram.Histogram) cumPoint {
 	s := c.series[key]
 	if s == nil {
@@ -124,28 +129,27 @@ func (c *cumulator) add(key string, w *metric.Window, sum float64, h *histogram.
 	}
 	i, found := slices.BinarySearchFunc(s.recent, w.Start, func(r cumWindow, t time.Time) int { return r.start.Compare(t) })
 	if found {
+		// A revision (or a retry): replace the window's entry and recompute
+		// the total from the base and every kept window.
 		s.recent[i].v = v
+		s.total = cumValue{sum: s.base.sum}
+		if s.base.hist != nil {
+			s.total.hist = s.base.hist.Clone()
+		}
+		for _, r := range s.recent {
+			s.total.add(r.v)
+		}
 	} else {
+		// A new window: one merge into the running total.
 		s.recent = slices.Insert(s.recent, i, cumWindow{start: w.Start, v: v})
+		s.total.add(v)
 	}
 
-	p := cumPoint{Start: s.start, Time: w.End(), Sum: s.base.sum}
+	p := cumPoint{Start: s.start, Time: w.End(), Sum: s.total.sum, Hist: s.total.hist}
 	if !p.Time.After(s.lastT) {
 		// Later than a point already accepted: a cumulative series cannot
 		// go back in time, so the revised total is stamped just after it.
 		p.Time = s.lastT.Add(time.Millisecond)
-	}
-	if h != nil || s.base.hist != nil {
-		p.Hist = newLike(h, s.base.hist)
-		if s.base.hist != nil {
-			p.Hist.Merge(s.base.hist)
-		}
-	}
-	for _, r := range s.recent {
-		p.Sum += r.v.sum
-		if r.v.hist != nil && p.Hist != nil {
-			p.Hist.Merge(r.v.hist)
-		}
 	}
 	return p
 }
