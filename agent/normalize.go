@@ -80,13 +80,14 @@ func nanos(t time.Time) int64 {
 
 // markError classifies a raw series: tracked when it carries a status
 // attribute (OTel http.response.status_code, the older http.status_code,
-// rpc.grpc.status_code, Prometheus code, status or status_code labels) or
-// error.type; an error when an HTTP status is 5xx (or "5xx"), a gRPC status
+// rpc.grpc.status_code, Prometheus code, status or status_code labels, Cloud
+// Monitoring's response_code and response_code_class on Cloud Run request
+// metrics) or error.type; an error when an HTTP status is 5xx (or "5xx"), a gRPC status
 // is one OTel counts as a server error (UNKNOWN, DEADLINE_EXCEEDED,
 // UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS), or error.type is
 // non-empty.
 func markError(attrs metric.Attrs) (isError, tracked bool) {
-	for _, key := range [...]string{"http.response.status_code", "http.status_code", "code", "status", "status_code"} {
+	for _, key := range [...]string{"http.response.status_code", "http.status_code", "code", "status", "status_code", "response_code", "response_code_class"} {
 		v, ok := attrs.Get(key)
 		if !ok {
 			continue

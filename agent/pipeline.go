@@ -383,7 +383,15 @@ func (p *Pipeline) consumeSeries(id rawID, s *metric.Series, now time.Time, drop
 			drops[idxFuture]++
 			continue
 		}
-		idx := p.windowIdx(pt.Time)
+		at := pt.Time
+		if !cumulative && s.Kind != metric.Gauge && !pt.Start.IsZero() && pt.Start.Before(pt.Time) {
+			// A delta point covers (Start, Time]: what it counts happened
+			// before Time, so it belongs to the window holding its last
+			// instant. Without this, Cloud Monitoring's minute deltas, which
+			// end exactly on the minute, would land one window late.
+			at = pt.Time.Add(-1)
+		}
+		idx := p.windowIdx(at)
 		tooLate := (idx+1)*int64(p.window) < cutoff
 		if cumulative && st.hasBase && pt.Time.UnixNano() <= st.lastTime {
 			drops[idxOutOfOrder]++

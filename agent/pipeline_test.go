@@ -818,6 +818,9 @@ func TestMarkError(t *testing.T) {
 		{[]string{"status", "5xx"}, true, true},
 		{[]string{"status", "2xx"}, false, true},
 		{[]string{"status_code", "504"}, true, true},
+		{[]string{"response_code_class", "5xx"}, true, true}, // Cloud Run request_count
+		{[]string{"response_code_class", "4xx"}, false, true},
+		{[]string{"response_code", "503"}, true, true},
 		{[]string{"rpc.grpc.status_code", "14"}, true, true},
 		{[]string{"rpc.grpc.status_code", "5"}, false, true}, // NOT_FOUND is the client's problem
 		{[]string{"rpc.grpc.status_code", "0"}, false, true},
@@ -883,5 +886,27 @@ func TestTooLateCumulativeMovesBaseline(t *testing.T) {
 	got := sums(h.take())
 	if got[600] != 10 || h.dropped(DropTooLate) != 1 {
 		t.Errorf("windows %v, too_late %v; want the +600s window = 10 and one drop", got, h.dropped(DropTooLate))
+	}
+}
+
+// A delta point covers (Start, Time]; one that ends exactly on a window
+// boundary (Cloud Monitoring's minute deltas) belongs to the window it covers,
+// not to the next one. A delta point without a start keeps its timestamp's
+// window.
+func TestDeltaEndingOnBoundary(t *testing.T) {
+	h := newHarness(t, PipelineConfig{})
+	h.at(90 * time.Second)
+	h.consume(counter(metric.Delta, ptStart(0, time.Minute, 5)))
+	h.consume(counter(metric.Delta, pt(time.Minute, 7)))
+	h.at(3 * time.Minute)
+	got := sums(h.take())
+	want := map[int]float64{0: 5, 60: 7}
+	if len(got) != len(want) {
+		t.Fatalf("sums %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("window +%ds: %v, want %v (all %v)", k, got[k], v, got)
+		}
 	}
 }
