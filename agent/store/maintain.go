@@ -44,14 +44,15 @@ func (s *Store) Maintain(ctx context.Context, now time.Time) error {
 	return nil
 }
 
-// partitions splits the series ID space into ranges of about 256 known
-// series each.
+// partitions splits the series ID space into ranges of about 512 known
+// series each: enough to amortise the per-window queries, few enough that a
+// partition's decoded points (512 series × 120 windows) stay a few MB.
 func (s *Store) partitions() [][2]int64 {
 	s.mu.Lock()
 	n := len(s.known)
 	s.mu.Unlock()
 	p := uint64(1)
-	for p*256 < uint64(n) && p < 1<<20 {
+	for p*512 < uint64(n) && p < 1<<20 {
 		p *= 2
 	}
 	width := uint64(math.MaxUint64)/p + 1 // p is a power of two

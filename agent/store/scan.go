@@ -50,6 +50,7 @@ type seriesPoints struct {
 type rowQuerier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	PrepareContext(ctx context.Context, query string) (*sql.Stmt, error)
 }
 
 // scan returns the points of the selected series in tier with window start
@@ -90,23 +91,43 @@ func (s *Store) scan(ctx context.Context, q rowQuerier, tier int, from, to int64
 		table string
 		from  int64
 	}{{"chunks", alignDown(from, ti.span)}, {"head", from}} {
-		cur := t.from - 1
-		for {
-			var next sql.NullInt64
-			if err := q.QueryRowContext(ctx, `SELECT start FROM `+t.table+` WHERE tier = ? AND start > ? AND start < ? ORDER BY start LIMIT 1`, tier, cur, to).Scan(&next); err != nil && !errors.Is(err, sql.ErrNoRows) {
-				return nil, err
-			}
-			if !next.Valid {
+		seek, err := q.PrepareContext(ctx, `SELECT start FROM `+t.table+` WHERE tier = ? AND start > ? AND start < ? ORDER BY start LIMIT 1`)
+		if err != nil {
+			return nil, err
+		}
+		var starts []int64
+		for cur := t.from - 1; ; {
+			var next int64
+			err := seek.QueryRowContext(ctx, tier, cur, to).Scan(&next)
+			if errors.Is(err, sql.ErrNoRows) {
 				break
 			}
-			cur = next.Int64
-			for _, p := range parts {
-				if err := s.queryBlobs(ctx, q, `SELECT series, data FROM `+t.table+` WHERE tier = ? AND start = ? AND `+p.cond, tier, cur, p.args, func(id int64, data []byte) error {
-					return add(id, data, fmt.Sprintf("%s %d/%d", t.table, tier, cur))
+			if err != nil {
+				seek.Close()
+				return nil, err
+			}
+			starts = append(starts, next)
+			cur = next
+		}
+		seek.Close()
+		if len(starts) == 0 {
+			continue
+		}
+		for _, p := range parts {
+			// One prepared statement per selection part, run at each start.
+			stmt, err := q.PrepareContext(ctx, `SELECT series, data FROM `+t.table+` WHERE tier = ? AND start = ? AND `+p.cond)
+			if err != nil {
+				return nil, err
+			}
+			for _, st := range starts {
+				if err := queryBlobs(ctx, stmt, append([]any{tier, st}, p.args...), func(id int64, data []byte) error {
+					return add(id, data, fmt.Sprintf("%s %d/%d", t.table, tier, st))
 				}); err != nil {
+					stmt.Close()
 					return nil, err
 				}
 			}
+			stmt.Close()
 		}
 	}
 	for _, sp := range out {
@@ -126,9 +147,8 @@ func (s *Store) scan(ctx context.Context, q rowQuerier, tier int, from, to int64
 	return out, nil
 }
 
-func (s *Store) queryBlobs(ctx context.Context, q rowQuerier, query string, tier int, start int64, extra []any, fn func(id int64, data []byte) error) error {
-	args := append([]any{tier, start}, extra...)
-	rows, err := q.QueryContext(ctx, query, args...)
+func queryBlobs(ctx context.Context, stmt *sql.Stmt, args []any, fn func(id int64, data []byte) error) error {
+	rows, err := stmt.QueryContext(ctx, args...)
 	if err != nil {
 		return err
 	}
