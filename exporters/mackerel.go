@@ -920,14 +920,14 @@ func (e *Mackerel) annotate(ctx context.Context, series []*mseries, minute time.
 			unit = " ms"
 		}
 		title := fmt.Sprintf("%s %s above %s: %s%s (%s)", hits[0].s.metric, rule.Stat, rule.Above,
-			strconv.FormatFloat(hits[0].v, 'f', -1, 64), unit, hits[0].s.key)
+			fmtValue(hits[0].v), unit, hits[0].s.key)
 		if len(hits) > 1 {
 			title += fmt.Sprintf(" and %d more series", len(hits)-1)
 		}
 		var desc strings.Builder
 		for _, h := range hits {
 			urls := e.traceURLs(ctx, h.s, minute, rule.Above.Value)
-			line := fmt.Sprintf("%s %s=%s%s", h.s.key, rule.Stat, strconv.FormatFloat(h.v, 'f', 1, 64), unit)
+			line := fmt.Sprintf("%s %s=%s%s", h.s.key, rule.Stat, fmtValue(h.v), unit)
 			for _, u := range urls {
 				line += " " + u
 			}
@@ -1251,6 +1251,15 @@ func graphUnit(s *mseries, stat string) string {
 		return "percentage"
 	}
 	return "float"
+}
+
+// fmtValue prints a value for people: whole numbers from 1000 up, else four
+// significant digits.
+func fmtValue(v float64) string {
+	if math.Abs(v) >= 1000 {
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	}
+	return strconv.FormatFloat(v, 'g', 4, 64)
 }
 
 // MackerelTraceURL fills a trace URL template's {org} and {trace_id}.
