@@ -303,6 +303,20 @@ func TestRunLifecycle(t *testing.T) {
 	if want := stoppedAt.Truncate(time.Second).Add(-time.Second); last.Before(want) {
 		t.Errorf("last stored window %s, want at least %s (shutdown at %s)", last.Format(time.RFC3339), want.Format(time.RFC3339), stoppedAt.Format(time.RFC3339Nano))
 	}
+
+	// sabaki query reads the agent's own history back.
+	var qout, qerr bytes.Buffer
+	if code := run([]string{"query", "-data-dir", dataDir, "-metric", "sabaki_pipeline_points_total", "-stat", "sum", "-from", "10m", "-step", "1h", "-o", "json"}, &qout, &qerr); code != 0 {
+		t.Fatalf("query: exit %d: %s", code, qerr.String())
+	}
+	var qrows []struct {
+		Metric string  `json:"metric"`
+		Stat   string  `json:"stat"`
+		Value  float64 `json:"value"`
+	}
+	if err := json.Unmarshal(qout.Bytes(), &qrows); err != nil || len(qrows) == 0 || qrows[0].Value <= 0 {
+		t.Errorf("query -o json = %s (%v), want the points counted", qout.String(), err)
+	}
 }
 
 func TestRunBadConfig(t *testing.T) {
