@@ -30,6 +30,12 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	// SABAKI_E2E_BINARY runs a binary built elsewhere (a release build,
+	// or one built from a clean checkout while the tree is mid-edit).
+	if b := os.Getenv("SABAKI_E2E_BINARY"); b != "" {
+		binary = b
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "sabaki-e2e-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

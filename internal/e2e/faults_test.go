@@ -1,0 +1,280 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sabakiio/sabaki/internal/fake/fakemackerel"
+	"github.com/sabakiio/sabaki/internal/loadgen"
+)
+
+// exporterCounts reads the Mackerel exporter's outbox counters.
+func exporterCounts(a *agent) (enqueued, sent, dropped, waiting float64) {
+	return a.metricValue("sabaki_exporter_enqueued_windows_total"), a.metricValue("sabaki_exporter_sent_windows_total"),
+		a.metricValue("sabaki_exporter_dropped_windows_total"), a.metricValue("sabaki_exporter_outbox_windows")
+}
+
+// TestMackerelOutage: fake Mackerel answers 503 for a stretch of windows
+// while load goes on, then recovers. Every window the pipeline closed is
+// sent exactly once (sent = enqueued, none dropped, none waiting) and the
+// per-minute counts in Mackerel add up to what was generated. Short: 3 s
+// outage; full: 15 s.
+func TestMackerelOutage(t *testing.T) {
+	outage := 3 * time.Second
+	if full() {
+		outage = 15 * time.Second
+	}
+	e := newEnv(t)
+	mk := newMackerel(t)
+	l := startLoad(t, e, 2, 0)
+	cfg := e.writeConfig(t, e.agentSection()+"sources:\n"+l.promSource("500ms")+"exporters:\n"+mackerelExporter(mk.URL))
+	a := e.start(t, cfg, nil)
+	l.waitBaseline(t)
+	l.run(2*time.Second, 10)
+	from := time.Now()
+	mk.FailBetween(from, from.Add(outage), "/api/v0/services/", fakemackerel.Fault{Status: 503})
+	l.run(outage, 10)
+	failures := a.metricValue("sabaki_exporter_send_failures_total")
+	l.run(2*time.Second, 10)
+	l.settle(t)
+	var enq, sent, dropped, waiting float64
+	waitFor(t, 90*time.Second, "the outbox to drain", func() bool {
+		enq, sent, dropped, waiting = exporterCounts(a)
+		return waiting == 0 && enq > 0 && sent == enq
+	})
+	a.stop()
+	enqF, sentF := enq, sent
+	t.Logf("outage %v: %v send failures during it; windows enqueued %v, sent %v, dropped %v; peak RSS %d KiB", outage, failures, enqF, sentF, dropped, a.peakRSS)
+	if failures == 0 {
+		t.Errorf("no send failure counted during the outage")
+	}
+	if dropped != 0 {
+		t.Errorf("%v windows dropped", dropped)
+	}
+	want := l.targets.Totals()
+	if got, _ := mackerelSum(mk, "loadgen_request_duration_seconds.count."); got != float64(want.Observations) {
+		t.Errorf("Mackerel count after recovery: %v, want %d", got, want.Observations)
+	}
+	rows := query(t, e.dataDir, "-metric", "loadgen_request_duration_seconds", "-group-by", "e2e", "-stat", "count", "-from", "2h", "-step", "1d")
+	if got := sumStat(rows, "count"); got != float64(want.Observations) {
+		t.Errorf("store count %v, want %d", got, want.Observations)
+	}
+}
+
+// history records the load's totals over time.
+type history struct {
+	mu sync.Mutex
+	at []time.Time
+	tt []loadgen.Totals
+	ot []uint64
+}
+
+func (h *history) add(l *load) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.at = append(h.at, time.Now())
+	h.tt = append(h.tt, l.targets.Totals())
+	var o uint64
+	if l.senders != nil {
+		o, _, _ = l.senders.Totals()
+	}
+	h.ot = append(h.ot, o)
+}
+
+// before returns the totals last recorded before t.
+func (h *history) before(t time.Time) (loadgen.Totals, uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var tt loadgen.Totals
+	var o uint64
+	for i, at := range h.at {
+		if at.After(t) {
+			break
+		}
+		tt, o = h.tt[i], h.ot[i]
+	}
+	return tt, o
+}
+
+// TestKill9: the agent is killed with SIGKILL under load and restarted on
+// the same data directory. No window is counted twice (the store never holds
+// more than was generated); what is lost is bounded by the data of the
+// window in flight at the kill (the pipeline keeps open windows and
+// cumulative baselines in memory: after a restart the first scrape of each
+// series is a new baseline), measured and reported. Short: one kill; full:
+// three.
+func TestKill9(t *testing.T) {
+	kills := 1
+	if full() {
+		kills = 3
+	}
+	e := newEnv(t)
+	mk := newMackerel(t)
+	l := startLoad(t, e, 2, 0)
+	cfg := e.writeConfig(t, e.agentSection()+"sources:\n"+e.otlpSource("")+l.promSource("500ms")+"exporters:\n"+mackerelExporter(mk.URL))
+	a := e.start(t, cfg, nil)
+	l.waitBaseline(t)
+	l.startSenders(t, e, 1)
+
+	var h history
+	var wantMin loadgen.Totals // lower bound of what the store must hold
+	var wantMinOTLP uint64
+	var segStart loadgen.Totals
+	var segStartOTLP uint64
+	gen := func(d time.Duration) {
+		for end := time.Now().Add(d); time.Now().Before(end); {
+			l.targets.Step(10)
+			l.senders.Step(context.Background(), 10)
+			h.add(l)
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	var peak int64
+	for k := range kills {
+		gen(3 * time.Second)
+		killAt := time.Now()
+		a.kill9()
+		peak = max(peak, a.peakRSS)
+		// Everything generated until 3 s before the kill (a 1 s window, its
+		// 0.1 s grace, a 0.5 s scrape interval and slack) was stored.
+		pre, preO := h.before(killAt.Add(-3 * time.Second))
+		wantMin.Observations += pre.Observations - segStart.Observations
+		wantMinOTLP += preO - segStartOTLP
+		gen(time.Second) // the load goes on while the agent is down
+		s0 := l.targets.MinScrapes()
+		a = e.start(t, cfg, nil)
+		// The first scrape after the restart is the new baseline; the OTLP
+		// sender's next export too.
+		waitFor(t, 30*time.Second, "a baseline scrape after the restart", func() bool { return l.targets.MinScrapes() > s0 })
+		if err := l.senders.Flush(context.Background()); err != nil {
+			t.Logf("OTLP flush after restart %d: %v", k, err)
+		}
+		h.add(l)
+		segStart = l.targets.Totals()
+		segStartOTLP, _, _ = l.senders.Totals()
+	}
+	gen(3 * time.Second)
+	l.settle(t)
+	end := l.targets.Totals()
+	endO, _, _ := l.senders.Totals()
+	wantMin.Observations += end.Observations - segStart.Observations
+	wantMinOTLP += endO - segStartOTLP
+	time.Sleep(1500 * time.Millisecond)
+	a.stop()
+	peak = max(peak, a.peakRSS)
+
+	rows := query(t, e.dataDir, "-metric", "loadgen_request_duration_seconds", "-group-by", "e2e", "-stat", "count", "-from", "2h", "-step", "1d")
+	got := sumStat(rows, "count")
+	orows := query(t, e.dataDir, "-metric", "http.server.request.duration", "-group-by", "service.name", "-stat", "count", "-from", "2h", "-step", "1d")
+	gotO := sumStat(orows, "count")
+	mkGot, _ := mackerelSum(mk, "loadgen_request_duration_seconds.count.")
+	t.Logf("%d kill(s): scrape observations generated %d, stored %v (lower bound %d), lost %v; OTLP generated %d, stored %v (lower bound %d), lost %v; Mackerel %v; peak RSS %d KiB",
+		kills, end.Observations, got, wantMin.Observations, float64(end.Observations)-got, endO, gotO, wantMinOTLP, float64(endO)-gotO, mkGot, peak)
+	if got > float64(end.Observations) {
+		t.Errorf("store holds %v scrape observations, more than the %d generated: a window was counted twice", got, end.Observations)
+	}
+	if got < float64(wantMin.Observations) {
+		t.Errorf("store holds %v scrape observations, fewer than the %d generated outside the killed windows", got, wantMin.Observations)
+	}
+	if gotO > float64(endO) {
+		t.Errorf("store holds %v OTLP observations, more than the %d generated: counted twice", gotO, endO)
+	}
+	if gotO < float64(wantMinOTLP) {
+		t.Errorf("store holds %v OTLP observations, fewer than the %d generated outside the killed windows", gotO, wantMinOTLP)
+	}
+	if mkGot > float64(end.Observations) {
+		t.Errorf("Mackerel holds %v, more than the %d generated", mkGot, end.Observations)
+	}
+}
+
+// TestReload: SIGHUP with a broken config keeps the running config (windows
+// go on closing, the error names the file, line and problem); SIGHUP with a
+// good config adding a rename rule applies it from the next window: no
+// window after the reload has the old name, none before it the new one, and
+// old + new add up to what was generated. Short and full alike.
+func TestReload(t *testing.T) {
+	e := newEnv(t)
+	mk := newMackerel(t)
+	l := startLoad(t, e, 2, 0)
+	base := e.agentSection() + "sources:\n" + l.promSource("500ms") + "exporters:\n" + mackerelExporter(mk.URL)
+	cfg := e.writeConfig(t, base)
+	a := e.start(t, cfg, nil)
+	l.waitBaseline(t)
+	l.run(2*time.Second, 5)
+
+	// Broken: an unknown key.
+	if err := os.WriteFile(cfg, []byte(base+"rulez: []\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w0 := a.metricValue("sabaki_pipeline_windows_total")
+	a.signal(syscall.SIGHUP)
+	if !a.waitLog("config reload rejected", 10*time.Second) {
+		t.Fatalf("no rejection logged for a broken config")
+	}
+	if !strings.Contains(a.out.String(), `unknown key \"rulez\" (did you mean \"rules\"?)`) && !strings.Contains(a.out.String(), `unknown key "rulez" (did you mean "rules"?)`) {
+		t.Errorf("the rejection does not name the problem:\n%s", tail(a.out.String(), 5))
+	}
+	l.run(2*time.Second, 5)
+	if w1 := a.metricValue("sabaki_pipeline_windows_total"); w1 <= w0 {
+		t.Errorf("windows stopped after a rejected reload: %v then %v", w0, w1)
+	}
+	if r := a.metricValue(`sabaki_agent_config_reloads_total{result="rejected"}`); r != 1 {
+		t.Errorf("rejected reloads = %v, want 1", r)
+	}
+
+	// Good: rename the histogram.
+	good := strings.Replace(base, "exporters:", "rules:\n  - rename_metric: {from: loadgen_request_duration_seconds, to: renamed_duration_seconds}\nexporters:", 1)
+	if err := os.WriteFile(cfg, []byte(good), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.signal(syscall.SIGHUP)
+	if !a.waitLog("config reloaded", 10*time.Second) {
+		t.Fatalf("good config not reloaded")
+	}
+	reloadedAt := time.Now()
+	l.run(3*time.Second, 5)
+	l.settle(t)
+	time.Sleep(1500 * time.Millisecond)
+	a.stop()
+
+	old := query(t, e.dataDir, "-metric", "loadgen_request_duration_seconds", "-group-by", "e2e", "-stat", "count", "-from", "2h", "-step", "1s")
+	renamed := query(t, e.dataDir, "-metric", "renamed_duration_seconds", "-group-by", "e2e", "-stat", "count", "-from", "2h", "-step", "1s")
+	if len(renamed) == 0 {
+		t.Fatalf("no window has the renamed metric")
+	}
+	lastOld, firstNew := old[0].Time, renamed[0].Time
+	for _, r := range old {
+		lastOld = maxTime(lastOld, r.Time)
+	}
+	for _, r := range renamed {
+		if r.Time.Before(firstNew) {
+			firstNew = r.Time
+		}
+	}
+	t.Logf("reload logged at %s; last window with the old name %s, first with the new %s", reloadedAt.Format("15:04:05.000"), lastOld.Format("15:04:05"), firstNew.Format("15:04:05"))
+	if !lastOld.Before(firstNew) {
+		t.Errorf("old and new names overlap: last old window %s, first new %s", lastOld, firstNew)
+	}
+	if lastOld.After(reloadedAt) {
+		t.Errorf("a window starting after the reload (%s) still has the old name (%s)", reloadedAt, lastOld)
+	}
+	want := l.targets.Totals().Observations
+	if got := sumStat(old, "count") + sumStat(renamed, "count"); got != float64(want) {
+		t.Errorf("old + renamed counts = %v, want %d", got, want)
+	}
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+var _ = fmt.Sprintf
