@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sabakiio/sabaki/agent/store"
+	"github.com/sabakiio/sabaki/exporters"
 	"github.com/sabakiio/sabaki/internal/timerange"
 )
 
@@ -45,7 +46,8 @@ Default: p95 for histograms, sum for counters, last for gauges.
 is unknown (error_ratio of a series without error information, quantiles of
 an empty histogram) is left out. With -exemplars:
 [{"time","metric","attributes","value","trace_id","span_id"}], time being the
-window start. Without -metric: [{"metric","kind","unit","series"}].
+window start, plus "trace_url" when -config has a Mackerel exporter (its
+trace_url_template). Without -metric: [{"metric","kind","unit","series"}].
 
 flags:
 `
@@ -139,6 +141,7 @@ func runQuery(args []string, stdout, stderr io.Writer) int {
 	}
 	dataDir := o.dataDir
 	var tiers []store.Tier
+	var traceURL func(traceID string) string
 	if o.configFile != "" {
 		cfg, ps := loadConfig(o.configFile)
 		if len(ps) > 0 {
@@ -149,6 +152,7 @@ func runQuery(args []string, stdout, stderr io.Writer) int {
 		}
 		dataDir = cfg.Agent.DataDir
 		tiers = store.Tiers(cfg.Retention)
+		traceURL = traceURLOf(cfg)
 	}
 	if dataDir == "" {
 		dataDir = os.Getenv("SABAKI_DATA_DIR")
@@ -193,7 +197,7 @@ func runQuery(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "sabaki query: %v\n", err)
 			return 1
 		}
-		return printExemplars(stdout, stderr, o.output, o.metric, groupBy, rows)
+		return printExemplars(stdout, stderr, o.output, o.metric, groupBy, rows, traceURL)
 	}
 	if len(stats) == 0 {
 		stats = []string{store.DefaultStat(info.Kind)}
@@ -337,31 +341,60 @@ type exemplarOut struct {
 	Value      float64           `json:"value"`
 	TraceID    string            `json:"trace_id"`
 	SpanID     string            `json:"span_id"`
+	TraceURL   string            `json:"trace_url,omitempty"`
 }
 
-func printExemplars(stdout, stderr io.Writer, format, name string, groupBy []string, rows []store.ExemplarRow) int {
+// traceURLOf returns the trace link maker of the config's first Mackerel
+// exporter, or nil.
+func traceURLOf(cfg *Config) func(string) string {
+	for _, e := range cfg.Exporters {
+		mc, ok := e.Config.(*exporters.MackerelConfig)
+		if !ok || mc.TraceURLTemplate == "" || (mc.Org == "" && strings.Contains(mc.TraceURLTemplate, "{org}")) {
+			continue
+		}
+		return func(id string) string { return exporters.MackerelTraceURL(mc.TraceURLTemplate, mc.Org, id) }
+	}
+	return nil
+}
+
+func printExemplars(stdout, stderr io.Writer, format, name string, groupBy []string, rows []store.ExemplarRow, traceURL func(string) string) int {
 	attrs := make([]map[string]string, len(rows))
 	for i, r := range rows {
 		attrs[i] = r.Attributes
 	}
 	cols := attrColumns(groupBy, attrs)
+	tail := []string{"value", "trace_id", "span_id"}
+	if traceURL != nil {
+		tail = append(tail, "trace_url")
+	}
+	fields := func(r store.ExemplarRow, full bool) []string {
+		f := []string{formatValue(r.Exemplar.Value, full), r.TraceIDHex(), r.SpanIDHex()}
+		if traceURL != nil {
+			f = append(f, traceURL(r.TraceIDHex()))
+		}
+		return f
+	}
 	switch format {
 	case "json":
 		out := make([]exemplarOut, 0, len(rows))
 		for _, r := range rows {
-			out = append(out, exemplarOut{Time: r.Time.Format(time.RFC3339), Metric: name, Attributes: nonNil(r.Attributes),
-				Value: r.Exemplar.Value, TraceID: r.TraceIDHex(), SpanID: r.SpanIDHex()})
+			e := exemplarOut{Time: r.Time.Format(time.RFC3339), Metric: name, Attributes: nonNil(r.Attributes),
+				Value: r.Exemplar.Value, TraceID: r.TraceIDHex(), SpanID: r.SpanIDHex()}
+			if traceURL != nil {
+				e.TraceURL = traceURL(e.TraceID)
+			}
+			out = append(out, e)
 		}
 		return writeJSON(stdout, stderr, out)
 	case "csv":
 		w := csv.NewWriter(stdout)
-		w.Write(slices.Concat([]string{"time", "metric"}, cols, []string{"value", "trace_id", "span_id"}))
+		w.Write(slices.Concat([]string{"time", "metric"}, cols, tail))
 		for _, r := range rows {
 			rec := []string{r.Time.Format(time.RFC3339), name}
 			for _, k := range cols {
 				rec = append(rec, r.Attributes[k])
 			}
-			w.Write(append(rec, formatValue(r.Exemplar.Value, true), r.TraceIDHex(), r.SpanIDHex()))
+			w.Write(append(rec, fields(r, true)...))
 		}
 		w.Flush()
 		return flushErr(stderr, w.Error())
@@ -371,13 +404,13 @@ func printExemplars(stdout, stderr io.Writer, format, name string, groupBy []str
 		return 0
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, strings.Join(slices.Concat([]string{"time"}, cols, []string{"value", "trace_id", "span_id"}), "\t"))
+	fmt.Fprintln(tw, strings.Join(slices.Concat([]string{"time"}, cols, tail), "\t"))
 	for _, r := range rows {
 		rec := []string{r.Time.Format(time.RFC3339)}
 		for _, k := range cols {
 			rec = append(rec, r.Attributes[k])
 		}
-		fmt.Fprintln(tw, strings.Join(append(rec, formatValue(r.Exemplar.Value, false), r.TraceIDHex(), r.SpanIDHex()), "\t"))
+		fmt.Fprintln(tw, strings.Join(append(rec, fields(r, false)...), "\t"))
 	}
 	return flushErr(stderr, tw.Flush())
 }

@@ -199,3 +199,45 @@ func TestQueryMissingStore(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q", code, stderr.String())
 	}
 }
+
+func TestQueryWithConfig(t *testing.T) {
+	dataDir := queryStore(t)
+	cfg := filepath.Join(t.TempDir(), "sabaki.yaml")
+	if err := os.WriteFile(cfg, []byte("agent:\n  data_dir: "+dataDir+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if code := runQuery([]string{"-config", cfg, "-o", "csv"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "http.requests,counter,{request},4") {
+		t.Errorf("metric list via -config:\n%s", stdout.String())
+	}
+	stdout.Reset()
+	stderr.Reset()
+	os.WriteFile(cfg, []byte("agent:\n  data_dirr: x\n"), 0o600)
+	if code := runQuery([]string{"-config", cfg}, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), cfg+":2:3: agent.data_dirr: unknown key") {
+		t.Errorf("bad config: exit %d, stderr %q", code, stderr.String())
+	}
+	if code := runQuery([]string{"-config", cfg, "-data-dir", dataDir}, &stdout, &stderr); code != 2 {
+		t.Errorf("-config with -data-dir: exit %d", code)
+	}
+}
+
+func TestQueryExemplarTraceURL(t *testing.T) {
+	dataDir := queryStore(t)
+	cfg := filepath.Join(t.TempDir(), "sabaki.yaml")
+	os.WriteFile(cfg, []byte("agent:\n  data_dir: "+dataDir+"\nexporters:\n  - type: mackerel\n    api_key: k\n    service: toitta\n    org: my-org\n"), 0o600)
+	var stdout, stderr bytes.Buffer
+	if code := runQuery([]string{"-config", cfg, "-metric", "http.server.request.duration", "-exemplars", "-o", "json",
+		"-from", "2026-11-02T00:00:00Z", "-to", "2026-11-02T00:10:00Z", "-where", "http.route=/a", "-where", "service.name=api"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var out []map[string]any
+	if err := json.Unmarshal(stdout.Bytes(), &out); err != nil || len(out) != 1 {
+		t.Fatalf("%v: %s", err, stdout.String())
+	}
+	if got, want := out[0]["trace_url"], "https://mackerel.io/orgs/my-org/tracing/traces/ab070000000000000000000000000000"; got != want {
+		t.Errorf("trace_url = %v, want %v", got, want)
+	}
+}
