@@ -11,7 +11,10 @@ LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 RACE_PKGS ?= ./agent/... ./exporters/... ./sources/... ./cmd/...
 FUZZTIME ?= 5s
 
-.PHONY: all build run test test-unit test-race fuzz bench lint fmt clean release
+PLATFORMS ?= linux/amd64 linux/arm64
+PREFIX   ?= /usr/local
+
+.PHONY: all build run test test-unit test-race fuzz bench lint fmt clean release install
 
 all: build
 
@@ -48,6 +51,28 @@ lint:
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
+
+# Static binaries for every platform in dist/, with version info and a
+# SHA256SUMS file: dist/sabaki-<version>-<os>-<arch>.
+release:
+	@rm -rf dist && mkdir -p dist
+	@set -e; for p in $(PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; out=dist/sabaki-$(VERSION)-$$os-$$arch; \
+		echo "build $$out"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $$out ./cmd/sabaki; \
+	done
+	cd dist && sha256sum sabaki-* > SHA256SUMS && cat SHA256SUMS
+
+# Install as a systemd service (run as root): binary, config (kept if it
+# exists), environment file for MACKEREL_APIKEY (0600), unit.
+install: build
+	install -D -m 0755 bin/sabaki $(DESTDIR)$(PREFIX)/bin/sabaki
+	install -d -m 0755 $(DESTDIR)/etc/sabaki
+	test -e $(DESTDIR)/etc/sabaki/sabaki.yaml || install -m 0644 configs/systemd/sabaki.yaml $(DESTDIR)/etc/sabaki/sabaki.yaml
+	test -e $(DESTDIR)/etc/sabaki/sabaki.env || install -m 0600 /dev/null $(DESTDIR)/etc/sabaki/sabaki.env
+	install -D -m 0644 configs/systemd/sabaki.service $(DESTDIR)/etc/systemd/system/sabaki.service
+	@echo "Now: put MACKEREL_APIKEY=... in /etc/sabaki/sabaki.env, edit /etc/sabaki/sabaki.yaml, then"
+	@echo "     systemctl daemon-reload && systemctl enable --now sabaki"
 
 clean:
 	rm -rf bin dist
