@@ -17,7 +17,7 @@ type selection struct {
 	lo, hi int64
 }
 
-// sql returns the condition on column series and its arguments, one per
+// parts returns the condition on column series and its arguments, one per
 // batch of at most 500 IDs.
 func (sel selection) parts() []struct {
 	cond string

@@ -395,6 +395,9 @@ func (s *Store) GetState(ctx context.Context, key string) ([]byte, bool, error) 
 
 // PutState saves value under key durably (sources.StateStore).
 func (s *Store) PutState(ctx context.Context, key string, value []byte) error {
+	if s.readOnly {
+		return errReadOnly
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_, err := s.db.ExecContext(ctx, `INSERT INTO state(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value`, key, value)

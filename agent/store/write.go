@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -95,7 +94,7 @@ func exemplarInsertSQL(rows int) string {
 // mark that slot for Maintain to redo.
 func (s *Store) Write(ctx context.Context, w *metric.Window) error {
 	if s.readOnly {
-		return errors.New("store opened read-only")
+		return errReadOnly
 	}
 	tier, err := s.tierFor(w.Duration)
 	if err != nil {
