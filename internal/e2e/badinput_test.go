@@ -1,0 +1,239 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	colmetricpb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	metricpb "go.opentelemetry.io/proto/otlp/metrics/v1"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// serve starts a loopback HTTP server for h.
+func serve(t testing.TB, h http.HandlerFunc) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String() + "/metrics"
+}
+
+func strAttr(k, v string) *commonpb.KeyValue {
+	return &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v}}}
+}
+
+// otlpRequest wraps metrics in one resource (service.name=bad).
+func otlpRequest(ms ...*metricpb.Metric) *colmetricpb.ExportMetricsServiceRequest {
+	return &colmetricpb.ExportMetricsServiceRequest{ResourceMetrics: []*metricpb.ResourceMetrics{{
+		Resource:     &resourcepb.Resource{Attributes: []*commonpb.KeyValue{strAttr("service.name", "bad")}},
+		ScopeMetrics: []*metricpb.ScopeMetrics{{Metrics: ms}},
+	}}}
+}
+
+func deltaSum(name string, now time.Time, pts ...*metricpb.NumberDataPoint) *metricpb.Metric {
+	for _, p := range pts {
+		p.StartTimeUnixNano, p.TimeUnixNano = uint64(now.Add(-time.Second).UnixNano()), uint64(now.UnixNano())
+	}
+	return &metricpb.Metric{Name: name, Data: &metricpb.Metric_Sum{Sum: &metricpb.Sum{
+		AggregationTemporality: metricpb.AggregationTemporality_AGGREGATION_TEMPORALITY_DELTA, IsMonotonic: true, DataPoints: pts}}}
+}
+
+func dbl(v float64, attrs ...*commonpb.KeyValue) *metricpb.NumberDataPoint {
+	return &metricpb.NumberDataPoint{Value: &metricpb.NumberDataPoint_AsDouble{AsDouble: v}, Attributes: attrs}
+}
+
+// post sends req (or raw bytes) to the OTLP/HTTP receiver and returns the
+// status.
+func post(t testing.TB, endpoint string, body []byte) int {
+	t.Helper()
+	resp, err := http.Post("http://"+endpoint+"/v1/metrics", "application/x-protobuf", bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("OTLP post: %v", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func marshal(t testing.TB, m proto.Message) []byte {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestBadInput: one agent gets a malformed scrape body, a scrape body far
+// over body_size_limit, OTLP requests over max_request_bytes and
+// max_series_per_request, NaN and ±Inf, a negative delta, exponential
+// histograms whose counts do not add up, a truncated protobuf, and a
+// cardinality explosion of distinct http.route values contained by
+// max_series; meanwhile a good target's counts stay exact and every valid
+// point sent beside the bad ones is stored. Short: 100,000 route values;
+// full: 1,000,000.
+func TestBadInput(t *testing.T) {
+	routes := 100_000
+	if full() {
+		routes = 1_000_000
+	}
+	e := newEnv(t)
+	l := startLoad(t, e, 1, 0)
+	malformed := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		io.WriteString(w, "# TYPE broken counter\nbroken{a=\"1\" 12\nbroken{a=\"2\"} not-a-number\n\x00\xff\n")
+	})
+	huge := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		line := []byte("# TYPE huge gauge\n")
+		w.Write(line)
+		var b []byte
+		for i := 0; i < 2_000_000; i++ { // ~60 MB
+			b = append(b[:0], "huge{i=\""...)
+			b = strconv.AppendInt(b, int64(i), 10)
+			b = append(b, "\"} 1\n"...)
+			if _, err := w.Write(b); err != nil {
+				return
+			}
+		}
+	})
+	cfg := e.writeConfig(t, e.agentSection()+"sources:\n"+e.otlpSource(`    max_request_bytes: 1MiB
+    max_series_per_request: 2000
+`)+l.promSource("500ms")+fmt.Sprintf(`  - type: prometheus
+    name: bad
+    targets: [%s, %s]
+    interval: 1s
+    timeout: 1s
+    body_size_limit: 1MiB
+rules:
+  - max_series: {metric: "*", limit: 1000}
+exporters: []
+`, malformed, huge))
+	a := e.start(t, cfg, nil)
+	l.waitBaseline(t)
+
+	now := time.Now()
+	validSent := 0.0
+	valid := func() *metricpb.Metric { validSent += 5; return deltaSum("valid.total", now, dbl(5)) }
+	statuses := map[string]int{}
+
+	// Over max_request_bytes: 1.5 MB of attribute values.
+	var big []*metricpb.NumberDataPoint
+	for i := range 1500 {
+		big = append(big, dbl(1, strAttr("pad", strings.Repeat("x", 1000)+strconv.Itoa(i))))
+	}
+	statuses["over max_request_bytes"] = post(t, e.otlpHTTP, marshal(t, otlpRequest(deltaSum("big.total", now, big...))))
+	// Over max_series_per_request.
+	var many []*metricpb.NumberDataPoint
+	for i := range 3000 {
+		many = append(many, dbl(1, strAttr("i", strconv.Itoa(i))))
+	}
+	statuses["over max_series_per_request"] = post(t, e.otlpHTTP, marshal(t, otlpRequest(valid(), deltaSum("many.total", now, many...))))
+	// NaN, ±Inf, a negative delta, beside a valid point.
+	gauge := &metricpb.Metric{Name: "nan.gauge", Data: &metricpb.Metric_Gauge{Gauge: &metricpb.Gauge{DataPoints: []*metricpb.NumberDataPoint{
+		dbl(math.NaN()), dbl(math.Inf(1), strAttr("k", "inf")), dbl(math.Inf(-1), strAttr("k", "-inf"))}}}}
+	for _, p := range gauge.GetGauge().DataPoints {
+		p.TimeUnixNano = uint64(now.UnixNano())
+	}
+	statuses["NaN/Inf gauge, NaN and negative counter + valid"] = post(t, e.otlpHTTP, marshal(t, otlpRequest(gauge,
+		deltaSum("nan.total", now, dbl(math.NaN()), dbl(-3, strAttr("k", "neg"))), valid())))
+	// Exponential histograms whose counts do not add up, beside a valid point.
+	badHist := &metricpb.Metric{Name: "bad.hist", Unit: "s", Data: &metricpb.Metric_ExponentialHistogram{ExponentialHistogram: &metricpb.ExponentialHistogram{
+		AggregationTemporality: metricpb.AggregationTemporality_AGGREGATION_TEMPORALITY_DELTA,
+		DataPoints: []*metricpb.ExponentialHistogramDataPoint{
+			{StartTimeUnixNano: uint64(now.Add(-time.Second).UnixNano()), TimeUnixNano: uint64(now.UnixNano()), Count: 100, Scale: 3,
+				Positive: &metricpb.ExponentialHistogramDataPoint_Buckets{Offset: -20, BucketCounts: []uint64{1, 2, 3}}},
+			{StartTimeUnixNano: uint64(now.Add(-time.Second).UnixNano()), TimeUnixNano: uint64(now.UnixNano()), Count: 1, Scale: 99,
+				Positive:   &metricpb.ExponentialHistogramDataPoint_Buckets{Offset: math.MaxInt32, BucketCounts: []uint64{math.MaxUint64, 5}},
+				Attributes: []*commonpb.KeyValue{strAttr("k", "overflow")}},
+		}}}}
+	statuses["inconsistent histograms + valid"] = post(t, e.otlpHTTP, marshal(t, otlpRequest(badHist, valid())))
+	// A truncated protobuf.
+	b := marshal(t, otlpRequest(valid()))
+	validSent -= 5
+	statuses["truncated protobuf"] = post(t, e.otlpHTTP, b[:len(b)-3])
+	statuses["not protobuf at all"] = post(t, e.otlpHTTP, []byte("{\"resourceMetrics\": ["))
+
+	// Cardinality explosion: `routes` distinct routes, 1 each, 1,000 per
+	// request.
+	start := time.Now()
+	explosionOK := 0
+	for i := 0; i < routes; i += 1000 {
+		var pts []*metricpb.NumberDataPoint
+		for j := i; j < min(i+1000, routes); j++ {
+			pts = append(pts, dbl(1, strAttr("http.route", "/r/"+strconv.Itoa(j))))
+		}
+		now := time.Now()
+		if st := post(t, e.otlpHTTP, marshal(t, otlpRequest(deltaSum("explode.requests", now, pts...)))); st == 200 {
+			explosionOK += len(pts)
+		} else {
+			statuses["explosion "+strconv.Itoa(st)]++
+		}
+	}
+	sendTime := time.Since(start)
+	l.run(2*time.Second, 5)
+	l.settle(t)
+	time.Sleep(1500 * time.Millisecond)
+	scrapeFailures := a.metricValue("sabaki_prometheus_scrape_failures_total")
+	drops := a.metricValue("sabaki_pipeline_dropped_points_total")
+	rejected := a.metricValue("sabaki_otlp_rejected_points_total")
+	overflow := a.metricValue("sabaki_pipeline_overflow_series_total")
+	a.stop()
+
+	t.Logf("OTLP statuses: %v", statuses)
+	t.Logf("scrape failures %v, pipeline drops %v, OTLP rejected points %v, overflow %v; %d routes sent in %v (%d accepted); peak RSS %d KiB",
+		scrapeFailures, drops, rejected, overflow, routes, sendTime.Round(time.Millisecond), explosionOK, a.peakRSS)
+	for what, st := range statuses {
+		if strings.HasPrefix(what, "explosion") {
+			t.Errorf("%d explosion requests answered %s", st, what)
+			continue
+		}
+		if st >= 500 {
+			t.Errorf("%s: answered %d (a server error: the client would retry bad data)", what, st)
+		}
+	}
+	if st := statuses["over max_request_bytes"]; st != http.StatusRequestEntityTooLarge {
+		t.Errorf("over max_request_bytes: %d, want 413", st)
+	}
+	if scrapeFailures < 2 {
+		t.Errorf("scrape failures = %v, want both bad targets failing", scrapeFailures)
+	}
+	if got := sumStat(query(t, e.dataDir, "-metric", "valid.total", "-group-by", "service.name", "-stat", "sum", "-from", "2h", "-step", "1d"), "sum"); got != validSent {
+		t.Errorf("valid points sent beside bad ones: stored %v, want %v", got, validSent)
+	}
+	want := l.targets.Totals()
+	if got := sumStat(query(t, e.dataDir, "-metric", "loadgen_request_duration_seconds", "-group-by", "e2e", "-stat", "count", "-from", "2h", "-step", "1d"), "count"); got != float64(want.Observations) {
+		t.Errorf("good target beside bad ones: stored %v observations, want %d", got, want.Observations)
+	}
+	// The explosion: every increment kept, in at most limit+1 series per
+	// window (the overflow series takes the rest).
+	rows := query(t, e.dataDir, "-metric", "explode.requests", "-stat", "sum", "-from", "2h", "-step", "1d")
+	series := map[string]bool{}
+	for _, r := range rows {
+		series[fmt.Sprint(r.Attributes)] = true
+	}
+	if got := sumStat(rows, "sum"); got != float64(explosionOK) {
+		t.Errorf("explosion: stored %v increments, want %d", got, explosionOK)
+	}
+	t.Logf("explosion: %d distinct stored series", len(series))
+	if len(series) > 1001*4 {
+		t.Errorf("explosion: %d stored series; max_series should keep about 1,001 per window", len(series))
+	}
+	limitKiB := int64(400 << 10)
+	if a.peakRSS > limitKiB {
+		t.Errorf("peak RSS %d KiB over %d KiB", a.peakRSS, limitKiB)
+	}
+}
