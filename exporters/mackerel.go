@@ -352,6 +352,7 @@ type Mackerel struct {
 
 	mu             sync.Mutex
 	minutes        map[int64]*minuteWindows // sub-minute windows by minute
+	newestMinute   int64                    // unix seconds of the newest minute seen
 	lastAnnotAt    map[string]time.Time     // by metric and stat
 	hostIDs        map[string]string        // customIdentifier → host ID
 	graphDefs      map[string]bool          // graph definitions created
@@ -361,7 +362,6 @@ type Mackerel struct {
 // minuteWindows holds the windows seen for one minute, by start.
 type minuteWindows struct {
 	windows map[int64]*metric.Window
-	seen    time.Time
 }
 
 // NewMackerel builds the exporter. It does not contact Mackerel.
@@ -413,7 +413,13 @@ func (e *Mackerel) Shutdown(context.Context) error { return nil }
 
 // Export posts the window's minute. See the type's doc for the mapping.
 func (e *Mackerel) Export(ctx context.Context, w *metric.Window) error {
-	minute, aggs, seconds := e.minuteOf(w)
+	minute, aggs, seconds, ok := e.minuteOf(w)
+	if !ok {
+		e.m.skipped.Inc()
+		e.log.Warn("late sub-minute window not posted: its minute's other windows are no longer kept",
+			"window", fmtTime(w.Start), "keep", subMinuteKeep.String())
+		return nil
+	}
 	aggs, hosts := e.splitHosts(aggs)
 	series := e.mapSeries(aggs, "", "")
 	values := e.values(series, minute, seconds, metricName)
@@ -431,44 +437,53 @@ func (e *Mackerel) Export(ctx context.Context, w *metric.Window) error {
 	return nil
 }
 
+// subMinuteKeep is how far behind the newest minute the sub-minute windows
+// are kept for re-merging: beyond the agent's default lateness (5m).
+const subMinuteKeep = 10 * time.Minute
+
 // minuteOf returns the minute w belongs to and the aggregates to post for
 // it: w's own when w covers a minute or more, else the merge of every window
 // of that minute seen so far (a later revision replacing an earlier one).
-func (e *Mackerel) minuteOf(w *metric.Window) (time.Time, []metric.Aggregate, float64) {
-	minute := w.Start.Truncate(time.Minute)
+// Sub-minute windows are kept for subMinuteKeep behind the newest minute; a
+// window for an older minute is not posted (ok false): alone it would
+// overwrite the whole minute's value with a part of it.
+func (e *Mackerel) minuteOf(w *metric.Window) (minute time.Time, aggs []metric.Aggregate, seconds float64, ok bool) {
+	minute = w.Start.Truncate(time.Minute)
 	if w.Duration >= time.Minute || w.Duration <= 0 {
-		return minute, w.Series, max(w.Duration.Seconds(), 60)
+		return minute, w.Series, max(w.Duration.Seconds(), 60), true
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	mw := e.minutes[minute.Unix()]
-	if mw == nil {
-		mw = &minuteWindows{windows: map[int64]*metric.Window{}}
-		e.minutes[minute.Unix()] = mw
-	}
-	mw.seen = e.now()
-	if old, ok := mw.windows[w.Start.UnixNano()]; !ok || w.Revision >= old.Revision {
-		mw.windows[w.Start.UnixNano()] = cloneWindow(w)
-	}
-	// Forget minutes not touched for an hour (far beyond any lateness).
-	for k, v := range e.minutes {
-		if e.now().Sub(v.seen) > time.Hour {
+	key := minute.Unix()
+	e.newestMinute = max(e.newestMinute, key)
+	horizon := e.newestMinute - int64(subMinuteKeep/time.Second)
+	for k := range e.minutes {
+		if k < horizon {
 			delete(e.minutes, k)
 		}
+	}
+	mw := e.minutes[key]
+	if mw == nil {
+		if key < horizon {
+			return minute, nil, 0, false
+		}
+		mw = &minuteWindows{windows: map[int64]*metric.Window{}}
+		e.minutes[key] = mw
+	}
+	if old, ok := mw.windows[w.Start.UnixNano()]; !ok || w.Revision >= old.Revision {
+		mw.windows[w.Start.UnixNano()] = cloneWindow(w)
 	}
 	starts := make([]int64, 0, len(mw.windows))
 	for s := range mw.windows {
 		starts = append(starts, s)
 	}
 	slices.Sort(starts)
-	var aggs []metric.Aggregate
-	var seconds float64
 	for _, s := range starts {
 		win := mw.windows[s]
 		aggs = append(aggs, win.Series...)
 		seconds += win.Duration.Seconds()
 	}
-	return minute, aggs, seconds
+	return minute, aggs, seconds, true
 }
 
 // cloneWindow copies what Export keeps beyond the call (the contract forbids
@@ -1282,6 +1297,7 @@ type mackerelMetrics struct {
 	posts       prometheus.Counter
 	bytes       prometheus.Counter
 	annotations *prometheus.CounterVec
+	skipped     prometheus.Counter
 	name        string
 }
 
@@ -1301,7 +1317,10 @@ func (m *mackerelMetrics) register(reg prometheus.Registerer, name string) error
 	annotations := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sabaki_exporter_mackerel_annotations_total", Help: "Graph annotations by outcome (created, rate_limited, failed).",
 	}, []string{"exporter", "outcome"})
-	for _, c := range []**prometheus.CounterVec{&requests, &points, &posts, &bytes, &annotations} {
+	skipped := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sabaki_exporter_mackerel_late_windows_skipped_total", Help: "Sub-minute windows that arrived too late to be merged into their minute.",
+	}, []string{"exporter"})
+	for _, c := range []**prometheus.CounterVec{&requests, &points, &posts, &bytes, &annotations, &skipped} {
 		var err error
 		if *c, err = registerCounterVec(reg, *c); err != nil {
 			return err
@@ -1310,6 +1329,7 @@ func (m *mackerelMetrics) register(reg prometheus.Registerer, name string) error
 	m.name = name
 	m.requests, m.annotations = requests, annotations
 	m.points, m.posts, m.bytes = points.WithLabelValues(name), posts.WithLabelValues(name), bytes.WithLabelValues(name)
+	m.skipped = skipped.WithLabelValues(name)
 	return nil
 }
 

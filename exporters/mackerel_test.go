@@ -962,3 +962,37 @@ func TestMackerelMonitors(t *testing.T) {
 		t.Fatalf("after update %v", ms)
 	}
 }
+
+func TestMackerelLateSubMinuteWindow(t *testing.T) {
+	env := newMackerelEnv(t, nil)
+	exp, _ := env.open()
+	env.clock.Set(t0.Add(30 * time.Minute))
+	ctx := context.Background()
+	name := "http.server.request.duration.count.GET"
+	post := func(start time.Time, rev int) {
+		t.Helper()
+		w, _ := latencyWindow(start, 10, false)
+		w.Duration, w.Revision = 15*time.Second, rev
+		if err := exp.Export(ctx, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 4 {
+		post(t0.Add(time.Duration(i)*15*time.Second), 0)
+	}
+	if v, _ := env.fake.Value("toitta", name, t0); v != 40 {
+		t.Fatalf("minute t0 = %v, want 40", v)
+	}
+	post(t0.Add(20*time.Minute), 0) // time moves on
+	post(t0.Add(15*time.Second), 1) // a revision for t0 arrives too late to re-merge
+	if v, _ := env.fake.Value("toitta", name, t0); v != 40 {
+		t.Fatalf("minute t0 = %v after a too-late window: the whole minute must not be overwritten by a part", v)
+	}
+	if got := counterValue(t, exp.m.skipped); got != 1 {
+		t.Fatalf("skipped = %v, want 1", got)
+	}
+	post(t0.Add(20*time.Minute+15*time.Second), 0) // within the kept minutes: merged
+	if v, _ := env.fake.Value("toitta", name, t0.Add(20*time.Minute)); v != 20 {
+		t.Fatalf("minute t0+20m = %v, want 20", v)
+	}
+}

@@ -42,7 +42,7 @@ func BenchmarkMackerelMinute(b *testing.B) {
 	}
 	w := realisticWindow(t0, 1000)
 	for b.Loop() {
-		minute, aggs, seconds := e.minuteOf(w)
+		minute, aggs, seconds, _ := e.minuteOf(w)
 		_ = e.values(e.mapSeries(aggs, "", ""), minute, seconds, metricName)
 	}
 }
