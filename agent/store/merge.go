@@ -24,7 +24,7 @@ type Agg struct {
 	Hist         *histogram.Histogram
 	ErrorCount   uint64
 	ErrorTracked bool
-	// Exemplars is filled by Store.Exemplars only; Query leaves it empty.
+	// Exemplars is left empty by Query; Store.Exemplars lists them.
 	Exemplars []metric.Exemplar
 }
 

@@ -658,3 +658,45 @@ func crashChild(dir string) {
 	time.Sleep(time.Minute) // killed here
 	os.Exit(3)
 }
+
+// TestBackfillOlderThanFirstTier: windows written for times the first tier
+// no longer keeps (a backfill of 42 days) are rolled up before they expire,
+// also when the store already rolled up later hours.
+func TestBackfillOlderThanFirstTier(t *testing.T) {
+	c := &clock{t: t0.Add(48 * time.Hour)}
+	s := open(t, t.TempDir(), c, Tier{time.Minute, 3 * time.Hour}, Tier{time.Hour, 30 * 24 * time.Hour})
+	ctx := context.Background()
+	write(t, s, win(c.now().Add(-time.Hour).Truncate(time.Hour), 0, counter("/a", 5)))
+	if err := s.Maintain(ctx, c.now()); err != nil { // rolls up to now
+		t.Fatal(err)
+	}
+	for m := range 120 { // two days ago
+		write(t, s, win(t0.Add(time.Duration(m)*time.Minute), 0, counter("/a", 1)))
+	}
+	if err := s.Maintain(ctx, c.now()); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	s.db.QueryRow(`SELECT (SELECT count(*) FROM head WHERE tier = 0 AND start < ?) + (SELECT count(*) FROM chunks WHERE tier = 0 AND start < ?)`, t0.Add(2*time.Hour).Unix(), t0.Add(2*time.Hour).Unix()).Scan(&n)
+	if n != 0 {
+		t.Errorf("%d first-tier rows of the backfill left after Maintain", n)
+	}
+	rows := query(t, s, Query{Metric: "http.requests", From: t0, To: c.now(), Step: time.Hour})
+	if len(rows) != 3 || rows[0].Agg.Sum != 60 || rows[1].Agg.Sum != 60 || rows[2].Agg.Sum != 5 {
+		t.Errorf("rows = %+v, want 60, 60 (backfill, from the 1 h tier) and 5", rows)
+	}
+	// A window of the coarse tier's duration goes straight into it.
+	if err := s.Write(ctx, &metric.Window{Start: t0.Add(5 * time.Hour), Duration: time.Hour, Series: []metric.Aggregate{counter("/a", 7)}}); err != nil {
+		t.Fatal(err)
+	}
+	rows = query(t, s, Query{Metric: "http.requests", From: t0.Add(5 * time.Hour), To: t0.Add(6 * time.Hour), Step: time.Hour})
+	if len(rows) != 1 || rows[0].Agg.Sum != 7 {
+		t.Errorf("hourly window written directly: %+v", rows)
+	}
+	if err := s.Write(ctx, &metric.Window{Start: t0, Duration: 90 * time.Second}); err == nil {
+		t.Error("a window matching no tier was accepted")
+	}
+	if err := s.Write(ctx, &metric.Window{Start: t0.Add(time.Second), Duration: time.Minute}); err == nil {
+		t.Error("a misaligned window was accepted")
+	}
+}
