@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -34,10 +35,7 @@ func (d *daemon) buildSources(cfg *Config) (*sourceSet, error) {
 	set := &sourceSet{reg: newTrackingRegisterer(d.reg), log: d.log}
 	for _, e := range cfg.Sources {
 		t := types[e.Type]
-		ss := sources.Settings{Logger: d.log.With("source", e.Name), Registerer: set.reg}
-		if d.store != nil {
-			ss.State = d.store
-		}
+		ss := sources.Settings{Logger: d.log.With("source", e.Name), Registerer: set.reg, State: storeState{d}}
 		if e.Type == "self" {
 			ss.Registerer = d.reg // the self source gathers the whole registry
 		}
@@ -180,4 +178,25 @@ func (t *trackingRegisterer) unregisterAll() {
 	for _, c := range cs {
 		t.reg.Unregister(c)
 	}
+}
+
+// storeState is the sources' StateStore: the daemon's store, which opens
+// after the sources are built (they are built first so a bad source config
+// fails before anything starts) and before any of them starts.
+type storeState struct{ d *daemon }
+
+var errStoreNotOpen = errors.New("the store is not open yet")
+
+func (s storeState) GetState(ctx context.Context, key string) ([]byte, bool, error) {
+	if s.d.store == nil {
+		return nil, false, errStoreNotOpen
+	}
+	return s.d.store.GetState(ctx, key)
+}
+
+func (s storeState) PutState(ctx context.Context, key string, value []byte) error {
+	if s.d.store == nil {
+		return errStoreNotOpen
+	}
+	return s.d.store.PutState(ctx, key, value)
 }
