@@ -1,0 +1,198 @@
+package e2e
+
+import (
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	_ "modernc.org/sqlite"
+)
+
+// fillDisk writes dir/filler until the file system is full (ENOSPC) and
+// returns a function that frees the space.
+func fillDisk(t testing.TB, dir string) func() {
+	t.Helper()
+	p := filepath.Join(dir, "filler")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("filling the disk: %v", err)
+			}
+			break
+		}
+	}
+	f.Close()
+	return func() { os.Remove(p) }
+}
+
+// TestDiskFull: the data directory is a small tmpfs (the test needs root to
+// mount it; without, it falls back to RLIMIT_FSIZE set on the running agent
+// with prlimit, where writes past a file's size fail with EFBIG). While the
+// disk is full the agent keeps running and scraping, reports the failed
+// store writes and outbox enqueues in /metrics and its log; when space
+// returns it stores new windows again, and the store passes SQLite's
+// integrity check and `sabaki query`. Short and full alike.
+func TestDiskFull(t *testing.T) {
+	e := newEnv(t)
+	if err := os.MkdirAll(e.dataDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	mode := "tmpfs"
+	if err := exec.Command("mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs", e.dataDir).Run(); err != nil {
+		mode = "rlimit"
+	} else {
+		t.Cleanup(func() { exec.Command("umount", "-l", e.dataDir).Run() })
+	}
+	mk := newMackerel(t)
+	l := startLoad(t, e, 2, 0)
+	cfg := e.writeConfig(t, e.agentSection()+"sources:\n"+l.promSource("500ms")+"exporters:\n"+mackerelExporter(mk.URL))
+	a := e.start(t, cfg, nil)
+	l.waitBaseline(t)
+	l.run(2*time.Second, 10)
+
+	var free func()
+	pid := fmt.Sprint(a.cmd.Process.Pid)
+	switch mode {
+	case "tmpfs":
+		free = fillDisk(t, e.dataDir)
+	case "rlimit":
+		if out, err := exec.Command("prlimit", "--pid", pid, "--fsize=1").CombinedOutput(); err != nil {
+			t.Fatalf("prlimit: %v: %s", err, out)
+		}
+		free = func() { exec.Command("prlimit", "--pid", pid, "--fsize=unlimited").Run() }
+	}
+	fullAt := time.Now()
+	l.run(4*time.Second, 10)
+	storeErrs := a.metricValue("sabaki_agent_store_write_errors_total")
+	enqErrs := a.metricValue("sabaki_exporter_enqueue_failures_total") + a.metricValue("sabaki_agent_enqueue_errors_total")
+	alive := a.cmd.ProcessState == nil
+	free()
+	freedAt := time.Now()
+	l.run(4*time.Second, 10)
+	l.settle(t)
+	time.Sleep(1500 * time.Millisecond)
+	storeErrs2 := a.metricValue("sabaki_agent_store_write_errors_total")
+	a.stop()
+
+	t.Logf("%s: during 4 s of full disk: %v store write errors, %v enqueue errors; after: %v store write errors; peak RSS %d KiB",
+		mode, storeErrs, enqErrs, storeErrs2, a.peakRSS)
+	if !alive {
+		t.Fatalf("the agent died on a full disk")
+	}
+	if storeErrs == 0 {
+		t.Errorf("no store write error reported while the disk was full")
+	}
+	if storeErrs2-storeErrs > 2 {
+		t.Errorf("store writes kept failing after space returned: %v → %v", storeErrs, storeErrs2)
+	}
+	if !strings.Contains(a.out.String(), "storing window failed") {
+		t.Errorf("no error logged for the failed store writes")
+	}
+	rows := query(t, e.dataDir, "-metric", "loadgen_request_duration_seconds", "-group-by", "e2e", "-stat", "count", "-from", "2h", "-step", "1s")
+	var before, after int
+	var stored float64
+	for _, r := range rows {
+		stored += r.Value
+		switch {
+		case r.Time.Before(fullAt):
+			before++
+		case r.Time.After(freedAt.Add(time.Second)):
+			after++
+		}
+	}
+	want := l.targets.Totals().Observations
+	t.Logf("windows stored before the disk filled %d, after it was freed %d; observations generated %d, stored %v (lost %v)", before, after, want, stored, float64(want)-stored)
+	if before == 0 || after == 0 {
+		t.Errorf("windows stored before the disk filled %d, after %d: want both", before, after)
+	}
+	if stored > float64(want) {
+		t.Errorf("stored %v observations, more than the %d generated", stored, want)
+	}
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(e.dataDir, "store", "sabaki.db")+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var res string
+	if err := db.QueryRow("PRAGMA integrity_check").Scan(&res); err != nil || res != "ok" {
+		t.Errorf("store integrity check: %q, %v", res, err)
+	}
+}
+
+// TestCorruptStore: a store file cut in half, or with its header
+// overwritten, makes `sabaki run` and `sabaki query` fail at once with an
+// error naming the file (never a silent reset); moving the damaged store
+// aside (the documented recovery: stop, move DATA_DIR/store away, start)
+// starts a fresh store, and the outbox of the data directory is kept.
+// Short and full alike.
+func TestCorruptStore(t *testing.T) {
+	for _, damage := range []string{"truncated", "header"} {
+		t.Run(damage, func(t *testing.T) {
+			e := newEnv(t)
+			mk := newMackerel(t)
+			l := startLoad(t, e, 1, 0)
+			cfg := e.writeConfig(t, e.agentSection()+"sources:\n"+l.promSource("500ms")+"exporters:\n"+mackerelExporter(mk.URL))
+			a := e.start(t, cfg, nil)
+			l.waitBaseline(t)
+			l.run(2*time.Second, 10)
+			l.settle(t)
+			time.Sleep(1500 * time.Millisecond)
+			a.stop()
+			db := filepath.Join(e.dataDir, "store", "sabaki.db")
+			st, err := os.Stat(db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch damage {
+			case "truncated":
+				if err := os.Truncate(db, st.Size()/2); err != nil {
+					t.Fatal(err)
+				}
+			case "header":
+				f, err := os.OpenFile(db, os.O_WRONLY, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				f.WriteAt([]byte("this is not a database, really!!"), 0)
+				f.Close()
+			}
+			stdout, stderr, code := runSabaki(t, "query", "-data-dir", e.dataDir, "-metric", "loadgen_request_duration_seconds", "-from", "2h")
+			t.Logf("query on a %s store: exit %d: %s%s", damage, code, strings.TrimSpace(stderr), strings.TrimSpace(stdout))
+			if code == 0 {
+				t.Errorf("query on a %s store succeeded", damage)
+			}
+			run := exec.Command(binary, "run", "-config", cfg)
+			out, err := run.CombinedOutput()
+			t.Logf("run on a %s store: %v: %s", damage, err, tail(strings.TrimSpace(string(out)), 3))
+			if err == nil {
+				t.Errorf("run on a %s store exited 0", damage)
+			}
+			if !strings.Contains(string(out), "sabaki.db") && !strings.Contains(string(out), filepath.Join(e.dataDir, "store")) {
+				t.Errorf("run's error does not name the store file")
+			}
+			// Recovery: move the store aside.
+			if err := os.Rename(filepath.Join(e.dataDir, "store"), filepath.Join(e.dataDir, "store.damaged")); err != nil {
+				t.Fatal(err)
+			}
+			a = e.start(t, cfg, nil)
+			l.run(2*time.Second, 10)
+			time.Sleep(1500 * time.Millisecond)
+			a.stop()
+			if rows := query(t, e.dataDir, "-metric", "loadgen_request_duration_seconds", "-group-by", "e2e", "-stat", "count", "-from", "2h", "-step", "1s"); len(rows) == 0 {
+				t.Errorf("no windows stored after moving the damaged store aside")
+			}
+		})
+	}
+}
