@@ -113,11 +113,11 @@ exporters:
 		if err != nil {
 			t.Fatalf("row time %q: %v", k.time, err)
 		}
-		// Samples whose point ends in [ts, ts+1h) (a point belongs to the
-		// window of its end time).
+		// Samples whose delta point (start, end] lies in the hour: a
+		// delta point belongs to the window holding its last instant.
 		var samples []float64
 		for end, s := range truth.LatenciesByTime[k.svc] {
-			if e := time.Unix(end, 0); !e.Before(ts) && e.Before(ts.Add(time.Hour)) {
+			if e := time.Unix(end, 0).Add(-1); !e.Before(ts) && e.Before(ts.Add(time.Hour)) {
 				samples = append(samples, s...)
 			}
 		}
@@ -248,7 +248,7 @@ exporters:
 	for svc, byEnd := range truth.LatenciesByTime {
 		want := 0
 		for end, samples := range byEnd {
-			if e := time.Unix(end, 0); !e.Before(from) && e.Before(to) {
+			if e := time.Unix(end, 0).Add(-1); !e.Before(from) && e.Before(to) {
 				want += len(samples)
 			}
 		}
