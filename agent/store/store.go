@@ -161,6 +161,11 @@ func (s *Store) open() error {
 		if err := os.MkdirAll(s.dir, 0o700); err != nil {
 			return fmt.Errorf("creating store directory: %w", err)
 		}
+		if st, err := os.Stat(s.dir); err == nil && st.Mode().Perm()&0o077 != 0 {
+			// Created by someone else with wider permissions: say so, but
+			// leave the choice to them.
+			s.log.Warn("store directory is accessible to other users; 0700 is recommended", "dir", s.dir, "mode", st.Mode().Perm().String())
+		}
 		if err := s.takeLock(); err != nil {
 			return err
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/sabakiio/sabaki/histogram"
 	"github.com/sabakiio/sabaki/metric"
+	"github.com/sabakiio/sabaki/sources"
 )
 
 var t0 = time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)
@@ -700,3 +701,6 @@ func TestBackfillOlderThanFirstTier(t *testing.T) {
 		t.Error("a misaligned window was accepted")
 	}
 }
+
+// The store is the agent's sources.StateStore.
+var _ sources.StateStore = (*Store)(nil)
