@@ -377,3 +377,47 @@ func TestUsage(t *testing.T) {
 		t.Errorf("unknown command: exit %d, stderr %q", code, errb.String())
 	}
 }
+
+// TestRunNeverLogsAPIKey runs the agent with a Mackerel exporter that cannot
+// reach its API (every send fails and is logged) and checks the key appears
+// neither in the logs nor on /metrics.
+func TestRunNeverLogsAPIKey(t *testing.T) {
+	if _, ok := exporterTypes()["mackerel"]; !ok {
+		t.Fatal("mackerel exporter not wired")
+	}
+	const key = "sabakiTESTkey0123456789secret"
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "sabaki.yaml")
+	cfg := fmt.Sprintf(`agent:
+  window: 1s
+  data_dir: %s
+  admin_listen: 127.0.0.1:0
+  shutdown_timeout: 2s
+resource: {detect: []}
+sources:
+  - {type: self, interval: 1s, timeout: 1s}
+exporters:
+  - type: mackerel
+    service: sabaki-test
+    api_key: ${SABAKI_TEST_KEY}
+    base_url: http://127.0.0.1:1
+    outbox: {initial_backoff: 100ms, max_backoff: 200ms}
+`, filepath.Join(dir, "data"))
+	os.WriteFile(cfgPath, []byte(cfg), 0o600)
+	t.Setenv("SABAKI_TEST_KEY", key)
+	a := startAgent(t, "-config", cfgPath, "-log-level", "debug")
+	a.waitFor("a failed send", 30*time.Second, func(_, e string) bool {
+		return adminRE.MatchString(e) && strings.Contains(e, "connection refused")
+	})
+	_, e := a.output()
+	base := "http://" + adminRE.FindStringSubmatch(e)[1]
+	_, metrics := httpGet(t, base+"/metrics")
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	a.wait(20 * time.Second)
+	o, e := a.output()
+	for what, text := range map[string]string{"stderr": e, "stdout": o, "/metrics": metrics} {
+		if strings.Contains(text, key) || strings.Contains(text, key[:12]) {
+			t.Errorf("the API key appears in %s:\n%s", what, text)
+		}
+	}
+}
