@@ -247,12 +247,24 @@ func TestRunLifecycle(t *testing.T) {
 		t.Errorf("/healthz after a rejected reload = %d", code)
 	}
 
-	// SIGHUP with a good config (a changed exporter): applied.
-	if err := os.WriteFile(cfgPath, bytes.Replace(good, []byte("max_series: 3"), []byte("max_series: 2"), 1), 0o600); err != nil {
+	// SIGHUP with a good config (a changed exporter and source): applied,
+	// both restarted, and windows keep coming.
+	changed := bytes.Replace(good, []byte("max_series: 3"), []byte("max_series: 2"), 1)
+	changed = bytes.Replace(changed, []byte("interval: 1s"), []byte("interval: 2s"), 1)
+	if err := os.WriteFile(cfgPath, changed, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	a.cmd.Process.Signal(syscall.SIGHUP)
-	a.waitFor("the reload", 10*time.Second, func(_, e string) bool { return strings.Contains(e, `"msg":"config reloaded"`) })
+	a.waitFor("the reload", 10*time.Second, func(_, e string) bool {
+		return strings.Contains(e, `"msg":"config reloaded"`) && strings.Contains(e, `"msg":"sources restarted"`) && strings.Contains(e, `"msg":"exporters restarted"`)
+	})
+	before = strings.Count(func() string { o, _ := a.output(); return o }(), "sabaki_pipeline_points_total")
+	a.waitFor("self-metrics after the reload", 10*time.Second, func(o, _ string) bool {
+		return strings.Count(o, "sabaki_pipeline_points_total") > before
+	})
+	if _, body := httpGet(t, base+"/metrics"); !strings.Contains(body, `sabaki_source_collect_duration_seconds_count{source="self"}`) {
+		t.Errorf("/metrics after the reload lacks the new scheduler's metrics")
+	}
 
 	// SIGTERM: exit 0, and the last window is in the store.
 	a.cmd.Process.Signal(syscall.SIGTERM)
