@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -330,4 +331,80 @@ func BenchmarkRollupHistogramBytes(b *testing.B) {
 			b.ReportMetric(float64(total)/float64(series*120), "payload-B/point")
 		})
 	}
+}
+
+var queryBench struct {
+	once sync.Once
+	dir  string
+	s    *Store
+	err  error
+}
+
+// TestMain removes the store BenchmarkQuery shares between its runs.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if queryBench.s != nil {
+		queryBench.s.Close()
+	}
+	if queryBench.dir != "" {
+		os.RemoveAll(queryBench.dir)
+	}
+	os.Exit(code)
+}
+
+// BenchmarkQuery measures a day of 1-minute latency histograms for 50 series
+// (72,000 stored windows, 22 h in chunks and 2 h in the head), merged into
+// one row per hour: the work behind `sabaki query -metric M -group-by
+// service.name -from 24h -step 1h`.
+//
+//	go test ./agent/store -run '^$' -bench Query -benchtime=5x
+func BenchmarkQuery(b *testing.B) {
+	queryBench.once.Do(func() {
+		dir, err := os.MkdirTemp("", "sabaki-query-bench")
+		if err != nil {
+			queryBench.err = err
+			return
+		}
+		queryBench.dir = dir
+		now := t0.Add(24 * time.Hour)
+		s, err := Open(dir, Options{Now: func() time.Time { return now }})
+		if err != nil {
+			queryBench.err = err
+			return
+		}
+		queryBench.s = s
+		r := rand.New(rand.NewPCG(4, 4))
+		gens := make([]*gen, 50)
+		for i := range gens {
+			gens[i] = newGen(r, metric.Histogram, i)
+		}
+		ctx := context.Background()
+		for m := range 1440 {
+			w := &metric.Window{Start: t0.Add(time.Duration(m) * time.Minute), Duration: time.Minute}
+			for _, g := range gens {
+				w.Series = append(w.Series, g.next())
+			}
+			if err := s.Write(ctx, w); err != nil {
+				queryBench.err = err
+				return
+			}
+		}
+		queryBench.err = s.compactTier(ctx, 0, now.Unix())
+	})
+	if queryBench.err != nil {
+		b.Fatal(queryBench.err)
+	}
+	s := queryBench.s
+	q := Query{Metric: "bench.histogram", GroupBy: []string{"service.name"}, From: t0, To: t0.Add(24 * time.Hour), Step: time.Hour}
+	b.ResetTimer()
+	for range b.N {
+		rows, err := s.Query(context.Background(), q)
+		if err != nil || len(rows) != 24 {
+			b.Fatalf("%d rows, %v", len(rows), err)
+		}
+		if _, ok, err := Stat(rows[0], "p95"); !ok || err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(50*1440*b.N)/b.Elapsed().Seconds(), "windows/s")
 }
