@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -64,7 +65,11 @@ type target struct {
 	counters *prometheus.CounterVec
 	gauges   *prometheus.GaugeVec
 	hist     *prometheus.HistogramVec
+	reg      *prometheus.Registry
 	scrapes  atomic.Int64
+	// byProm counts the scrapes by a Prometheus server (User-Agent
+	// "Prometheus/..."), for side-by-side runs.
+	byProm atomic.Int64
 }
 
 // StartTargets starts cfg.Targets HTTP servers on 127.0.0.1, each serving
@@ -97,6 +102,7 @@ func startTarget(cfg TargetsConfig, i int) (*target, error) {
 		}, []string{"route", "code"}),
 	}
 	reg.MustRegister(tg.counters, tg.gauges, tg.hist)
+	tg.reg = reg
 	// Every series exists (at zero) from the start, so a scraper's first
 	// scrape is a baseline of zeros.
 	for j := range cfg.Counters {
@@ -116,6 +122,10 @@ func startTarget(cfg TargetsConfig, i int) (*target, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
 		h.ServeHTTP(w, r)
+		if strings.HasPrefix(r.UserAgent(), "Prometheus/") {
+			tg.byProm.Add(1)
+			return
+		}
 		tg.scrapes.Add(1)
 	})
 	tg.srv = &http.Server{Handler: mux}
@@ -135,7 +145,34 @@ func (t *Targets) URLs() []string {
 	return out
 }
 
-// Scrapes returns, per target, how many scrapes it has answered completely.
+// PrometheusScrapes returns how many scrapes by a Prometheus server every
+// target answered, together; Scrapes does not count them.
+func (t *Targets) PrometheusScrapes() int64 {
+	var n int64
+	for _, tg := range t.targets {
+		n += tg.byProm.Load()
+	}
+	return n
+}
+
+// Series returns the number of series every target exposes now, together
+// (a native histogram counts once, as a Prometheus sample does).
+func (t *Targets) Series() int {
+	n := 0
+	for _, tg := range t.targets {
+		mfs, err := tg.reg.Gather()
+		if err != nil {
+			continue
+		}
+		for _, mf := range mfs {
+			n += len(mf.GetMetric())
+		}
+	}
+	return n
+}
+
+// Scrapes returns, per target, how many scrapes it has answered completely
+// (by anything but a Prometheus server).
 func (t *Targets) Scrapes() []int64 {
 	var out []int64
 	for _, tg := range t.targets {
