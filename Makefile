@@ -14,7 +14,7 @@ FUZZTIME ?= 5s
 PLATFORMS ?= linux/amd64 linux/arm64
 PREFIX   ?= /usr/local
 
-.PHONY: all build run test test-unit test-race fuzz bench lint fmt clean release install
+.PHONY: all build run test test-unit test-race fuzz bench lint fmt clean release install e2e bench-report
 
 all: build
 
@@ -41,6 +41,17 @@ fuzz:
 			$(GO) test -run='^$$' -fuzz="^$$t\$$" -fuzztime=$(FUZZTIME) $$pkg; \
 		done; \
 	done
+
+# The end-to-end suite at full length: the real binary under load, faults
+# and bad input (make test runs the short version, in test-unit).
+e2e:
+	SABAKI_E2E=full $(GO) test -count=1 -v -timeout 30m ./internal/e2e
+
+# The benchmark report (markdown): component benchmarks and the whole agent
+# beside Prometheus in agent mode on the same load. Takes minutes.
+BENCH_OUT ?= bench-report.md
+bench-report:
+	$(GO) run ./internal/benchreport -out $(BENCH_OUT)
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=200ms -count=3 ./...
