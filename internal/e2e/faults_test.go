@@ -137,13 +137,14 @@ func TestKill9(t *testing.T) {
 	}
 	var peak int64
 	for k := range kills {
-		gen(3 * time.Second)
+		gen(5 * time.Second)
 		killAt := time.Now()
 		a.kill9()
 		peak = max(peak, a.peakRSS)
-		// Everything generated until 3 s before the kill (a 1 s window, its
-		// 0.1 s grace, a 0.5 s scrape interval and slack) was stored.
-		pre, preO := h.before(killAt.Add(-3 * time.Second))
+		// Everything generated until 4 s before the kill (a 1 s window, its
+		// 0.1 s grace, a 0.5 s scrape interval and slack for a loaded
+		// machine) was stored.
+		pre, preO := h.before(killAt.Add(-4 * time.Second))
 		wantMin.Observations += pre.Observations - segStart.Observations
 		wantMinOTLP += preO - segStartOTLP
 		gen(time.Second) // the load goes on while the agent is down
@@ -190,6 +191,20 @@ func TestKill9(t *testing.T) {
 	}
 	if mkGot > float64(end.Observations) {
 		t.Errorf("Mackerel holds %v, more than the %d generated", mkGot, end.Observations)
+	}
+	// Known bug (exporters/mackerel.go): with windows shorter than a minute
+	// the exporter merges a minute's windows in memory and re-posts the
+	// merge; after a restart it re-posts the minute with only the windows
+	// seen since, overwriting what Mackerel held for that minute. So
+	// Mackerel ends up with less than the store. Checked in the full run
+	// (make e2e), logged in the short one.
+	if mkGot != got {
+		msg := fmt.Sprintf("Mackerel holds %v observations, the store %v: minutes split by a restart were overwritten with their post-restart part", mkGot, got)
+		if full() {
+			t.Error(msg)
+		} else {
+			t.Log(msg)
+		}
 	}
 }
 
@@ -276,5 +291,3 @@ func maxTime(a, b time.Time) time.Time {
 	}
 	return a
 }
-
-var _ = fmt.Sprintf
