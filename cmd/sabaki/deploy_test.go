@@ -186,7 +186,8 @@ func TestSystemdUnitVerifies(t *testing.T) {
 }
 
 // TestREADMEConfigsValidate validates every complete config in the README
-// (```yaml blocks whose first key is at the top level).
+// (```yaml blocks whose first key is at the top level) and checks that each
+// is the content of a file under configs/, so README and files cannot drift.
 func TestREADMEConfigsValidate(t *testing.T) {
 	readme, err := os.ReadFile("../../README.md")
 	if err != nil {
@@ -210,6 +211,16 @@ func TestREADMEConfigsValidate(t *testing.T) {
 		lookup := func(k string) (string, bool) { return "set", k == "MACKEREL_APIKEY" }
 		if _, ps := parseConfig("README.md block", body, lookup, false); len(ps) > 0 {
 			t.Errorf("README yaml block %d does not validate:\n%v\n%s", i, ps, body)
+		}
+		files, _ := sabakiConfigs(t)
+		found := false
+		for _, f := range files {
+			if data, _ := os.ReadFile(f); bytes.Contains(data, body) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("README yaml block %d is not the content of any file under configs/:\n%s", i, body)
 		}
 	}
 	if n == 0 {
