@@ -17,6 +17,7 @@ Usage:
   sabaki validate -config FILE                         check a config file, print every problem
   sabaki query    -metric M [flags]                    read the store (sabaki query -h)
   sabaki backfill -source NAME [-from 42d]             import the history a source still holds into the store
+  sabaki export capacity [-from 90d] [-format html]    capacity-planning report from the store (sabaki export -h)
   sabaki health   [-addr HOST:PORT | -config FILE]      exit 0 when a running agent is ready (for HEALTHCHECK)
   sabaki version                                       print version, commit and Go version
   sabaki help                                          print this help
@@ -41,6 +42,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runQuery(rest, stdout, stderr)
 	case "backfill":
 		return runBackfill(rest, stdout, stderr)
+	case "export":
+		return runExport(rest, stdout, stderr)
 	case "health":
 		return runHealth(rest, stdout, stderr)
 	case "version", "-version", "--version":

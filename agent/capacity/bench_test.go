@@ -1,0 +1,61 @@
+package capacity
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sabakiio/sabaki/agent/capacity/synth"
+	"github.com/sabakiio/sabaki/agent/store"
+)
+
+// benchOptions is one year of 1-hour rollups of 1,000 series: the app
+// latency histogram of 10 services × 100 routes.
+func benchOptions(days int) synth.Options {
+	o := synth.Options{Start: time.Date(2025, 9, 1, 0, 0, 0, 0, time.UTC), Days: days, MinuteDays: 0, AppOnly: true}
+	for i := range 10 {
+		s := synth.Service{Name: fmt.Sprintf("svc%02d", i), Base: 10 + float64(i), Growth: 0.05}
+		for r := range 100 {
+			s.Routes = append(s.Routes, fmt.Sprintf("/r%03d", r))
+		}
+		o.Services = append(o.Services, s)
+	}
+	return o
+}
+
+// BenchmarkBuildYear builds the report over one year of hourly rollups of
+// 1,000 histogram series. The store is generated once (minutes) and kept in
+// the temp directory for later runs.
+func BenchmarkBuildYear(b *testing.B) {
+	days := 365
+	if s := os.Getenv("CAPACITY_BENCH_DAYS"); s != "" {
+		fmt.Sscan(s, &days)
+	}
+	o := benchOptions(days)
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("sabaki-capacity-bench-v2-%d", days), "store")
+	if _, err := os.Stat(filepath.Join(dir, "done")); err != nil {
+		os.RemoveAll(dir)
+		start := time.Now()
+		if err := synth.Generate(context.Background(), dir, o); err != nil {
+			b.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, "done"), nil, 0o600)
+		b.Logf("generated %d days × 1,000 series in %s", days, time.Since(start))
+	}
+	end := o.End()
+	st, err := store.Open(dir, store.Options{ReadOnly: true, Tiers: synth.Tiers(o), Now: func() time.Time { return end }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	opts := Options{From: o.Start, To: end, GroupBy: []string{"service"}, MinuteFrom: end.AddDate(0, 0, -o.MinuteDays)}
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := Build(context.Background(), st, opts); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
