@@ -126,7 +126,7 @@ func startDaemon(ctx context.Context, cfg *Config, cfgPath string, opt daemonOpt
 	}
 	srcs, err := d.buildSources(cfg)
 	if err != nil {
-		stopExporters(context.Background(), exps, d.log)
+		discardExporters(exps, d.log)
 		return nil, err
 	}
 
@@ -263,7 +263,8 @@ func (d *daemon) buildExporters(cfg *Config) ([]*runningExporter, error) {
 		set := exporters.Settings{Logger: d.log.With("exporter", e.Name), Registerer: reg, DataDir: cfg.Agent.DataDir}
 		exp, err := types[e.Type].build(e.Config, set)
 		if err != nil {
-			stopExporters(context.Background(), out, d.log)
+			reg.unregisterAll()
+			discardExporters(out, d.log)
 			return nil, fmt.Errorf("%s (exporter %s): %w", e.Path, e.Name, err)
 		}
 		var q exportQueue
@@ -272,7 +273,7 @@ func (d *daemon) buildExporters(cfg *Config) ([]*runningExporter, error) {
 			if err != nil {
 				exp.Shutdown(context.Background())
 				reg.unregisterAll()
-				stopExporters(context.Background(), out, d.log)
+				discardExporters(out, d.log)
 				return nil, fmt.Errorf("%s (exporter %s): %w", e.Path, e.Name, err)
 			}
 			q = ob
@@ -282,6 +283,15 @@ func (d *daemon) buildExporters(cfg *Config) ([]*runningExporter, error) {
 		out = append(out, &runningExporter{name: e.Name, typ: e.Type, cfg: e.Config, q: q, reg: reg})
 	}
 	return out, nil
+}
+
+// discardExporters releases exporters that were built but never started
+// (a later one failed to build): their queues are closed without sending,
+// so whatever an outbox holds stays on disk for the next start.
+func discardExporters(exps []*runningExporter, log *slog.Logger) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // nothing to drain: an outbox's Shutdown without Run sends only until ctx ends
+	stopExporters(ctx, exps, log)
 }
 
 func (d *daemon) startExporters(exps []*runningExporter) {

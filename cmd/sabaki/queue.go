@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"reflect"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -51,8 +52,9 @@ type memQueue struct {
 	dropped prometheus.Counter
 	sent    prometheus.Counter
 
-	once sync.Once
-	done chan struct{}
+	once    sync.Once
+	started atomic.Bool
+	done    chan struct{}
 }
 
 func newMemQueue(exp exporters.Exporter, log *slog.Logger, reg prometheus.Registerer) *memQueue {
@@ -100,6 +102,7 @@ func (q *memQueue) Enqueue(w *metric.Window) error {
 
 // Run sends until ctx ends or Shutdown closed the queue and it is drained.
 func (q *memQueue) Run(ctx context.Context) error {
+	q.started.Store(true)
 	defer close(q.done)
 	for {
 		select {
@@ -123,9 +126,11 @@ func (q *memQueue) Run(ctx context.Context) error {
 // ends) and shuts the exporter down. Enqueue must not be called after.
 func (q *memQueue) Shutdown(ctx context.Context) error {
 	q.once.Do(func() { close(q.ch) })
-	select {
-	case <-q.done:
-	case <-ctx.Done():
+	if q.started.Load() {
+		select {
+		case <-q.done:
+		case <-ctx.Done():
+		}
 	}
 	return q.exp.Shutdown(ctx)
 }

@@ -433,3 +433,45 @@ exporters:
 		}
 	}
 }
+
+// TestRunExporterBuildFails: an exporter that cannot be built (a Mackerel
+// exporter without its key) after one that was built fails the start with
+// one line, promptly, and leaves the data directory free.
+func TestRunExporterBuildFails(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`agent:
+  window: 1s
+  data_dir: %s
+  admin_listen: 127.0.0.1:0
+resource: {detect: []}
+sources:
+  - type: self
+exporters:
+  - type: console
+  - type: mackerel
+    service: sabaki-test
+    api_key: ${SABAKI_TEST_UNSET_KEY}
+    outbox: {initial_backoff: 100ms}
+`, filepath.Join(dir, "data"))), 0o600)
+	done := make(chan int, 1)
+	var out, errb bytes.Buffer
+	go func() { done <- run([]string{"run", "-config", cfgPath}, &out, &errb) }()
+	select {
+	case code := <-done:
+		if code != 1 {
+			t.Errorf("exit code = %d, want 1", code)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("run did not return: a failed start hangs")
+	}
+	if e := strings.TrimSpace(errb.String()); !strings.Contains(e, "exporters[1]") || strings.Contains(e, "\n") {
+		t.Errorf("stderr = %q, want one line naming exporters[1]", e)
+	}
+	// Nothing is left holding the data directory.
+	l, err := lockDataDir(filepath.Join(dir, "data"))
+	if err != nil {
+		t.Fatalf("data directory still locked: %v", err)
+	}
+	l.release()
+}
