@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -469,6 +470,45 @@ exporters:
 		t.Errorf("stderr = %q, want one line naming exporters[1]", e)
 	}
 	// Nothing is left holding the data directory.
+	l, err := lockDataDir(filepath.Join(dir, "data"))
+	if err != nil {
+		t.Fatalf("data directory still locked: %v", err)
+	}
+	l.release()
+}
+
+// TestRunReceiverPortInUse: the OTLP receiver's port is taken; the start
+// fails with one line naming the source and the address, after stopping the
+// exporters and store it had started.
+func TestRunReceiverPortInUse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`agent:
+  window: 1s
+  data_dir: %s
+  admin_listen: 127.0.0.1:0
+resource: {detect: []}
+sources:
+  - type: self
+  - type: otlp
+    grpc_listen: ""
+    http_listen: %s
+exporters:
+  - type: console
+`, filepath.Join(dir, "data"), ln.Addr())), 0o600)
+	var out, errb bytes.Buffer
+	if code := run([]string{"run", "-config", cfgPath}, &out, &errb); code != 1 {
+		t.Errorf("exit code = %d, want 1", code)
+	}
+	e := strings.TrimSpace(errb.String())
+	if !strings.Contains(e, "otlp") || !strings.Contains(e, ln.Addr().String()) || !strings.Contains(e, "address already in use") || strings.Contains(e, "\n") {
+		t.Errorf("stderr = %q, want one line naming the otlp source and %s in use", e, ln.Addr())
+	}
 	l, err := lockDataDir(filepath.Join(dir, "data"))
 	if err != nil {
 		t.Fatalf("data directory still locked: %v", err)
