@@ -59,3 +59,15 @@ func BenchmarkBuildYear(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkBuildDefault builds the golden tests' report: 91 days of two
+// services (hourly, the last 2 days in minutes), 16 series.
+func BenchmarkBuildDefault(b *testing.B) {
+	st := openStore(b)
+	opts := defaultOptions()
+	for b.Loop() {
+		if _, err := Build(context.Background(), st, opts); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

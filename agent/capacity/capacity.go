@@ -674,8 +674,18 @@ func (b *builder) gauge(ctx context.Context, f family, info store.MetricInfo, su
 		t     int64
 	}
 	type tot struct{ mean, max float64 }
+	// Hours: one row per series (the store merges a group's series into
+	// one mean and one maximum, but a total needs each series' own).
+	// Minutes: one row per group, whose Last is the sum of the series'
+	// last values — the total at that minute when each series has one
+	// sample a minute (Cloud Monitoring's gauges), without a row per series.
 	collect := func(from, to time.Time, step time.Duration) (map[gkey]*tot, error) {
-		rows, err := b.st.Query(ctx, store.Query{Metric: info.Name, From: from, To: to, Step: step})
+		q := store.Query{Metric: info.Name, From: from, To: to, Step: step}
+		perGroup := step == time.Minute
+		if perGroup {
+			q.GroupBy = queryKeys(names)
+		}
+		rows, err := b.st.Query(ctx, q)
 		if err != nil {
 			return nil, err
 		}
@@ -692,6 +702,14 @@ func (b *builder) gauge(ctx context.Context, f family, info store.MetricInfo, su
 			if t == nil {
 				t = &tot{}
 				out[k] = t
+			}
+			if perGroup {
+				if sum {
+					t.mean, t.max = r.Agg.Last, r.Agg.Last
+				} else {
+					t.mean, t.max = r.Agg.Max, r.Agg.Max
+				}
+				continue
 			}
 			mean := r.Agg.Sum / float64(r.Agg.Count)
 			if sum {
