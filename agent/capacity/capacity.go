@@ -60,7 +60,9 @@ type Options struct {
 	// without links.
 	TraceURL func(traceID string) string
 	// TraceRetention is how long traces stay viewable (Mackerel: 14 days);
-	// exemplars older than Now - TraceRetention are not linked. Default 14d.
+	// exemplars older than Now - TraceRetention are not linked. Default
+	// 14d; callers pass less when the store's first tier (which keeps the
+	// exemplars) is shorter.
 	TraceRetention time.Duration
 	// Progress, if set, is called after each step with the steps done and
 	// the total.
@@ -941,11 +943,7 @@ func (b *builder) worst(ctx context.Context, rep *Report) error {
 	if info == nil {
 		return nil
 	}
-	// Exemplars live as long as the first tier's points.
 	cutoff := rep.Now.Add(-b.opts.TraceRetention)
-	if b.opts.MinuteFrom.After(cutoff) {
-		cutoff = b.opts.MinuteFrom
-	}
 	want := map[int64]map[string]bool{} // hour → groups
 	for _, g := range rep.Groups {
 		var cand []*Period

@@ -58,7 +58,8 @@ func defaultOptions() Options {
 	end := o.End()
 	return Options{
 		From: o.Start, To: end, GroupBy: []string{"service"},
-		MinuteFrom: end.AddDate(0, 0, -o.MinuteDays),
+		MinuteFrom:     end.AddDate(0, 0, -o.MinuteDays),
+		TraceRetention: time.Duration(o.MinuteDays) * 24 * time.Hour,
 		Limits: []Limit{
 			{Name: "Cloud Run max instances", Measure: "instances_max", Value: 12},
 			{Name: "Cloud SQL max_connections", Measure: "db_connections_max", Value: 40},

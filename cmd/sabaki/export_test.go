@@ -162,6 +162,16 @@ func TestExportCapacity(t *testing.T) {
 		}
 	})
 
+	t.Run("minutes_off", func(t *testing.T) {
+		out, errOut, code := exportRun(append(base, "-format", "csv", "-minutes", "0")...)
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errOut)
+		}
+		if strings.Contains(out, "peak_rate_1m") || !strings.Contains(out, "peak_rate_1h") {
+			t.Error("-minutes 0 still reports 1-minute peaks, or lost the hourly ones")
+		}
+	})
+
 	t.Run("missing_named_on_stderr", func(t *testing.T) {
 		args := exportReplace(base, "-quiet", "-group-by=service")
 		_, errOut, code := exportRun(append(args, "-format", "csv")...)
@@ -189,6 +199,7 @@ func TestExportCapacity(t *testing.T) {
 		{"unwritable_output", append(base, "-out", filepath.Join(dir, "no", "such", "dir", "r.csv")), 1, "cannot write " + filepath.Join(dir, "no", "such", "dir", "r.csv")},
 		{"bad_format", append(base, "-format", "pdf"), 2, `-format "pdf": want csv, json or html`},
 		{"bad_limits", exportReplace(base, limits, exportWriteTemp(t, dir, "bad.yaml", "limits:\n  - {name: x, measure: instances, value: -1}\n")), 2, `unknown measure "instances"`},
+		{"bad_minutes", append(base, "-minutes", "soon"), 2, `-minutes "soon"`},
 		{"not_capacity", []string{"export", "usage"}, 2, `want "sabaki export capacity [flags]"`},
 	}
 	for _, tc := range errs {
@@ -283,5 +294,25 @@ func exportCopyDir(t *testing.T, from, to string) {
 		}
 		in.Close()
 		out.Close()
+	}
+}
+
+func TestExportProgress(t *testing.T) {
+	var buf bytes.Buffer
+	p := newProgress(&buf, false)
+	p.set(3, 10)
+	p.done()
+	if buf.Len() != 0 {
+		t.Errorf("progress on a non-terminal wrote %q", buf.String())
+	}
+	p = &progress{w: &buf, on: true}
+	p.set(3, 10)
+	p.set(3, 10) // unchanged: not redrawn
+	if got := buf.String(); got != "\rexport capacity [=========                     ] 3/10" {
+		t.Errorf("bar %q", got)
+	}
+	p.done()
+	if !strings.HasSuffix(buf.String(), "\r") {
+		t.Errorf("bar not cleared: %q", buf.String())
 	}
 }
