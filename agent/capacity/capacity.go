@@ -356,6 +356,7 @@ func Build(ctx context.Context, st *store.Store, opts Options) (*Report, error) 
 	for _, g := range rep.Groups {
 		g.Trends = trends(g, opts.Limits, rep.Now, b.units)
 	}
+	rep.Missing = append(rep.Missing, b.absent(rep)...)
 	rep.Method = method
 	return rep, nil
 }
@@ -1016,4 +1017,59 @@ func (b *builder) worst(ctx context.Context, rep *Report) error {
 		g.Worst = out
 	}
 	return nil
+}
+
+// absent names the measures of the families found that no period got, with
+// the reason.
+func (b *builder) absent(rep *Report) []Missing {
+	have := map[string]bool{}
+	for _, g := range rep.Groups {
+		for _, d := range g.Days {
+			for m := range d.Values {
+				have[m] = true
+			}
+		}
+	}
+	var out []Missing
+	for _, u := range rep.Used {
+		for _, f := range families {
+			if f.name != u.Family || f.name == "llm_tokens" {
+				continue
+			}
+			var miss []string
+			for _, m := range f.measures {
+				if !have[m] {
+					miss = append(miss, m)
+				}
+			}
+			if len(miss) == 0 {
+				continue
+			}
+			// Say why, measure by measure where the reason differs.
+			why := map[string][]string{}
+			for _, m := range miss {
+				var r string
+				switch {
+				case m == "peak_rate_1m" || m == "rate_1m_p99":
+					r = "the range has no day the store still keeps in minutes (first retention tier, -minutes)"
+				case strings.HasPrefix(m, "latency_"):
+					r = u.Metric + " is a " + u.Kind + ", not a histogram"
+				case m == "error_ratio":
+					r = u.Metric + " carries no error information (http.response.status_code, error.type or a 5xx code label)"
+				default:
+					r = u.Metric + " has no point in the range"
+				}
+				why[r] = append(why[r], m)
+			}
+			reasons := make([]string, 0, len(why))
+			for r := range why {
+				reasons = append(reasons, r)
+			}
+			sort.Slice(reasons, func(i, j int) bool { return measureOrder[why[reasons[i]][0]] < measureOrder[why[reasons[j]][0]] })
+			for _, r := range reasons {
+				out = append(out, Missing{Family: u.Family, Measures: why[r], Reason: r})
+			}
+		}
+	}
+	return out
 }

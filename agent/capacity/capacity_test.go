@@ -198,6 +198,16 @@ func TestMissingAndErrors(t *testing.T) {
 	if len(r.Missing) != 1 || r.Missing[0].Family != "cloudrun_memory" {
 		t.Errorf("missing = %+v, want cloudrun_memory only", r.Missing)
 	}
+	noMin := defaultOptions()
+	noMin.MinuteFrom = noMin.To
+	r, err = Build(context.Background(), st, noMin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Missing) != 2 || r.Missing[1].Family != "requests" || strings.Join(r.Missing[1].Measures, ",") != "peak_rate_1m,rate_1m_p99" ||
+		!strings.Contains(r.Missing[1].Reason, "in minutes") {
+		t.Errorf("without minutes, missing = %+v", r.Missing)
+	}
 	opts := defaultOptions()
 	opts.GroupBy = []string{"nosuch"}
 	if _, err := Build(context.Background(), st, opts); err == nil || !strings.Contains(err.Error(), `unknown group-by attribute "nosuch"`) {
