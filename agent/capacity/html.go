@@ -192,8 +192,15 @@ func withUnit(v float64, unit string) string {
 	case "10^2.%":
 		return fmt.Sprintf("%.0f %%", v*100)
 	case "1", "req/s", "{token}", "h", "":
-		if unit == "1" && v < 1 && v > 0 {
+		switch {
+		case unit == "1" && v < 1 && v > 0:
 			return fmt.Sprintf("%.2f %%", v*100)
+		case math.Abs(v) >= 1e9:
+			return fmt.Sprintf("%.3g G", v/1e9)
+		case math.Abs(v) >= 1e6:
+			return fmt.Sprintf("%.3g M", v/1e6)
+		case math.Abs(v) >= 1e5:
+			return fmt.Sprintf("%.0f k", v/1e3)
 		}
 		return fmtNum(v)
 	}
