@@ -202,10 +202,11 @@ func fit(xs, ys []float64, days []time.Time) *Trend {
 			}
 		}
 	}
-	t.a, t.b = theilSen(xs, zs)
+	slopes := pairSlopes(xs, zs)
+	slices.Sort(slopes)
+	t.a, t.b = lineFor(xs, zs, slopes)
 	t.Slope = t.b
-	lo, hi := senInterval(xs, zs)
-	t.SlopeLow, t.SlopeHigh = lo, hi
+	t.SlopeLow, t.SlopeHigh = senIntervalSorted(len(xs), slopes)
 	return t
 }
 
@@ -274,10 +275,16 @@ func intercept(xs, ys []float64, b, _ float64, t *Trend) float64 {
 // theilSen returns the intercept and slope of the Theil–Sen line.
 func theilSen(xs, ys []float64) (a, b float64) {
 	slopes := pairSlopes(xs, ys)
-	if len(slopes) == 0 {
+	slices.Sort(slopes)
+	return lineFor(xs, ys, slopes)
+}
+
+// lineFor is the Theil–Sen line from the sorted pairwise slopes.
+func lineFor(xs, ys, sorted []float64) (a, b float64) {
+	if len(sorted) == 0 {
 		return median(ys), 0
 	}
-	b = median(slopes)
+	b = quantileSorted(sorted, 0.5)
 	res := make([]float64, len(ys))
 	for i := range ys {
 		res[i] = ys[i] - b*xs[i]
@@ -302,11 +309,15 @@ func pairSlopes(xs, ys []float64) []float64 {
 // 1968): the slopes at ranks (N ∓ C)/2 with C = 1.96·√(n(n−1)(2n+5)/18).
 func senInterval(xs, ys []float64) (lo, hi float64) {
 	s := pairSlopes(xs, ys)
+	slices.Sort(s)
+	return senIntervalSorted(len(xs), s)
+}
+
+func senIntervalSorted(points int, s []float64) (lo, hi float64) {
 	if len(s) == 0 {
 		return 0, 0
 	}
-	slices.Sort(s)
-	n := float64(len(xs))
+	n := float64(points)
 	c := 1.96 * math.Sqrt(n*(n-1)*(2*n+5)/18)
 	N := float64(len(s))
 	l := int(math.Floor((N - c) / 2))
