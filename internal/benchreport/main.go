@@ -61,6 +61,7 @@ func main() {
 }
 
 type report struct {
+	notes   []string
 	w       io.Writer
 	quick   bool
 	measure time.Duration
@@ -276,7 +277,10 @@ func (r *report) agentVsPrometheus() {
 		}
 		r.sideBySide(dir, bin, promBin, sc, measure)
 	}
-	r.printf("\nThe measured periods: %v for 105k series, a third of it (at least 30 s) for the smaller scales.\n", r.measure)
+	r.printf("\nThe measured periods: %v for 105k series, a third of it (at least 30 s) for the smaller scales.\n\n", r.measure)
+	for _, n := range r.notes {
+		r.printf("- %s\n", n)
+	}
 }
 
 func (r *report) sideBySide(dir, bin, promBin string, sc scale, measure time.Duration) {
@@ -312,6 +316,7 @@ func (r *report) sideBySide(dir, bin, promBin string, sc scale, measure time.Dur
 	defer mk.Close()
 	sdir := filepath.Join(dir, "sabaki-"+sc.name)
 	os.MkdirAll(sdir, 0o700)
+	adminAddr := freePort()
 	cfg := fmt.Sprintf(`agent:
   window: 60s
   data_dir: %s
@@ -327,7 +332,7 @@ exporters:
     service: bench
     api_key: k
     base_url: %s
-`, filepath.Join(sdir, "data"), freePort(), strings.Join(tg.URLs(), ", "), mk.URL)
+`, filepath.Join(sdir, "data"), adminAddr, strings.Join(tg.URLs(), ", "), mk.URL)
 	cfgPath := filepath.Join(sdir, "sabaki.yaml")
 	os.WriteFile(cfgPath, []byte(cfg), 0o600)
 	sab := &proc{name: "sabaki", log: &bytes.Buffer{}}
@@ -419,6 +424,29 @@ remote_write:
 		log.Printf("remote-write sink: %d requests, %d bytes", snk.reqs.Load(), snk.bytes.Load())
 	}
 	log.Printf("fake Mackerel: %d posts", len(mk.Posts()))
+	r.notes = append(r.notes, fmt.Sprintf("%s series: sabaki %s; fake Mackerel answered %d posts", sc.name, selfMetrics(adminAddr), len(mk.Posts())))
+}
+
+// selfMetrics summarises sabaki's own counters at the end of a run.
+func selfMetrics(admin string) string {
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		return "(/metrics: " + err.Error() + ")"
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	want := []string{"sabaki_pipeline_windows_total", "sabaki_pipeline_active_series", "sabaki_exporter_enqueued_windows_total",
+		"sabaki_exporter_sent_windows_total", "sabaki_exporter_send_failures_total", "sabaki_exporter_outbox_windows",
+		"sabaki_agent_store_write_errors_total", "go_memstats_heap_inuse_bytes"}
+	var parts []string
+	for _, l := range strings.Split(string(b), "\n") {
+		for _, w := range want {
+			if strings.HasPrefix(l, w) {
+				parts = append(parts, "`"+l+"`")
+			}
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 func sum(v []int64) int64 {
