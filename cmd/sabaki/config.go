@@ -25,7 +25,8 @@ import (
 )
 
 // Config is the whole sabaki config file. Every field has a default; see
-// configs/default.yaml for the embedded default and DESIGN.md §4 for a tour.
+// configs/default.yaml for the embedded default and configs/reference.yaml
+// for every section.
 type Config struct {
 	Agent     agent.AgentConfig
 	Resource  agent.ResourceConfig

@@ -34,7 +34,7 @@ type daemonOptions struct {
 }
 
 // daemon is a running agent: store, pipeline, sources, exporters and the
-// admin server, wired as DESIGN.md §2 draws them.
+// admin server, wired as the data-flow picture in README.md draws them.
 type daemon struct {
 	log     *slog.Logger
 	stdout  io.Writer
