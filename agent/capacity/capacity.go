@@ -21,9 +21,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sabakiio/sabaki/agent/store"
@@ -377,6 +379,50 @@ func usedNames(u []Used) string {
 	return strings.Join(s, ", ")
 }
 
+// query runs a store query, split by time over the available CPUs when it
+// spans weeks: decoding the stored points is most of a report's work, and
+// the store serves concurrent readers. Parts split on whole days, so no
+// step straddles two; rows come back in time order of the parts.
+func (b *builder) query(ctx context.Context, q store.Query) ([]store.Row, error) {
+	const day = 24 * time.Hour
+	parts := runtime.GOMAXPROCS(0)
+	span := q.To.Sub(q.From)
+	if parts < 2 || span < 28*day || day%max(q.Step, time.Second) != 0 {
+		return b.st.Query(ctx, q)
+	}
+	per := (span/time.Duration(parts) + day - 1).Truncate(day)
+	var qs []store.Query
+	for from := q.From; from.Before(q.To); {
+		to := from.Truncate(day).Add(per)
+		if !to.Before(q.To) {
+			to = q.To
+		}
+		p := q
+		p.From, p.To = from, to
+		qs = append(qs, p)
+		from = to
+	}
+	res := make([][]store.Row, len(qs))
+	errs := make([]error, len(qs))
+	var wg sync.WaitGroup
+	for i := range qs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res[i], errs[i] = b.st.Query(ctx, qs[i])
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	var rows []store.Row
+	for _, r := range res {
+		rows = append(rows, r...)
+	}
+	return rows, nil
+}
+
 func (b *builder) step() {
 	b.done++
 	if b.opts.Progress != nil {
@@ -488,7 +534,7 @@ type hourAcc struct {
 
 func (b *builder) requests(ctx context.Context, f family, info store.MetricInfo) error {
 	names := b.names(f)
-	rows, err := b.st.Query(ctx, store.Query{Metric: info.Name, GroupBy: queryKeys(names), From: b.from, To: b.to, Step: time.Hour})
+	rows, err := b.query(ctx, store.Query{Metric: info.Name, GroupBy: queryKeys(names), From: b.from, To: b.to, Step: time.Hour})
 	if err != nil {
 		return err
 	}
@@ -619,7 +665,7 @@ func (b *builder) requests(ctx context.Context, f family, info store.MetricInfo)
 		b.step()
 		return nil
 	}
-	rows, err = b.st.Query(ctx, store.Query{Metric: info.Name, GroupBy: queryKeys(names), From: b.minute, To: b.to, Step: time.Minute})
+	rows, err = b.query(ctx, store.Query{Metric: info.Name, GroupBy: queryKeys(names), From: b.minute, To: b.to, Step: time.Minute})
 	if err != nil {
 		return err
 	}
@@ -688,7 +734,7 @@ func (b *builder) gauge(ctx context.Context, f family, info store.MetricInfo, su
 		if perGroup {
 			q.GroupBy = queryKeys(names)
 		}
-		rows, err := b.st.Query(ctx, q)
+		rows, err := b.query(ctx, q)
 		if err != nil {
 			return nil, err
 		}
@@ -783,7 +829,7 @@ func (b *builder) gauge(ctx context.Context, f family, info store.MetricInfo, su
 // utilization merges a distribution metric per group and day.
 func (b *builder) utilization(ctx context.Context, f family, info store.MetricInfo) error {
 	names := b.names(f)
-	rows, err := b.st.Query(ctx, store.Query{Metric: info.Name, GroupBy: queryKeys(names), From: b.from, To: b.to, Step: 24 * time.Hour})
+	rows, err := b.query(ctx, store.Query{Metric: info.Name, GroupBy: queryKeys(names), From: b.from, To: b.to, Step: 24 * time.Hour})
 	if err != nil {
 		return err
 	}
@@ -828,7 +874,7 @@ func (b *builder) utilization(ctx context.Context, f family, info store.MetricIn
 // tokens sums LLM token usage per group, model and token type per day.
 func (b *builder) tokens(ctx context.Context, f family, info store.MetricInfo) error {
 	names := b.names(f)
-	rows, err := b.st.Query(ctx, store.Query{Metric: info.Name, GroupBy: queryKeys(names, "gen_ai.token.type"), From: b.from, To: b.to, Step: 24 * time.Hour})
+	rows, err := b.query(ctx, store.Query{Metric: info.Name, GroupBy: queryKeys(names, "gen_ai.token.type"), From: b.from, To: b.to, Step: 24 * time.Hour})
 	if err != nil {
 		return err
 	}
