@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -186,7 +187,7 @@ func TestSystemdUnitVerifies(t *testing.T) {
 }
 
 // TestREADMEConfigsValidate validates every complete config in the README
-// (```yaml blocks whose first key is at the top level) and checks that each
+// (```yaml blocks whose first line is a top-level config section) and checks that each
 // is the content of a file under configs/, so README and files cannot drift.
 func TestREADMEConfigsValidate(t *testing.T) {
 	readme, err := os.ReadFile("../../README.md")
@@ -204,8 +205,9 @@ func TestREADMEConfigsValidate(t *testing.T) {
 				break
 			}
 		}
-		if first == "" || strings.HasPrefix(first, " ") || strings.HasPrefix(first, "-") {
-			continue // a fragment (one list entry)
+		key, _, _ := strings.Cut(first, ":")
+		if !slices.Contains(sections, key) {
+			continue // a fragment (one list entry) or another file format (capacity limits)
 		}
 		n++
 		lookup := func(k string) (string, bool) { return "set", k == "MACKEREL_APIKEY" }
