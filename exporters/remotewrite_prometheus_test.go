@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,7 +28,26 @@ import (
 // promServer is a Prometheus started by a test.
 type promServer struct {
 	url string
-	log *bytes.Buffer
+	log *lockedBuffer
+}
+
+// lockedBuffer collects the child's output: os/exec copies into it from its
+// own goroutine while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // startPrometheus starts the prometheus binary (Debian package
@@ -56,7 +76,7 @@ func startPrometheus(t *testing.T) *promServer {
 	addr := l.Addr().String()
 	l.Close()
 	ctx, cancel := context.WithCancel(context.Background())
-	log := &bytes.Buffer{}
+	log := &lockedBuffer{}
 	cmd := exec.CommandContext(ctx, bin,
 		"--config.file="+cfg,
 		"--storage.tsdb.path="+filepath.Join(dir, "tsdb"),
