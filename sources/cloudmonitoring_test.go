@@ -118,7 +118,9 @@ func run(t *testing.T, srv *fakegcp.Server, src testSource, cl *collector, from,
 	t.Helper()
 	for at := from; !at.After(to); at = at.Add(step) {
 		srv.SetNow(at)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		// A generous deadline: it only guards against a hang. Under -race
+		// on a loaded 2-core machine a many-page backfill poll took over 10 s.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		b, err := src.Collect(ctx, at)
 		cancel()
 		if err != nil {
