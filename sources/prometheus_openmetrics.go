@@ -62,7 +62,9 @@ func (c *promConverter) parseOpenMetricsFast(body []byte) ([]metric.Series, erro
 			if len(body) != 0 {
 				return nil, errOMFallback
 			}
-			p.flush()
+			if err := p.flush(); err != nil {
+				return nil, err
+			}
 			return p.out, nil
 		}
 		var err error
@@ -78,9 +80,16 @@ func (c *promConverter) parseOpenMetricsFast(body []byte) ([]metric.Series, erro
 	return nil, errOMFallback // no # EOF
 }
 
-func (p *omParser) flush() {
+func (p *omParser) flush() error {
 	if !p.open {
-		return
+		return nil
+	}
+	if p.typ == dto.MetricType_COUNTER {
+		for _, st := range p.states {
+			if st.hasCreated && !st.hasValue {
+				return errOMFallback // a _created without its _total
+			}
+		}
 	}
 	f := &p.c.fam
 	if p.typ == dto.MetricType_COUNTER {
@@ -88,6 +97,7 @@ func (p *omParser) flush() {
 	}
 	p.out = p.c.appendFamily(p.out, f)
 	p.open = false
+	return nil
 }
 
 var omTypes = map[string]dto.MetricType{
@@ -112,7 +122,9 @@ func (p *omParser) meta(line []byte) error {
 		if p.seen[string(name)] {
 			return errOMFallback // a family split in two
 		}
-		p.flush()
+		if err := p.flush(); err != nil {
+			return err
+		}
 		p.start(name)
 	} else if len(p.c.fam.metrics) > 0 {
 		return errOMFallback // metadata after samples
@@ -579,8 +591,13 @@ func omWhole(v float64) (uint64, bool) {
 	return uint64(v), true
 }
 
-// omUnescape resolves \\, \" and \n (label values and HELP text).
+// omUnescape resolves \\, \" and \n (label values and HELP text). A bare
+// double quote is not an OpenMetrics normal-char (the ABNF's escaped-string
+// excludes it), so it sends the body to the strict parser.
 func omUnescape(b []byte, quoted bool) (string, bool) {
+	if bytes.IndexByte(b, '"') >= 0 && bytes.IndexByte(b, '\\') < 0 {
+		return "", false
+	}
 	if bytes.IndexByte(b, '\\') < 0 {
 		if quoted && bytes.IndexByte(b, '\n') >= 0 {
 			return "", false
@@ -590,6 +607,9 @@ func omUnescape(b []byte, quoted bool) (string, bool) {
 	var sb strings.Builder
 	for i := 0; i < len(b); i++ {
 		ch := b[i]
+		if ch == '"' {
+			return "", false
+		}
 		if ch != '\\' {
 			sb.WriteByte(ch)
 			continue
