@@ -518,6 +518,8 @@ func TestCloudMonitoringNoCredentials(t *testing.T) {
 	t.Setenv("HOME", t.TempDir())
 	t.Setenv("GCE_METADATA_HOST", "")
 	os.Unsetenv("GCE_METADATA_HOST")
+	defer func(f func() bool) { onGCE = f }(onGCE)
+	onGCE = func() bool { return false } // no probe of the metadata address
 	cfg := DefaultCloudMonitoringConfig()
 	cfg.Project = "demo"
 	_, err := NewCloudMonitoring(cfg, Settings{})

@@ -136,6 +136,11 @@ func newGapicMetricAPI(ctx context.Context, cfg *CloudMonitoringConfig) (*gapicM
 // looked for.
 var ErrNoGCPCredentials = errors.New("no Google credentials found")
 
+// onGCE reports whether the GCE/Cloud Run metadata server answers. It probes
+// the link-local metadata address, so tests replace it: they must send no
+// traffic beyond loopback.
+var onGCE = credentials.OnGCE
+
 // detectGCPCredentials finds credentials the way Application Default
 // Credentials do, asking only for the monitoring.read scope.
 func detectGCPCredentials(file string) (*auth.Credentials, error) {
@@ -151,7 +156,7 @@ func detectGCPCredentials(file string) (*auth.Credentials, error) {
 	}
 	if env := os.Getenv("GOOGLE_APPLICATION_CREDENTIALS"); env == "" {
 		wellKnown := gcloudWellKnownFile()
-		if _, err := os.Stat(wellKnown); err != nil && !credentials.OnGCE() {
+		if _, err := os.Stat(wellKnown); err != nil && !onGCE() {
 			return nil, fmt.Errorf("%w: looked for GOOGLE_APPLICATION_CREDENTIALS (unset), the gcloud file %s (%s), "+
 				"and the GCE/Cloud Run metadata server (not reachable); set credentials_file, run "+
 				"`gcloud auth application-default login`, or set `credentials: none` with an `endpoint` for an emulator",

@@ -515,3 +515,41 @@ exporters:
 	}
 	l.release()
 }
+
+// TestRunWithoutGoogleCredentials: a configured cloudmonitoring source on a
+// machine without Google credentials stays off with a warning saying what
+// it looked for; the rest of the agent starts and runs.
+func TestRunWithoutGoogleCredentials(t *testing.T) {
+	dir := t.TempDir()
+	// An unreadable credentials file makes the lookup fail without probing
+	// the metadata server (tests send nothing beyond loopback).
+	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", filepath.Join(dir, "missing.json"))
+	cfgPath := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`agent:
+  window: 1s
+  data_dir: %s
+  admin_listen: 127.0.0.1:0
+resource: {detect: []}
+sources:
+  - type: self
+    interval: 1s
+    timeout: 500ms
+  - type: cloudmonitoring
+    project: demo
+exporters:
+  - type: console
+`, filepath.Join(dir, "data"))), 0o600)
+	p := startAgent(t, "-config", cfgPath)
+	p.waitFor("a console window", 30*time.Second, func(stdout, stderr string) bool {
+		return strings.Contains(stdout, "window ")
+	})
+	if _, errs := p.output(); !strings.Contains(errs, "no Google credentials") || !strings.Contains(errs, "missing.json") {
+		t.Errorf("stderr does not say the source is off and why:\n%s", errs)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(30 * time.Second); code != 0 {
+		t.Errorf("exit code %d, want 0", code)
+	}
+}

@@ -40,6 +40,13 @@ func (d *daemon) buildSources(cfg *Config) (*sourceSet, error) {
 			ss.Registerer = d.reg // the self source gathers the whole registry
 		}
 		built, err := t.build(e.Config, ss)
+		if errors.Is(err, sources.ErrNoGCPCredentials) {
+			// No credentials is a fact about this machine, not a broken
+			// config: the source stays off, says exactly what it looked
+			// for, and the rest of the agent runs.
+			d.log.Warn("source disabled: no Google credentials", "source", e.Name, "path", e.Path, "err", err)
+			continue
+		}
 		if err != nil {
 			set.discard()
 			return nil, fmt.Errorf("%s (source %s): %w", e.Path, e.Name, err)
