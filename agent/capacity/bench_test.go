@@ -32,8 +32,9 @@ func benchOptions(days int) synth.Options {
 // 364 days are read). The store is generated once (about 16 minutes on a
 // loaded 2-core machine) and kept in the temp directory for later runs.
 //
-// Measured on 2026-11-25 at load average ~10 on 2 cores: build 447 s/op,
-// 29.8 GB and 88.9 M allocations per op; a CPU profile puts 96 % of it in
+// Measured on 2026-11-25 on 2 shared cores: build 171 s/op at load average
+// 2–6 (447 s/op at ~10), 29.8 GB and 88.9 M allocations per op; the one
+// store_query alone 185 s/op, 29.4 GB; a CPU profile puts 96 % of build in
 // store.Query (decodeChunk/readBuckets 63 %, histogram.FromData 20 %), so the
 // 2 s target depends on the store's decode speed, not on this package.
 func BenchmarkBuildYear(b *testing.B) {
