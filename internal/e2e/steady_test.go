@@ -171,6 +171,19 @@ func TestSteadyState(t *testing.T) {
 	checkCount("http.server.request.duration", "service.name", float64(otlpObs), "count")
 	checkCount("loadgen.jobs", "service.name", float64(jobs), "sum")
 
+	// Error marking: code=500 (scrape) and http.response.status_code=500
+	// (OTLP) observations over all observations.
+	checkRatio := func(metric, groupBy string, errs, obs uint64) {
+		t.Helper()
+		rows := query(t, e.dataDir, "-metric", metric, "-group-by", groupBy, "-stat", "error_ratio", "-from", "2h", "-step", "1d")
+		want := float64(errs) / float64(obs)
+		if len(rows) != 1 || math.Abs(rows[0].Value-want) > 1e-9 {
+			t.Errorf("store: %s error_ratio rows %v, want one of %v", metric, rows, want)
+		}
+	}
+	checkRatio("loadgen_request_duration_seconds", "e2e", want.Errors, want.Observations)
+	checkRatio("http.server.request.duration", "service.name", otlpErr, otlpObs)
+
 	// p95 over the whole run, all series merged.
 	rows := query(t, e.dataDir, "-metric", "loadgen_request_duration_seconds", "-group-by", "e2e", "-stat", "p95", "-from", "2h", "-step", "1d")
 	exact := l.targets.Quantile(0.95)
