@@ -349,6 +349,12 @@ func TestMain(m *testing.M) {
 	if queryBench.dir != "" {
 		os.RemoveAll(queryBench.dir)
 	}
+	if rollupBench.s != nil {
+		rollupBench.s.Close()
+	}
+	if rollupBench.dir != "" {
+		os.RemoveAll(rollupBench.dir)
+	}
 	os.Exit(code)
 }
 
@@ -407,4 +413,87 @@ func BenchmarkQuery(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(50*1440*b.N)/b.Elapsed().Seconds(), "windows/s")
+}
+
+var rollupBench struct {
+	once sync.Once
+	dir  string
+	s    *Store
+	err  error
+}
+
+const (
+	rollupSeries = 100
+	rollupPoints = 60 * 24 // 60 days of 1-hour points
+)
+
+// BenchmarkQueryRollup measures the export path over rolled-up history:
+// 100 latency-histogram series × 60 days of 1-hour points (144,000 stored
+// points, all in closed chunks), read back one row per series and hour, as
+// an export of the 1 h tier does. ns/point and B/point are per stored point.
+//
+//	go test ./agent/store -run '^$' -bench QueryRollup -benchmem -count 3
+func BenchmarkQueryRollup(b *testing.B) {
+	rollupBench.once.Do(func() {
+		rollupBench.dir, rollupBench.s, rollupBench.err = buildRollupStore()
+	})
+	if rollupBench.err != nil {
+		b.Fatal(rollupBench.err)
+	}
+	s := rollupBench.s
+	q := Query{Metric: "bench.histogram", From: t0, To: t0.Add(rollupPoints * time.Hour), Step: time.Hour}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		rows, err := s.Query(context.Background(), q)
+		if err != nil || len(rows) != rollupSeries*rollupPoints {
+			b.Fatalf("%d rows, %v", len(rows), err)
+		}
+	}
+	b.StopTimer()
+	pts := float64(rollupSeries * rollupPoints * b.N)
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/pts, "ns/point")
+}
+
+// buildRollupStore writes the store BenchmarkQueryRollup reads: each hourly
+// point stands for ~12,000 observations, drawn as a few hundred weighted
+// samples (RecordN) so that setup stays fast.
+func buildRollupStore() (string, *Store, error) {
+	dir, err := os.MkdirTemp("", "sabaki-rollup-bench")
+	if err != nil {
+		return "", nil, err
+	}
+	now := t0
+	s, err := Open(dir, Options{Now: func() time.Time { return now }, Grace: time.Minute, Tiers: []Tier{{time.Hour, 10000 * 24 * time.Hour}}})
+	if err != nil {
+		return dir, nil, err
+	}
+	r := rand.New(rand.NewPCG(5, 5))
+	gens := make([]*gen, rollupSeries)
+	for i := range gens {
+		gens[i] = newGen(r, metric.Histogram, i)
+	}
+	ctx := context.Background()
+	for m := range rollupPoints {
+		w := &metric.Window{Start: t0.Add(time.Duration(m) * time.Hour), Duration: time.Hour}
+		for _, g := range gens {
+			h := histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+			for range 300 {
+				h.RecordN(math.Exp(g.mu+g.sigma*g.r.NormFloat64()), uint64(1+g.r.IntN(80)))
+			}
+			w.Series = append(w.Series, metric.Aggregate{Name: "bench.histogram", Kind: metric.Histogram, Resource: res, Attrs: g.attrs, Hist: h})
+		}
+		if err := s.Write(ctx, w); err != nil {
+			return dir, s, err
+		}
+		if m%240 == 239 {
+			now = w.Start.Add(2 * time.Hour)
+			if err := s.compactTier(ctx, 0, now.Unix()); err != nil {
+				return dir, s, err
+			}
+		}
+	}
+	// Close every chunk, the last one included.
+	now = t0.Add(rollupPoints*time.Hour + 30*24*time.Hour)
+	return dir, s, s.compactTier(ctx, 0, now.Unix())
 }
