@@ -78,8 +78,10 @@ func (m *merger) addPoint(p *point) error {
 	return nil
 }
 
-// addSeries folds another series' merge (across series: Last adds up).
-func (m *merger) addSeries(o *Agg) {
+// addSeries folds another series' merge (across series: Last adds up). With
+// own, o.Hist is handed over (the caller no longer uses it) and becomes the
+// accumulator if there is none yet, instead of being cloned.
+func (m *merger) addSeries(o *Agg, own bool) {
 	a := &m.agg
 	a.ErrorCount += o.ErrorCount
 	a.ErrorTracked = a.ErrorTracked || o.ErrorTracked
@@ -97,7 +99,9 @@ func (m *merger) addSeries(o *Agg) {
 		if o.Hist == nil {
 			break
 		}
-		if a.Hist == nil {
+		if a.Hist == nil && own {
+			a.Hist = o.Hist
+		} else if a.Hist == nil {
 			a.Hist = o.Hist.Clone()
 		} else {
 			a.Hist.Merge(o.Hist)

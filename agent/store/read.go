@@ -241,7 +241,7 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 					accs[k] = a
 				}
 				r := cur.result()
-				a.m.addSeries(&r)
+				a.m.addSeries(&r, true) // cur is dropped: its histogram can move
 			}
 			for i := range sp.pts {
 				t := alignDown(sp.pts[i].start, stepS)
@@ -256,19 +256,28 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 			flush()
 		}
 	}
-	rows := make([]Row, 0, len(accs))
-	groups := make(map[*acc]string, len(accs))
-	for k, a := range accs {
-		a.row.Agg = a.m.result()
-		groups[a] = k.group
-		rows = append(rows, a.row)
+	// Sort by the group key already built per series (it is attrKey of the
+	// row's attributes), not by a key rebuilt on every comparison.
+	type keyed struct {
+		group string
+		t     int64
+		a     *acc
 	}
-	slices.SortFunc(rows, func(a, b Row) int {
-		if c := strings.Compare(attrKey(a.Attributes), attrKey(b.Attributes)); c != 0 {
+	order := make([]keyed, 0, len(accs))
+	for k, a := range accs {
+		order = append(order, keyed{k.group, k.t, a})
+	}
+	slices.SortFunc(order, func(a, b keyed) int {
+		if c := strings.Compare(a.group, b.group); c != 0 {
 			return c
 		}
-		return a.Time.Compare(b.Time)
+		return cmpInt(a.t, b.t)
 	})
+	rows := make([]Row, len(order))
+	for i, o := range order {
+		rows[i] = o.a.row
+		rows[i].Agg = o.a.m.result()
+	}
 	return rows, nil
 }
 
