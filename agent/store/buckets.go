@@ -263,6 +263,7 @@ func readBuckets(bs []byte, hs []hdata) error {
 	d := newRCDecoder(bs)
 	m := newBucketModel()
 	var prevOff [2]int32
+	var arena []uint64
 	for i := range hs {
 		h := &hs[i]
 		m.begin(h)
@@ -283,7 +284,14 @@ func readBuckets(bs []byte, hs []hdata) error {
 			}
 			b.offset = int32(int64(prevOff[sign]) + unzigzag(zz))
 			prevOff[sign] = b.offset
-			b.counts = make([]uint64, n)
+			// Counts of the whole chunk share a few large allocations
+			// rather than one each: each window's slice is capped, so
+			// nothing appended to one runs into the next.
+			if cap(arena)-len(arena) < int(n) {
+				arena = make([]uint64, 0, max(int(n), 4096))
+			}
+			b.counts = arena[len(arena) : len(arena)+int(n) : len(arena)+int(n)]
+			arena = arena[:len(arena)+int(n)]
 			for j := range b.counts {
 				if b.counts[j], err = m.decodeCount(d, sign, b.offset+int32(j)); err != nil {
 					return err
