@@ -151,8 +151,20 @@ func (m *bucketModel) context(sign int, idx int32) (int, float64) {
 			return i + 1, lambda
 		}
 	}
-	l := len(levelBounds) + 1 + int(math.Log2(lambda/8))
+	l := len(levelBounds) + 1 + log2Int(lambda/8)
 	return min(l, levels-1), lambda
+}
+
+// log2Int is int(math.Log2(x)) for x >= 1, exactly (the coder's contexts
+// are fixed by what the encoder computed), without the logarithm in the
+// common case: math.Log2 is exp-1 plus log(frac)/ln 2, which truncates to
+// exp-1 unless frac is so close to 1 that the sum may round up to exp.
+func log2Int(x float64) int {
+	frac, exp := math.Frexp(x)
+	if x >= 1 && !math.IsInf(x, 0) && (frac == 0.5 || frac < 1-1e-9) {
+		return exp - 1
+	}
+	return int(math.Log2(x))
 }
 
 func riceParam(lambda float64) int {
@@ -284,11 +296,12 @@ func readBuckets(bs []byte, hs []hdata) error {
 			}
 			b.offset = int32(int64(prevOff[sign]) + unzigzag(zz))
 			prevOff[sign] = b.offset
-			// Counts of the whole chunk share a few large allocations
-			// rather than one each: each window's slice is capped, so
-			// nothing appended to one runs into the next.
+			// Counts of the whole chunk share a few allocations rather
+			// than one each, sized as if the windows left were like this
+			// one (a one-window head row gets just what it needs). Each
+			// window's slice is capped: nothing appended runs into the next.
 			if cap(arena)-len(arena) < int(n) {
-				arena = make([]uint64, 0, max(int(n), 4096))
+				arena = make([]uint64, 0, int(n)*min(len(hs)-i, 1<<16/int(n)+1))
 			}
 			b.counts = arena[len(arena) : len(arena)+int(n) : len(arena)+int(n)]
 			arena = arena[:len(arena)+int(n)]

@@ -161,3 +161,26 @@ func TestHistogramConversion(t *testing.T) {
 		t.Errorf("summary changed: %v %v %v %v vs %v %v %v %v", back.Count(), back.Sum(), back.Min(), back.Max(), h.Count(), h.Sum(), h.Min(), h.Max())
 	}
 }
+
+// TestLog2Int checks the coder's fast floor(log2) against math.Log2, which
+// the encoder used: a different level would decode a different count.
+func TestLog2Int(t *testing.T) {
+	check := func(x float64) {
+		t.Helper()
+		if got, want := log2Int(x), int(math.Log2(x)); got != want {
+			t.Fatalf("log2Int(%v) = %d, int(math.Log2) = %d", x, got, want)
+		}
+	}
+	for e := 0; e < 70; e++ {
+		p := math.Ldexp(1, e)
+		for _, x := range []float64{p, math.Nextafter(p, 0), math.Nextafter(p, math.Inf(1)), p * (1 - 1e-9), p * (1 - 1e-10), p * 1.5, p * (1 - 1e-16)} {
+			if x >= 1 {
+				check(x)
+			}
+		}
+	}
+	r := rand.New(rand.NewPCG(9, 9))
+	for range 200_000 {
+		check(1 + r.ExpFloat64()*1e4)
+	}
+}
