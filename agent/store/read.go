@@ -206,7 +206,7 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 	}
 	type acc struct {
 		row Row
-		m   *merger
+		m   merger
 	}
 	accs := map[key]*acc{}
 	// One read transaction: a consistent snapshot even while Maintain moves
@@ -228,26 +228,27 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 			}
 			group, attrs := groupOf(ss, q.GroupBy)
 			// Fold this series' windows per step first, then into the row.
-			var cur *merger
+			var cur merger // reused from step to step
 			var curT int64
+			started := false
 			flush := func() {
-				if cur == nil {
+				if !started {
 					return
 				}
 				k := key{group, curT}
 				a := accs[k]
 				if a == nil {
-					a = &acc{row: Row{Time: time.Unix(curT, 0).UTC(), Step: step, Attributes: attrs, Kind: ss.kind, Unit: ss.unit}, m: newMerger(ss.kind)}
+					a = &acc{row: Row{Time: time.Unix(curT, 0).UTC(), Step: step, Attributes: attrs, Kind: ss.kind, Unit: ss.unit}, m: *newMerger(ss.kind)}
 					accs[k] = a
 				}
 				r := cur.result()
-				a.m.addSeries(&r, true) // cur is dropped: its histogram can move
+				a.m.addSeries(&r, true) // cur is reset next: its histogram can move
 			}
 			for i := range sp.pts {
 				t := alignDown(sp.pts[i].start, stepS)
-				if cur == nil || t != curT {
+				if !started || t != curT {
 					flush()
-					cur, curT = newMerger(ss.kind), t
+					cur, curT, started = *newMerger(ss.kind), t, true
 				}
 				if err := cur.addPoint(&sp.pts[i]); err != nil {
 					return nil, s.wrap("querying "+q.Metric, err)

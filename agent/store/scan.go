@@ -75,6 +75,10 @@ func (s *Store) scan(ctx context.Context, q rowQuerier, tier int, from, to int64
 			sp = &seriesPoints{kind: kind}
 			out[id] = sp
 		}
+		if sp.pts == nil && len(pts) > 0 && pts[0].start >= from && pts[len(pts)-1].start < to {
+			sp.pts = pts // the common case: a whole chunk in range, no copy
+			return nil
+		}
 		for _, p := range pts {
 			if p.start >= from && p.start < to {
 				sp.pts = append(sp.pts, p)
