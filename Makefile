@@ -9,8 +9,12 @@ LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # the daemon) run with -race; the rest (histogram, metric, internal, and the
 # capacity report, whose tests are CPU-bound: 33 s plain, 429 s with -race)
 # without, since the race detector slows CPU-bound tests many times over.
+# The same goes for cmd/sabaki's capacity golden test (TestExportCapacity:
+# a 91-day store through SQLite, about 240 s under -race): it runs plain, the
+# rest of cmd/sabaki with -race.
 RACE_DIRS   ?= ./agent/... ./exporters/... ./sources/... ./cmd/...
 NORACE_PKGS ?= /agent/capacity
+NORACE_TESTS ?= ^TestExportCapacity$$
 FUZZTIME ?= 5s
 
 PLATFORMS ?= linux/amd64 linux/arm64
@@ -31,9 +35,11 @@ test: lint test-unit test-race fuzz
 test-unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v -e '/agent' -e '/exporters' -e '/sources' -e '/cmd/') \
 		$$($(GO) list $(RACE_DIRS) | grep -e '$(NORACE_PKGS)')
+	$(GO) test -count=1 -run '$(NORACE_TESTS)' ./cmd/...
 
 test-race:
-	$(GO) test -race -count=1 $$($(GO) list $(RACE_DIRS) | grep -v -e '$(NORACE_PKGS)')
+	$(GO) test -race -count=1 $$($(GO) list $(RACE_DIRS) | grep -v -e '$(NORACE_PKGS)' -e '/cmd/')
+	$(GO) test -race -count=1 -skip '$(NORACE_TESTS)' ./cmd/...
 
 # A short pass over every fuzz target (seeds already run as normal tests).
 fuzz:
