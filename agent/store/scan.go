@@ -5,7 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 
 	"github.com/sabakiio/sabaki/metric"
 )
@@ -65,11 +68,17 @@ func (s *Store) scan(ctx context.Context, q rowQuerier, tier int, from, to int64
 		return out, nil
 	}
 	ti := s.tiers[tier]
-	add := func(id int64, data []byte, where string) error {
-		kind, pts, err := decodeChunk(data)
-		if err != nil {
-			return fmt.Errorf("%s of series %d: %w", where, id, err)
-		}
+	// Blobs are fetched first and decoded afterwards, on all cores (the
+	// bucket decoding is most of a large query's time), then added in fetch
+	// order so that a head row still wins over a chunk point.
+	type blob struct {
+		id    int64
+		data  []byte
+		table string
+		start int64
+	}
+	var blobs []blob
+	add := func(id int64, kind metric.Kind, pts []point) {
 		sp := out[id]
 		if sp == nil {
 			sp = &seriesPoints{kind: kind}
@@ -77,14 +86,13 @@ func (s *Store) scan(ctx context.Context, q rowQuerier, tier int, from, to int64
 		}
 		if sp.pts == nil && len(pts) > 0 && pts[0].start >= from && pts[len(pts)-1].start < to {
 			sp.pts = pts // the common case: a whole chunk in range, no copy
-			return nil
+			return
 		}
 		for _, p := range pts {
 			if p.start >= from && p.start < to {
 				sp.pts = append(sp.pts, p)
 			}
 		}
-		return nil
 	}
 	parts := sel.parts()
 	// Closed chunks and head rows: walk the distinct starts in range by
@@ -125,7 +133,8 @@ func (s *Store) scan(ctx context.Context, q rowQuerier, tier int, from, to int64
 			}
 			for _, st := range starts {
 				if err := queryBlobs(ctx, stmt, append([]any{tier, st}, p.args...), func(id int64, data []byte) error {
-					return add(id, data, fmt.Sprintf("%s %d/%d", t.table, tier, st))
+					blobs = append(blobs, blob{id, data, t.table, st})
+					return nil
 				}); err != nil {
 					stmt.Close()
 					return nil, err
@@ -133,6 +142,43 @@ func (s *Store) scan(ctx context.Context, q rowQuerier, tier int, from, to int64
 			}
 			stmt.Close()
 		}
+	}
+	type decoded struct {
+		kind metric.Kind
+		pts  []point
+		err  error
+	}
+	res := make([]decoded, len(blobs))
+	decode := func(i int) {
+		b := &blobs[i]
+		kind, pts, err := decodeChunk(b.data)
+		if err != nil {
+			err = fmt.Errorf("%s %d/%d of series %d: %w", b.table, tier, b.start, b.id, err)
+		}
+		res[i] = decoded{kind, pts, err}
+		b.data = nil
+	}
+	if workers := min(runtime.GOMAXPROCS(0), len(blobs)/64); workers > 1 {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range workers {
+			wg.Go(func() {
+				for i := int(next.Add(1) - 1); i < len(blobs); i = int(next.Add(1) - 1) {
+					decode(i)
+				}
+			})
+		}
+		wg.Wait()
+	} else {
+		for i := range blobs {
+			decode(i)
+		}
+	}
+	for i := range res {
+		if res[i].err != nil {
+			return nil, res[i].err
+		}
+		add(blobs[i].id, res[i].kind, res[i].pts)
 	}
 	for _, sp := range out {
 		// Stable: for equal starts the head point (appended last) survives.
