@@ -248,10 +248,16 @@ func (p *omParser) sample(line []byte) error {
 	if !ok {
 		return errOMFallback
 	}
-	valStr, line, _ := bytes.Cut(line, []byte(" "))
+	valStr, line, more := bytes.Cut(line, []byte(" "))
+	if more && len(line) == 0 {
+		return errOMFallback // a trailing space, which OpenMetrics does not allow
+	}
 	var tsStr, exPart []byte
 	if len(line) > 0 && line[0] != '#' {
-		tsStr, line, _ = bytes.Cut(line, []byte(" "))
+		tsStr, line, more = bytes.Cut(line, []byte(" "))
+		if more && len(line) == 0 {
+			return errOMFallback
+		}
 	}
 	if len(line) > 0 {
 		if exPart, ok = bytes.CutPrefix(line, []byte("# ")); !ok {
