@@ -224,3 +224,27 @@ func TestSchedulerIntoPipeline(t *testing.T) {
 		}
 	})
 }
+
+// The collect-duration histogram is native as well as classic, so the self
+// source stores it with exponential buckets instead of the classic bounds.
+func TestSchedulerDurationIsNative(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := &fakeSource{name: "app"}
+		_, reg := runScheduler(t, []ScheduledSource{{Source: src, Interval: 10 * time.Second}}, &batchSink{}, SchedulerSettings{}, 25*time.Second)
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "sabaki_source_collect_duration_seconds" {
+				continue
+			}
+			h := mf.GetMetric()[0].GetHistogram()
+			if h.Schema == nil || len(h.GetBucket()) == 0 || h.GetSampleCount() == 0 {
+				t.Fatalf("want native (schema set) and classic buckets with samples, got schema %v, %d buckets, %d samples", h.Schema, len(h.GetBucket()), h.GetSampleCount())
+			}
+			return
+		}
+		t.Fatal("sabaki_source_collect_duration_seconds not registered")
+	})
+}
