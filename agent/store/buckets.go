@@ -215,14 +215,7 @@ func (m *bucketModel) encodeCount(e *rcEncoder, sign int, idx int32, c uint64) {
 
 func (m *bucketModel) decodeCount(d *rcDecoder, sign int, idx int32) (uint64, error) {
 	lvl, lambda := m.context(sign, idx)
-	p := &m.p[sign][lvl]
-	var q uint64
-	for j := range prefixLen {
-		if !d.bit(&p[j]) {
-			break
-		}
-		q = uint64(j) + 1
-	}
+	q := d.unary(&m.p[sign][lvl])
 	if q >= prefixLen {
 		x, err := decodeExpGolomb(d)
 		if err != nil {

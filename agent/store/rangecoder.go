@@ -144,3 +144,35 @@ func (d *rcDecoder) direct(n int) uint64 {
 	}
 	return v
 }
+
+// unary decodes the count's unary prefix: bits with probabilities p[0],
+// p[1], ... up to the first 0 bit, returning how many 1 bits came first
+// (len(p) if all were 1). It is a loop of bit() with the coder state in
+// registers: this loop is the hottest of a query.
+func (d *rcDecoder) unary(p *[prefixLen]uint16) uint64 {
+	rng, code := d.rng, d.code
+	var q uint64
+	for j := range p {
+		pj := &p[j]
+		bound := (rng >> probBits) * uint32(*pj)
+		one := code >= bound
+		if !one {
+			rng = bound
+			*pj += (probLimit - *pj) >> moveBits
+		} else {
+			code -= bound
+			rng -= bound
+			*pj -= *pj >> moveBits
+		}
+		for rng < topValue {
+			rng <<= 8
+			code = code<<8 | uint32(d.next())
+		}
+		if !one {
+			break
+		}
+		q = uint64(j) + 1
+	}
+	d.rng, d.code = rng, code
+	return q
+}
