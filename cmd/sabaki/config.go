@@ -105,7 +105,7 @@ func splitSections(doc *yaml.Node, raw *rawConfig) config.Problems {
 			raw.Exporters = list(k, v)
 		default:
 			msg := fmt.Sprintf("unknown key %q", k.Value)
-			if s := suggest(k.Value, sections); s != "" {
+			if s := config.Suggest(k.Value, sections); s != "" {
 				msg += fmt.Sprintf(" (did you mean %q?)", s)
 			}
 			ps = append(ps, config.Problem{Line: k.Line, Col: k.Column, Path: k.Value, Msg: msg})
@@ -339,7 +339,7 @@ func entryType(n *yaml.Node, path, what string, known []string) (string, *config
 			return v.Value, nil
 		}
 		msg := fmt.Sprintf("unknown %s type %q", what, v.Value)
-		if s := suggest(v.Value, known); s != "" {
+		if s := config.Suggest(v.Value, known); s != "" {
 			msg += fmt.Sprintf(" (did you mean %q?)", s)
 		}
 		msg += fmt.Sprintf(" (known types: %s)", strings.Join(known, ", "))
@@ -377,40 +377,6 @@ func keys[V any](m map[string]V) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// suggest returns the known name closest to s when it is close enough to be a typo.
-func suggest(s string, known []string) string {
-	best, bestD := "", 1<<30
-	for _, k := range known {
-		if d := levenshtein(strings.ToLower(s), k); d < bestD {
-			best, bestD = k, d
-		}
-	}
-	if bestD <= max(2, len(s)/3) {
-		return best
-	}
-	return ""
-}
-
-func levenshtein(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // addCredentialedDefaults extends the embedded default config with the parts

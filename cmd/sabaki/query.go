@@ -19,6 +19,7 @@ import (
 
 	"github.com/sabakiio/sabaki/agent/store"
 	"github.com/sabakiio/sabaki/exporters"
+	"github.com/sabakiio/sabaki/internal/config"
 	"github.com/sabakiio/sabaki/internal/timerange"
 )
 
@@ -476,29 +477,9 @@ func nonNil(m map[string]string) map[string]string {
 func closestMetric(name string, ms []store.MetricInfo) string {
 	best, bestD := "", len(name)/3+2
 	for _, m := range ms {
-		if d := editDistance(name, m.Name); d < bestD {
+		if d := config.EditDistance(name, m.Name); d < bestD {
 			best, bestD = m.Name, d
 		}
 	}
 	return best
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			c := 1
-			if a[i-1] == b[j-1] {
-				c = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+c)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }

@@ -363,20 +363,33 @@ func structFields(t reflect.Type) map[string]reflect.Type {
 
 // suggest returns the known key closest to k, if it is close enough to be a typo.
 func suggest(k string, fields map[string]reflect.Type) string {
-	best, bestD := "", 1<<30
+	names := make([]string, 0, len(fields))
 	for name := range fields {
-		d := levenshtein(strings.ToLower(k), name)
-		if d < bestD || (d == bestD && name < best) {
-			best, bestD = name, d
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return Suggest(k, names)
+}
+
+// Suggest returns the name in known closest to s (case-insensitively, by
+// edit distance; the first in known wins a tie) when it is close enough to be
+// a typo (at most max(2, len(s)/3) edits), else "". It is the "did you mean"
+// of every config and command error.
+func Suggest(s string, known []string) string {
+	best, bestD := "", 1<<30
+	for _, k := range known {
+		if d := EditDistance(strings.ToLower(s), k); d < bestD {
+			best, bestD = k, d
 		}
 	}
-	if bestD <= max(2, len(k)/3) {
+	if bestD <= max(2, len(s)/3) {
 		return best
 	}
 	return ""
 }
 
-func levenshtein(a, b string) int {
+// EditDistance is the Levenshtein distance between a and b, in bytes.
+func EditDistance(a, b string) int {
 	prev := make([]int, len(b)+1)
 	cur := make([]int, len(b)+1)
 	for j := range prev {
