@@ -745,9 +745,8 @@ func (c *otlpConverter) metric(res metric.Attrs, scope []metric.Attr, m *metrics
 	case *metricspb.Metric_Sum:
 		base.Kind = metric.Gauge
 		if d.Sum.GetIsMonotonic() {
-			t, ok := otlpTemporality(d.Sum.GetAggregationTemporality())
+			t, ok := c.temporality(m, d.Sum.GetAggregationTemporality(), len(d.Sum.GetDataPoints()))
 			if !ok {
-				c.reject(rejectInvalid, len(d.Sum.GetDataPoints()), fmt.Sprintf("metric %q: unspecified aggregation temporality", m.GetName()))
 				return
 			}
 			base.Kind, base.Temporality = metric.Counter, t
@@ -756,9 +755,8 @@ func (c *otlpConverter) metric(res metric.Attrs, scope []metric.Attr, m *metrics
 			c.number(base, scope, p)
 		}
 	case *metricspb.Metric_Histogram:
-		t, ok := otlpTemporality(d.Histogram.GetAggregationTemporality())
+		t, ok := c.temporality(m, d.Histogram.GetAggregationTemporality(), len(d.Histogram.GetDataPoints()))
 		if !ok {
-			c.reject(rejectInvalid, len(d.Histogram.GetDataPoints()), fmt.Sprintf("metric %q: unspecified aggregation temporality", m.GetName()))
 			return
 		}
 		base.Kind, base.Temporality = metric.Histogram, t
@@ -766,9 +764,8 @@ func (c *otlpConverter) metric(res metric.Attrs, scope []metric.Attr, m *metrics
 			c.histogram(base, scope, p)
 		}
 	case *metricspb.Metric_ExponentialHistogram:
-		t, ok := otlpTemporality(d.ExponentialHistogram.GetAggregationTemporality())
+		t, ok := c.temporality(m, d.ExponentialHistogram.GetAggregationTemporality(), len(d.ExponentialHistogram.GetDataPoints()))
 		if !ok {
-			c.reject(rejectInvalid, len(d.ExponentialHistogram.GetDataPoints()), fmt.Sprintf("metric %q: unspecified aggregation temporality", m.GetName()))
 			return
 		}
 		base.Kind, base.Temporality = metric.Histogram, t
@@ -782,6 +779,16 @@ func (c *otlpConverter) metric(res metric.Attrs, scope []metric.Attr, m *metrics
 	default:
 		c.reject(rejectInvalid, 1, fmt.Sprintf("metric %q carries no data", m.GetName()))
 	}
+}
+
+// temporality maps a metric's aggregation temporality; an unspecified one
+// rejects the metric's n points.
+func (c *otlpConverter) temporality(m *metricspb.Metric, agg metricspb.AggregationTemporality, n int) (metric.Temporality, bool) {
+	t, ok := otlpTemporality(agg)
+	if !ok {
+		c.reject(rejectInvalid, n, fmt.Sprintf("metric %q: unspecified aggregation temporality", m.GetName()))
+	}
+	return t, ok
 }
 
 func otlpTemporality(t metricspb.AggregationTemporality) (metric.Temporality, bool) {
