@@ -770,3 +770,36 @@ func TestOTLPConfig(t *testing.T) {
 		t.Errorf("Shutdown after a failed Start: %v", err)
 	}
 }
+
+// A sum or histogram without an aggregation temporality cannot be turned into
+// deltas: its points are rejected through partial success, the rest kept.
+func TestOTLPUnspecifiedTemporality(t *testing.T) {
+	r, sink, _ := startOTLP(t, nil)
+	conn, err := grpc.NewClient(r.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	pt := &metricspb.NumberDataPoint{TimeUnixNano: 1, Value: &metricspb.NumberDataPoint_AsInt{AsInt: 1}}
+	req := otlpRequest(1, 0)
+	ms := req.ResourceMetrics[0].ScopeMetrics[0].Metrics
+	ms = append(ms,
+		&metricspb.Metric{Name: "no_temporality_sum", Data: &metricspb.Metric_Sum{Sum: &metricspb.Sum{IsMonotonic: true, DataPoints: []*metricspb.NumberDataPoint{pt, pt}}}},
+		&metricspb.Metric{Name: "no_temporality_hist", Data: &metricspb.Metric_Histogram{Histogram: &metricspb.Histogram{
+			DataPoints: []*metricspb.HistogramDataPoint{{TimeUnixNano: 1, Count: 1, BucketCounts: []uint64{1}}}}}},
+		&metricspb.Metric{Name: "no_temporality_exp", Data: &metricspb.Metric_ExponentialHistogram{ExponentialHistogram: &metricspb.ExponentialHistogram{
+			DataPoints: []*metricspb.ExponentialHistogramDataPoint{{TimeUnixNano: 1, ZeroCount: 1, Count: 1}}}}},
+	)
+	req.ResourceMetrics[0].ScopeMetrics[0].Metrics = ms
+	resp, err := collectormetrics.NewMetricsServiceClient(conn).Export(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := resp.GetPartialSuccess()
+	if ps.GetRejectedDataPoints() != 4 || !strings.Contains(ps.GetErrorMessage(), "unspecified aggregation temporality") {
+		t.Errorf("partial success %v, want 4 points rejected for temporality", ps)
+	}
+	if n := len(sink.series()); n != 1 {
+		t.Errorf("accepted %d series, want 1", n)
+	}
+}
