@@ -1,7 +1,10 @@
 // Package admin is the agent's admin HTTP endpoint: /metrics (the agent's
 // own client_golang registry), /healthz (the process is alive), /readyz
 // (ready to receive: sources started, store open) and /api/v1/exemplars.
-// It binds agent.admin_listen, loopback by default.
+// It binds agent.admin_listen, loopback by default. When the bound address
+// is a loopback address it also serves the Go runtime profiles under
+// /debug/pprof/ (for measuring the agent under load); a non-loopback
+// listener never exposes them.
 package admin
 
 import (
@@ -12,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"slices"
 	"sync"
 	"time"
@@ -76,8 +80,22 @@ func Listen(addr string, set Settings) (*Server, error) {
 	})
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.HandleFunc("GET /{$}", s.index)
+	if servesProfiles(ln.Addr()) {
+		s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+		s.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		s.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	}
 	s.srv = &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
+}
+
+// servesProfiles reports whether /debug/pprof/ is served on addr: only on a
+// loopback address, since profiles reveal memory contents and cost CPU.
+func servesProfiles(addr net.Addr) bool {
+	tcp, ok := addr.(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
 }
 
 // Addr returns the bound address (useful with port 0).

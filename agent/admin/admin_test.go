@@ -59,6 +59,9 @@ func TestServer(t *testing.T) {
 	if !strings.Contains(body, "promhttp_metric_handler_requests_total") {
 		t.Errorf("/metrics lacks the handler's own metrics")
 	}
+	if code, body := get(t, base+"/debug/pprof/heap?debug=1"); code != 200 || !strings.Contains(body, "heap profile") {
+		t.Errorf("/debug/pprof/heap on loopback = %d %.80q", code, body)
+	}
 	if code, _ := get(t, base+"/nope"); code != 404 {
 		t.Errorf("/nope = %d, want 404", code)
 	}
@@ -73,5 +76,23 @@ func TestListenPortInUse(t *testing.T) {
 	_, err = Listen(ln.Addr().String(), Settings{Gatherer: prometheus.NewRegistry()})
 	if err == nil || !strings.Contains(err.Error(), "address already in use") {
 		t.Errorf("Listen on a used port: err = %v, want address already in use", err)
+	}
+}
+
+func TestServesProfilesOnlyOnLoopback(t *testing.T) {
+	for _, tc := range []struct {
+		addr net.Addr
+		want bool
+	}{
+		{&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9469}, true},
+		{&net.TCPAddr{IP: net.IPv6loopback, Port: 9469}, true},
+		{&net.TCPAddr{IP: net.IPv4zero, Port: 9469}, false},
+		{&net.TCPAddr{IP: net.IPv4(10, 0, 0, 5), Port: 9469}, false},
+		{&net.TCPAddr{IP: net.IPv6unspecified, Port: 9469}, false},
+		{&net.UnixAddr{Name: "/run/sabaki.sock", Net: "unix"}, false},
+	} {
+		if got := servesProfiles(tc.addr); got != tc.want {
+			t.Errorf("servesProfiles(%v) = %v, want %v", tc.addr, got, tc.want)
+		}
 	}
 }
