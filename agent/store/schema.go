@@ -58,6 +58,9 @@ CREATE TABLE exemplars (
 CREATE INDEX exemplars_start ON exemplars(start, series);
 CREATE TABLE dirty (tier INTEGER NOT NULL, slot INTEGER NOT NULL, PRIMARY KEY (tier, slot)) WITHOUT ROWID;
 CREATE TABLE state (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;`,
+	// 1 → 2: the pipeline's cumulative baselines (see WriteWithState), one
+	// row per raw series, keyed by a 16-byte hash of its identity.
+	`CREATE TABLE baselines (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;`,
 }
 
 // schemaVersion is the version this binary writes.

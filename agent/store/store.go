@@ -10,7 +10,7 @@
 // a store: Open takes an exclusive flock on LOCK and a second writer fails at
 // once with a message naming the directory; ReadOnly opens take no lock.
 //
-// Tables (schema version 1, see schema.go):
+// Tables (schema version 2, see schema.go):
 //
 //   - series: one row per series; id is a 64-bit FNV-1a hash of name, kind,
 //     resource and point attributes (stable across restarts and machines).
@@ -23,6 +23,10 @@
 //     or Gorilla XOR floats, Rice-coded histogram buckets.
 //   - exemplars, state (source cursors), dirty (rollup slots to redo), meta
 //     (magic, schema version, rollup progress).
+//   - baselines: the pipeline's cumulative baselines, written in the same
+//     transaction as the window they account for (WriteWithState), so that
+//     after a crash a window is stored if and only if the baselines of its
+//     counters advanced past it.
 //
 // # Lifecycle
 //
