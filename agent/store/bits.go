@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/binary"
 	"errors"
 )
 
@@ -57,6 +58,13 @@ func (r *bitReader) readBit() (bool, error) {
 func (r *bitReader) readBits(n int) (uint64, error) {
 	if r.pos+n > len(r.b)*8 {
 		return 0, errCorrupt
+	}
+	// Fast path: one big-endian 64-bit load holds the n bits when at least
+	// 8 bytes remain and n fits beside the bit offset in the first byte.
+	if i := r.pos >> 3; n > 0 && n <= 57 && i+8 <= len(r.b) {
+		w := binary.BigEndian.Uint64(r.b[i:]) << (r.pos & 7)
+		r.pos += n
+		return w >> (64 - n), nil
 	}
 	var v uint64
 	for n > 0 {

@@ -30,6 +30,9 @@ type hdata struct {
 	pos, neg      buckets
 	count         uint64
 	sum, min, max float64
+	// summary: the buckets were not decoded (decodeOptions); count, sum,
+	// min and max hold (only count with countsOnly), pos and neg do not.
+	summary bool
 }
 
 type buckets struct {
@@ -37,7 +40,18 @@ type buckets struct {
 	counts []uint64
 }
 
-const chunkVersion = 1
+// Chunk versions: the first byte of every encoded chunk. Both are read;
+// encodeChunk writes chunkPacked for histograms at coarse resolutions and
+// chunkVersion otherwise.
+const (
+	chunkVersion = 1 // histogram buckets range-coded (buckets.go)
+	chunkPacked  = 2 // histogram buckets packed per window (appendPacked)
+)
+
+// packedMinRes is the finest resolution (seconds) whose histogram chunks
+// are written packed: the hourly and daily rollups that long reports read
+// selectively. The 1-minute tier, most of the disk, stays range-coded.
+const packedMinRes = 3600
 
 // encodeChunk encodes points (sorted by start, unique starts, all multiples
 // of res seconds) of one series of the given kind. The same encoding holds a
@@ -49,11 +63,20 @@ const chunkVersion = 1
 //
 //	counter:   sum, count
 //	gauge:     count, last, sum, min, max
-//	histogram: count, zero count, scale, zero threshold, sum, min, max, and a
-//	           bit stream of buckets (see appendBuckets)
+//	histogram: count, zero count, scale, zero threshold, sum, min, max, then
+//	           version 1: uvarint length and a bit stream of buckets (see
+//	           appendBuckets); version 2: an int column of each window's
+//	           record length and the records (see appendPacked)
+//
+// The columns a count needs come first, so a query that wants only counts
+// stops reading there (decodeOptions.countsOnly).
 func encodeChunk(dst []byte, kind metric.Kind, res int64, pts []point) []byte {
 	n := len(pts)
-	dst = append(dst, chunkVersion, byte(kind))
+	version := byte(chunkVersion)
+	if kind == metric.Histogram && res >= packedMinRes {
+		version = chunkPacked
+	}
+	dst = append(dst, version, byte(kind))
 	dst = binary.AppendUvarint(dst, uint64(n))
 	dst = binary.AppendUvarint(dst, uint64(res))
 	if n == 0 {
@@ -104,6 +127,16 @@ func encodeChunk(dst []byte, kind metric.Kind, res int64, pts []point) []byte {
 		dst = fe.append(dst, fcol(func(p *point) float64 { return p.h.sum }))
 		dst = fe.append(dst, fcol(func(p *point) float64 { return p.h.min }))
 		dst = fe.append(dst, fcol(func(p *point) float64 { return p.h.max }))
+		if version == chunkPacked {
+			var recs []byte
+			for i := range pts {
+				l := len(recs)
+				recs = appendPacked(recs, pts[i].h)
+				ints[i] = int64(len(recs) - l)
+			}
+			dst = appendIntColumn(dst, ints)
+			return append(dst, recs...)
+		}
 		bs := appendBuckets(nil, pts)
 		dst = binary.AppendUvarint(dst, uint64(len(bs)))
 		dst = append(dst, bs...)
@@ -111,11 +144,29 @@ func encodeChunk(dst []byte, kind metric.Kind, res int64, pts []point) []byte {
 	return dst
 }
 
+// decodeOptions select a partial decode for queries.
+type decodeOptions struct {
+	// countsOnly stops after the columns a count needs: window index,
+	// errors, count (and a counter's sum, its value). Other fields are
+	// left zero; histograms are marked summary.
+	countsOnly bool
+	// want, if set, is asked for each window start (in increasing order)
+	// whether its histogram buckets are needed; the others are marked
+	// summary. Range-coded chunks decode all buckets if any is wanted.
+	want func(start int64) bool
+}
+
 // decodeChunk is the inverse of encodeChunk.
 func decodeChunk(b []byte) (metric.Kind, []point, error) {
+	return decodeChunkWith(b, decodeOptions{})
+}
+
+// decodeChunkWith decodes a chunk, or the part of it opt asks for.
+func decodeChunkWith(b []byte, opt decodeOptions) (metric.Kind, []point, error) {
 	d := decoder{b: b}
-	if v := d.byte(); d.err == nil && v != chunkVersion {
-		return 0, nil, fmt.Errorf("%w: unknown chunk version %d", errCorrupt, v)
+	version := d.byte()
+	if d.err == nil && version != chunkVersion && version != chunkPacked {
+		return 0, nil, fmt.Errorf("%w: unknown chunk version %d", errCorrupt, version)
 	}
 	kind := metric.Kind(d.byte())
 	n64 := d.uvarint()
@@ -159,6 +210,9 @@ func decodeChunk(b []byte) (metric.Kind, []point, error) {
 		for i, v := range d.intColumn(n) {
 			pts[i].count = uint64(v)
 		}
+		if opt.countsOnly {
+			break
+		}
 		for i, v := range fcol() {
 			pts[i].last = v
 		}
@@ -179,6 +233,12 @@ func decodeChunk(b []byte) (metric.Kind, []point, error) {
 		for i, v := range d.intColumn(n) {
 			hs[i].count = uint64(v)
 		}
+		if opt.countsOnly {
+			for i := range hs {
+				hs[i].summary = true
+			}
+			break
+		}
 		for i, v := range d.intColumn(n) {
 			hs[i].zeroCount = uint64(v)
 		}
@@ -197,9 +257,46 @@ func decodeChunk(b []byte) (metric.Kind, []point, error) {
 		for i, v := range fcol() {
 			hs[i].max = v
 		}
+		var want []bool
+		anyWanted := opt.want == nil
+		if opt.want != nil {
+			want = make([]bool, n)
+			for i := range pts {
+				want[i] = opt.want(pts[i].start)
+				anyWanted = anyWanted || want[i]
+			}
+		}
+		if version == chunkPacked {
+			lens := d.intColumn(n)
+			r := packedReader{left: n}
+			for i := range hs {
+				if d.err != nil {
+					break
+				}
+				if lens[i] < 0 || lens[i] > int64(len(d.b)) {
+					d.fail("truncated bucket record")
+					break
+				}
+				rec := d.bytes(int(lens[i]))
+				if want != nil && !want[i] {
+					hs[i].summary = true
+					continue
+				}
+				if err := r.read(rec, &hs[i]); err != nil {
+					return 0, nil, err
+				}
+			}
+			break
+		}
 		l := d.uvarint()
 		if d.err == nil && l > uint64(len(d.b)) {
 			d.fail("truncated bucket stream")
+		}
+		if d.err == nil && !anyWanted {
+			for i := range hs {
+				hs[i].summary = true
+			}
+			break
 		}
 		if d.err == nil {
 			if err := readBuckets(d.bytes(int(l)), hs); err != nil {

@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/sabakiio/sabaki/histogram"
@@ -66,9 +67,45 @@ func TestChunkRoundTrip(t *testing.T) {
 		})},
 		{"one point", metric.Histogram, mk(1, func(i int, p *point) { p.h = toHData(latencyHist(r, 5)) })},
 	}
+	// Histograms also at 1 h: coarse tiers write them packed (version 2).
+	for _, tc := range tests {
+		if tc.kind != metric.Histogram {
+			continue
+		}
+		pts := make([]point, len(tc.pts))
+		for i, p := range tc.pts {
+			p.start *= 60
+			pts[i] = p
+		}
+		tests = append(tests, struct {
+			name string
+			kind metric.Kind
+			pts  []point
+		}{tc.name + " packed", tc.kind, pts})
+	}
+	tests = append(tests, struct {
+		name string
+		kind metric.Kind
+		pts  []point
+	}{"packed wide counts", metric.Histogram, []point{
+		{start: 3600, h: &hdata{scale: 3, pos: buckets{offset: -7, counts: []uint64{1 << 60, 0, 0, 3, math.MaxUint64 >> 1}}, neg: buckets{offset: 4, counts: []uint64{0, 0, 0, 0, 0, 0, 0, 0, 0, 9}}}},
+		{start: 7200, h: &hdata{scale: 3, pos: buckets{offset: 100, counts: []uint64{math.MaxUint64}}}},
+		{start: 10800, h: &hdata{scale: -2, pos: buckets{offset: 0, counts: []uint64{5, 1 << 56, 1<<57 - 1, 7}}}},
+	}})
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			b := encodeChunk(nil, tc.kind, 60, tc.pts)
+			res := int64(60)
+			if strings.HasPrefix(tc.name, "packed") || strings.HasSuffix(tc.name, " packed") {
+				res = 3600
+			}
+			b := encodeChunk(nil, tc.kind, res, tc.pts)
+			if want := byte(chunkVersion); tc.kind == metric.Histogram && res >= packedMinRes {
+				if b[0] != chunkPacked {
+					t.Fatalf("version %d, want %d", b[0], chunkPacked)
+				}
+			} else if b[0] != want {
+				t.Fatalf("version %d, want %d", b[0], want)
+			}
 			kind, got, err := decodeChunk(b)
 			if err != nil {
 				t.Fatal(err)
@@ -86,6 +123,48 @@ func TestChunkRoundTrip(t *testing.T) {
 			}
 			t.Logf("%d points, %d bytes, %.2f B/point", len(got), len(b), float64(len(b))/float64(len(got)))
 		})
+	}
+}
+
+// TestChunkPartialDecode checks the query decodes: counts only, and the
+// buckets of some windows only, for range-coded and packed chunks.
+func TestChunkPartialDecode(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	for _, res := range []int64{60, 3600} {
+		pts := make([]point, 120)
+		for i := range pts {
+			pts[i] = point{start: res * int64(1000+i), errCount: uint64(i % 3), errTracked: true, h: toHData(latencyHist(r, 100+i))}
+		}
+		b := encodeChunk(nil, metric.Histogram, res, pts)
+		_, got, err := decodeChunkWith(b, decodeOptions{countsOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, p := range got {
+			if p.start != pts[i].start || p.h.count != pts[i].h.count || p.errCount != pts[i].errCount || !p.errTracked || !p.h.summary || p.h.pos.counts != nil {
+				t.Fatalf("res %d counts only, point %d: %+v %+v", res, i, p, p.h)
+			}
+		}
+		for _, wantAny := range []bool{true, false} {
+			want := func(start int64) bool { return wantAny && (start/res)%7 == 3 }
+			_, got, err = decodeChunkWith(b, decodeOptions{want: want})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, p := range got {
+				switch {
+				case want(p.start) || (res == 60 && wantAny):
+					// Range-coded chunks decode every window when one is wanted.
+					if p.h.summary || !samePoint(p, pts[i]) {
+						t.Fatalf("res %d point %d: got %+v %+v, want %+v", res, i, p, p.h, pts[i].h)
+					}
+				default:
+					if !p.h.summary || p.h.pos.counts != nil || p.h.count != pts[i].h.count || p.h.sum != pts[i].h.sum || p.h.max != pts[i].h.max {
+						t.Fatalf("res %d point %d: want a summary, got %+v", res, i, p.h)
+					}
+				}
+			}
+		}
 	}
 }
 
@@ -124,6 +203,7 @@ func FuzzDecodeChunk(f *testing.F) {
 	f.Add(encodeChunk(nil, metric.Counter, 60, []point{{start: 60, sum: 3}, {start: 120, sum: 4}}))
 	f.Add(encodeChunk(nil, metric.Gauge, 60, []point{{start: 60, sum: 3, last: 1.5, count: 2}}))
 	f.Add(encodeChunk(nil, metric.Histogram, 60, []point{{start: 60, h: toHData(latencyHist(r, 50))}, {start: 120, h: toHData(latencyHist(r, 50))}}))
+	f.Add(encodeChunk(nil, metric.Histogram, 3600, []point{{start: 3600, h: toHData(latencyHist(r, 50))}, {start: 7200, h: toHData(latencyHist(r, 3))}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		kind, pts, err := decodeChunk(b)
 		if err != nil {
