@@ -11,7 +11,9 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -340,7 +342,8 @@ func quantileStat(q float64) string {
 // name at the minute's start time: windows shorter than a minute are merged
 // per minute and the minute is re-posted as each window closes (Mackerel
 // keeps the last value posted for a minute), so its last post covers the
-// whole minute.
+// whole minute; a journal next to the outbox keeps those windows across a
+// restart (mackerel_minutes.go).
 type Mackerel struct {
 	cfg    MackerelConfig
 	name   string
@@ -352,6 +355,7 @@ type Mackerel struct {
 
 	mu             sync.Mutex
 	minutes        map[int64]*minuteWindows // sub-minute windows by minute
+	journal        *minuteJournal           // their copy on disk; nil without a data directory
 	newestMinute   int64                    // unix seconds of the newest minute seen
 	lastAnnotAt    map[string]time.Time     // by metric and stat
 	hostIDs        map[string]string        // customIdentifier → host ID
@@ -359,12 +363,9 @@ type Mackerel struct {
 	monitorsSynced bool
 }
 
-// minuteWindows holds the windows seen for one minute, by start.
-type minuteWindows struct {
-	windows map[int64]*metric.Window
-}
-
-// NewMackerel builds the exporter. It does not contact Mackerel.
+// NewMackerel builds the exporter. It does not contact Mackerel. With
+// set.DataDir it replays the sub-minute journal a previous run left in
+// DataDir/outbox/<name>/ (see mackerel_minutes.go).
 func NewMackerel(cfg MackerelConfig, set Settings) (*Mackerel, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("mackerel exporter: %w", err)
@@ -399,6 +400,24 @@ func NewMackerel(cfg MackerelConfig, set Settings) (*Mackerel, error) {
 	// included): keep it off and route any output to our logger at debug.
 	client.Verbose = false
 	client.PrioritizedLogger = nil
+	if set.DataDir != "" {
+		e.journal = &minuteJournal{dir: filepath.Join(set.DataDir, "outbox", name), log: e.log}
+		newest, err := e.journal.load(e.minutes)
+		if err != nil {
+			return nil, fmt.Errorf("mackerel exporter: %w", err)
+		}
+		e.newestMinute = newest
+		horizon := newest - int64(subMinuteKeep/time.Second)
+		for k := range e.minutes {
+			if k < horizon {
+				delete(e.minutes, k)
+			}
+		}
+		e.journal.dropBefore(horizon)
+		if len(e.minutes) > 0 {
+			e.log.Info("sub-minute windows of recent minutes recovered; their minutes are posted whole", "minutes", len(e.minutes))
+		}
+	}
 	if err := e.m.register(set.Registerer, name); err != nil {
 		return nil, fmt.Errorf("mackerel exporter: registering self-metrics: %w", err)
 	}
@@ -443,10 +462,11 @@ const subMinuteKeep = 10 * time.Minute
 
 // minuteOf returns the minute w belongs to and the aggregates to post for
 // it: w's own when w covers a minute or more, else the merge of every window
-// of that minute seen so far (a later revision replacing an earlier one).
-// Sub-minute windows are kept for subMinuteKeep behind the newest minute; a
-// window for an older minute is not posted (ok false): alone it would
-// overwrite the whole minute's value with a part of it.
+// of that minute the exporter has (a later revision replacing an earlier
+// one), after recording w in the journal (mackerel_minutes.go). Sub-minute
+// windows are kept for subMinuteKeep behind the newest minute; a window for
+// an older minute is not posted (ok false): alone it would overwrite the
+// whole minute's value with a part of it.
 func (e *Mackerel) minuteOf(w *metric.Window) (minute time.Time, aggs []metric.Aggregate, seconds float64, ok bool) {
 	minute = w.Start.Truncate(time.Minute)
 	if w.Duration >= time.Minute || w.Duration <= 0 {
@@ -460,6 +480,11 @@ func (e *Mackerel) minuteOf(w *metric.Window) (minute time.Time, aggs []metric.A
 	for k := range e.minutes {
 		if k < horizon {
 			delete(e.minutes, k)
+			if e.journal != nil {
+				if err := os.Remove(e.journal.minutePath(k)); err != nil && !errors.Is(err, os.ErrNotExist) {
+					e.log.Warn("removing old sub-minute journal file", "err", err)
+				}
+			}
 		}
 	}
 	mw := e.minutes[key]
@@ -470,15 +495,14 @@ func (e *Mackerel) minuteOf(w *metric.Window) (minute time.Time, aggs []metric.A
 		mw = &minuteWindows{windows: map[int64]*metric.Window{}}
 		e.minutes[key] = mw
 	}
-	if old, ok := mw.windows[w.Start.UnixNano()]; !ok || w.Revision >= old.Revision {
-		mw.windows[w.Start.UnixNano()] = cloneWindow(w)
+	if mw.put(cloneWindow(w)) && e.journal != nil {
+		if err := e.journal.append(key, w); err != nil {
+			e.m.journalFailures.Inc()
+			e.log.Error("sub-minute window not journaled; posting it anyway, but a restart within its minute would post the minute without it",
+				"window", fmtTime(w.Start), "err", err)
+		}
 	}
-	starts := make([]int64, 0, len(mw.windows))
-	for s := range mw.windows {
-		starts = append(starts, s)
-	}
-	slices.Sort(starts)
-	for _, s := range starts {
+	for _, s := range mw.sortedStarts() {
 		win := mw.windows[s]
 		aggs = append(aggs, win.Series...)
 		seconds += win.Duration.Seconds()
@@ -1298,7 +1322,10 @@ type mackerelMetrics struct {
 	bytes       prometheus.Counter
 	annotations *prometheus.CounterVec
 	skipped     prometheus.Counter
-	name        string
+	// journalFailures counts sub-minute windows that could not be written
+	// to the journal.
+	journalFailures prometheus.Counter
+	name            string
 }
 
 func (m *mackerelMetrics) register(reg prometheus.Registerer, name string) error {
@@ -1320,7 +1347,10 @@ func (m *mackerelMetrics) register(reg prometheus.Registerer, name string) error
 	skipped := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sabaki_exporter_mackerel_late_windows_skipped_total", Help: "Sub-minute windows that arrived too late to be merged into their minute.",
 	}, []string{"exporter"})
-	for _, c := range []**prometheus.CounterVec{&requests, &points, &posts, &bytes, &annotations, &skipped} {
+	journal := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sabaki_exporter_mackerel_journal_failures_total", Help: "Sub-minute windows that could not be written to the journal that keeps them across restarts.",
+	}, []string{"exporter"})
+	for _, c := range []**prometheus.CounterVec{&requests, &points, &posts, &bytes, &annotations, &skipped, &journal} {
 		var err error
 		if *c, err = registerCounterVec(reg, *c); err != nil {
 			return err
@@ -1330,6 +1360,7 @@ func (m *mackerelMetrics) register(reg prometheus.Registerer, name string) error
 	m.requests, m.annotations = requests, annotations
 	m.points, m.posts, m.bytes = points.WithLabelValues(name), posts.WithLabelValues(name), bytes.WithLabelValues(name)
 	m.skipped = skipped.WithLabelValues(name)
+	m.journalFailures = journal.WithLabelValues(name)
 	return nil
 }
 
