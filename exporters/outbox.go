@@ -569,7 +569,9 @@ func (o *Outbox) OldestAge() time.Duration {
 // nil; it must not be called twice concurrently.
 func (o *Outbox) Run(ctx context.Context) error {
 	o.mu.Lock()
-	if o.running || o.closed {
+	// Once Shutdown began it may be sending itself (Run had not started):
+	// a second sending loop would send the head window twice.
+	if o.running || o.closed || o.draining {
 		o.mu.Unlock()
 		return fmt.Errorf("outbox of %s: already running or shut down", o.name)
 	}
