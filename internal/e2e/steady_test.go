@@ -53,7 +53,8 @@ func mackerelSum(m *fakemackerel.Server, prefix string) (sum float64, names int)
 // load is a run of Prometheus targets and OTLP senders against one agent.
 type load struct {
 	targets *loadgen.Targets
-	senders *loadgen.Senders
+	senders *loadgen.Senders // cumulative, service.instance.id sender-N
+	delta   *loadgen.Senders // delta, delta-sender-N (only where asked)
 }
 
 func startLoad(t testing.TB, e *env, nTargets, nSenders int) *load {
@@ -79,6 +80,28 @@ func (l *load) startSenders(t testing.TB, e *env, n int) {
 	l.senders = s
 }
 
+// startDeltaSenders starts n OTLP senders exporting with delta temporality.
+func (l *load) startDeltaSenders(t testing.TB, e *env, n int) {
+	t.Helper()
+	s, err := loadgen.StartSenders(context.Background(), loadgen.SendersConfig{Senders: n, Endpoint: e.otlpHTTP,
+		Routes: 3, Interval: 300 * time.Millisecond, Seed: 3, Delta: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Shutdown(context.Background()) })
+	l.delta = s
+}
+
+// step generates n observations per histogram on every target and sender.
+func (l *load) step(n int) {
+	l.targets.Step(n)
+	for _, s := range []*loadgen.Senders{l.senders, l.delta} {
+		if s != nil {
+			s.Step(context.Background(), n)
+		}
+	}
+}
+
 func (l *load) promSource(interval string) string {
 	return fmt.Sprintf(`  - type: prometheus
     name: app
@@ -99,10 +122,7 @@ func (l *load) waitBaseline(t testing.TB) {
 // run generates load for d: n observations per histogram every 200 ms.
 func (l *load) run(d time.Duration, n int) {
 	for end := time.Now().Add(d); time.Now().Before(end); {
-		l.targets.Step(n)
-		if l.senders != nil {
-			l.senders.Step(context.Background(), n)
-		}
+		l.step(n)
 		time.Sleep(200 * time.Millisecond)
 	}
 }
@@ -111,10 +131,13 @@ func (l *load) run(d time.Duration, n int) {
 // answers two more scrapes (so the agent has seen the final values).
 func (l *load) settle(t testing.TB) {
 	t.Helper()
-	if l.senders != nil {
+	for _, s := range []*loadgen.Senders{l.senders, l.delta} {
+		if s == nil {
+			continue
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if err := l.senders.Shutdown(ctx); err != nil {
+		if err := s.Shutdown(ctx); err != nil {
 			t.Errorf("OTLP senders' last export: %v", err)
 		}
 	}
