@@ -34,6 +34,9 @@ type merger struct {
 	agg       Agg
 	n         int
 	lastStart int64
+	// countsOnly: the points carry only counts (Query.CountsOnly); Min
+	// and Max come out zero.
+	countsOnly bool
 }
 
 func newMerger(kind metric.Kind) *merger {
@@ -59,6 +62,16 @@ func (m *merger) addPoint(p *point) error {
 		}
 	case metric.Histogram:
 		if p.h == nil {
+			break
+		}
+		if p.h.summary {
+			// Buckets not decoded (a partial read): the summary adds up.
+			a.Count += p.h.count
+			a.Sum += p.h.sum
+			if p.h.count > 0 && !m.countsOnly {
+				a.Min = math.Min(a.Min, p.h.min)
+				a.Max = math.Max(a.Max, p.h.max)
+			}
 			break
 		}
 		h, err := p.h.histogram()
@@ -97,6 +110,13 @@ func (m *merger) addSeries(o *Agg, own bool) {
 		a.Last += o.Last
 	case metric.Histogram:
 		if o.Hist == nil {
+			// A summary (buckets not read): counts and extremes add up.
+			a.Count += o.Count
+			a.Sum += o.Sum
+			if o.Count > 0 && !m.countsOnly {
+				a.Min = math.Min(a.Min, o.Min)
+				a.Max = math.Max(a.Max, o.Max)
+			}
 			break
 		}
 		if a.Hist == nil && own {
@@ -116,7 +136,7 @@ func (m *merger) addSeries(o *Agg, own bool) {
 // result returns the merge; Min and Max are 0 when nothing was merged.
 func (m *merger) result() Agg {
 	a := m.agg
-	if m.kind == metric.Counter || m.n == 0 || (m.kind == metric.Histogram && a.Count == 0) {
+	if m.kind == metric.Counter || m.n == 0 || m.countsOnly || (m.kind == metric.Histogram && a.Count == 0) {
 		a.Min, a.Max = 0, 0
 	}
 	return a

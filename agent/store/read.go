@@ -59,6 +59,26 @@ type Query struct {
 	// Step is the row width (default: the first tier's resolution). Rows
 	// are aligned to the Unix epoch in UTC.
 	Step time.Duration
+	// CountsOnly reads only what a count needs: rows carry Count,
+	// ErrorCount and ErrorTracked (and a counter's Sum, its value); Sum,
+	// Min, Max, Last and Hist are left zero. Histogram buckets, most of a
+	// long query's work, are not decoded.
+	CountsOnly bool
+	// Steps, if set, limits each row group (each series without GroupBy)
+	// to the step starts it returns for the group's attributes (called
+	// once per group; times are aligned down to Step). Histogram buckets
+	// are decoded only for those steps where the tier allows it (1 h and
+	// coarser tiers store each window's buckets on their own), so reading
+	// a day's busiest hour out of a year costs about 1/24 of the year.
+	Steps func(group map[string]string) []time.Time
+	// Rollups reads each step, where it can, from the coarsest tier whose
+	// resolution divides Step and that has already rolled the step up,
+	// rather than from the finest tier still holding it. Rollups are exact
+	// merges, so the rows are the same (a histogram's Sum may differ in
+	// its last bits: float additions in another order) as of the last
+	// Maintain, read from far fewer points: a 1 d step over a year reads
+	// 365 daily points per series instead of 8,760 hourly ones.
+	Rollups bool
 }
 
 // Row is one step of one series (or group).
@@ -174,6 +194,40 @@ func (s *Store) segments(from, to int64) []segment {
 	return out
 }
 
+// rollupSegments is segments, except that the part of [from, to) that the
+// coarsest tier dividing step has rolled up (whole slots only) is read from
+// that tier.
+func (s *Store) rollupSegments(from, to, step int64) []segment {
+	j := 0
+	for i, t := range s.tiers {
+		if step%t.res == 0 {
+			j = i
+		}
+	}
+	if j == 0 {
+		return s.segments(from, to)
+	}
+	t := s.tiers[j]
+	lo := int64(math.MinInt64 / 2)
+	if j < len(s.tiers)-1 {
+		lo = alignUp(s.now().Unix()-t.keep, t.res)
+	}
+	a, b := max(from, lo), min(alignDown(to, t.res), s.rolled[j].Load())
+	if a >= b {
+		return s.segments(from, to)
+	}
+	var out []segment
+	// Newest first, like segments.
+	if b < to {
+		out = append(out, s.segments(b, to)...)
+	}
+	out = append(out, segment{tier: j, from: a, to: b})
+	if from < a {
+		out = append(out, s.segments(from, a)...)
+	}
+	return out
+}
+
 // Query merges, per step and per series or group, every stored point whose
 // window starts in the step, reading each time from the finest tier that
 // still holds it. Rows are ordered by attributes, then time.
@@ -194,21 +248,59 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 	if q.To.Nanosecond() > 0 {
 		to++
 	}
+	nSteps := max(0, (to-from+stepS-1)/stepS)
+	// Series are put into groups first; each group keeps its accumulators
+	// by step index.
+	type group struct {
+		key   string
+		attrs map[string]string
+		steps []int64 // with q.Steps: the wanted step starts, sorted
+		accs  stepTable
+	}
+	var groups []*group
+	byKey := map[string]*group{}
 	byID := make(map[int64]*storedSeries, len(series))
+	groupOfID := make(map[int64]*group, len(series))
 	ids := make([]int64, 0, len(series))
 	for i := range series {
-		byID[series[i].id] = &series[i]
-		ids = append(ids, series[i].id)
+		ss := &series[i]
+		byID[ss.id] = ss
+		ids = append(ids, ss.id)
+		key, attrs := groupOf(ss, q.GroupBy)
+		g := byKey[key]
+		if g == nil {
+			g = &group{key: key, attrs: attrs}
+			if q.Steps != nil {
+				for _, t := range q.Steps(attrs) {
+					if u := alignDown(t.Unix(), stepS); u >= from && u < to {
+						g.steps = append(g.steps, u)
+					}
+				}
+				slices.Sort(g.steps)
+				g.steps = slices.Compact(g.steps)
+			}
+			byKey[key] = g
+			groups = append(groups, g)
+		}
+		groupOfID[ss.id] = g
 	}
-	type key struct {
-		group string
-		t     int64
+	for _, g := range groups {
+		g.accs = newStepTable(nSteps, len(groups))
 	}
-	type acc struct {
-		row Row
-		m   merger
+	opts := func(id int64) decodeOptions {
+		o := decodeOptions{countsOnly: q.CountsOnly}
+		if g := groupOfID[id]; g != nil && q.Steps != nil {
+			steps := g.steps
+			o.want = func(start int64) bool {
+				t := alignDown(start, stepS)
+				for len(steps) > 0 && steps[0] < t {
+					steps = steps[1:]
+				}
+				return len(steps) > 0 && steps[0] == t
+			}
+		}
+		return o
 	}
-	accs := map[key]*acc{}
 	// One read transaction: a consistent snapshot even while Maintain moves
 	// head rows into chunks.
 	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
@@ -216,8 +308,12 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 		return nil, s.wrap("querying "+q.Metric, err)
 	}
 	defer tx.Rollback()
-	for _, seg := range s.segments(from, to) {
-		pts, err := s.scan(ctx, tx, seg.tier, seg.from, seg.to, selection{ids: ids})
+	segs := s.segments(from, to)
+	if q.Rollups {
+		segs = s.rollupSegments(from, to, stepS)
+	}
+	for _, seg := range segs {
+		pts, err := s.scanWith(ctx, tx, seg.tier, seg.from, seg.to, selection{ids: ids}, opts)
 		if err != nil {
 			return nil, s.wrap("querying "+q.Metric, err)
 		}
@@ -226,7 +322,8 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 			if ss == nil || sp.kind != ss.kind {
 				continue
 			}
-			group, attrs := groupOf(ss, q.GroupBy)
+			g := groupOfID[id]
+			steps := g.steps
 			// Fold this series' windows per step first, then into the row.
 			var cur merger // reused from step to step
 			var curT int64
@@ -235,20 +332,28 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 				if !started {
 					return
 				}
-				k := key{group, curT}
-				a := accs[k]
-				if a == nil {
-					a = &acc{row: Row{Time: time.Unix(curT, 0).UTC(), Step: step, Attributes: attrs, Kind: ss.kind, Unit: ss.unit}, m: *newMerger(ss.kind)}
-					accs[k] = a
+				a := g.accs.get((curT - from) / stepS)
+				if !a.used {
+					a.used, a.unit, a.m = true, ss.unit, *newMerger(ss.kind)
+					a.m.countsOnly = q.CountsOnly
 				}
 				r := cur.result()
 				a.m.addSeries(&r, true) // cur is reset next: its histogram can move
 			}
 			for i := range sp.pts {
 				t := alignDown(sp.pts[i].start, stepS)
+				if q.Steps != nil {
+					for len(steps) > 0 && steps[0] < t {
+						steps = steps[1:]
+					}
+					if len(steps) == 0 || steps[0] != t {
+						continue
+					}
+				}
 				if !started || t != curT {
 					flush()
 					cur, curT, started = *newMerger(ss.kind), t, true
+					cur.countsOnly = q.CountsOnly
 				}
 				if err := cur.addPoint(&sp.pts[i]); err != nil {
 					return nil, s.wrap("querying "+q.Metric, err)
@@ -257,29 +362,74 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 			flush()
 		}
 	}
-	// Sort by the group key already built per series (it is attrKey of the
-	// row's attributes), not by a key rebuilt on every comparison.
-	type keyed struct {
-		group string
-		t     int64
-		a     *acc
-	}
-	order := make([]keyed, 0, len(accs))
-	for k, a := range accs {
-		order = append(order, keyed{k.group, k.t, a})
-	}
-	slices.SortFunc(order, func(a, b keyed) int {
-		if c := strings.Compare(a.group, b.group); c != 0 {
-			return c
-		}
-		return cmpInt(a.t, b.t)
-	})
-	rows := make([]Row, len(order))
-	for i, o := range order {
-		rows[i] = o.a.row
-		rows[i].Agg = o.a.m.result()
+	// Rows by group key (attrKey of the row's attributes), then time.
+	slices.SortFunc(groups, func(a, b *group) int { return strings.Compare(a.key, b.key) })
+	var rows []Row
+	for _, g := range groups {
+		g.accs.each(func(i int64, a *rowAcc) {
+			rows = append(rows, Row{Time: time.Unix(from+i*stepS, 0).UTC(), Step: step, Attributes: g.attrs, Kind: a.m.kind, Unit: a.unit, Agg: a.m.result()})
+		})
 	}
 	return rows, nil
+}
+
+// rowAcc is one row being merged.
+type rowAcc struct {
+	used bool
+	unit string // of the first series merged
+	m    merger
+}
+
+// stepTable holds a group's rows by step index: a slice when the query's
+// steps times its groups are few enough, a map otherwise (a per-series query
+// of minutes over months).
+type stepTable struct {
+	dense  []*rowAcc
+	sparse map[int64]*rowAcc
+}
+
+func newStepTable(nSteps int64, groups int) stepTable {
+	if nSteps*int64(groups) <= 1<<22 {
+		return stepTable{dense: make([]*rowAcc, nSteps)}
+	}
+	return stepTable{sparse: map[int64]*rowAcc{}}
+}
+
+func (t *stepTable) get(i int64) *rowAcc {
+	if t.dense != nil {
+		a := t.dense[i]
+		if a == nil {
+			a = &rowAcc{}
+			t.dense[i] = a
+		}
+		return a
+	}
+	a := t.sparse[i]
+	if a == nil {
+		a = &rowAcc{}
+		t.sparse[i] = a
+	}
+	return a
+}
+
+// each calls fn for the rows in step order.
+func (t *stepTable) each(fn func(i int64, a *rowAcc)) {
+	if t.dense != nil {
+		for i, a := range t.dense {
+			if a != nil {
+				fn(int64(i), a)
+			}
+		}
+		return
+	}
+	keys := make([]int64, 0, len(t.sparse))
+	for k := range t.sparse {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		fn(k, t.sparse[k])
+	}
 }
 
 // groupOf returns the row key and attributes of a series.

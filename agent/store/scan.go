@@ -60,6 +60,11 @@ type rowQuerier interface {
 // in [from, to), merging closed chunks and the head (a head row wins over a
 // chunk point for the same window: it is the newer write).
 func (s *Store) scan(ctx context.Context, q rowQuerier, tier int, from, to int64, sel selection) (map[int64]*seriesPoints, error) {
+	return s.scanWith(ctx, q, tier, from, to, sel, nil)
+}
+
+// scanWith is scan with a partial decode per series (opts nil: decode all).
+func (s *Store) scanWith(ctx context.Context, q rowQuerier, tier int, from, to int64, sel selection, opts func(id int64) decodeOptions) (map[int64]*seriesPoints, error) {
 	out := map[int64]*seriesPoints{}
 	if from >= to {
 		return out, nil
@@ -151,7 +156,11 @@ func (s *Store) scan(ctx context.Context, q rowQuerier, tier int, from, to int64
 	res := make([]decoded, len(blobs))
 	decode := func(i int) {
 		b := &blobs[i]
-		kind, pts, err := decodeChunk(b.data)
+		var o decodeOptions
+		if opts != nil {
+			o = opts(b.id)
+		}
+		kind, pts, err := decodeChunkWith(b.data, o)
 		if err != nil {
 			err = fmt.Errorf("%s %d/%d of series %d: %w", b.table, tier, b.start, b.id, err)
 		}

@@ -704,3 +704,130 @@ func TestBackfillOlderThanFirstTier(t *testing.T) {
 
 // The store is the agent's sources.StateStore.
 var _ sources.StateStore = (*Store)(nil)
+
+// TestQueryPartial checks the reads a long report makes against a full
+// query: CountsOnly, Steps (some steps of each group, buckets decoded only
+// there) and Rollups (days from the daily tier), over hourly windows in
+// closed packed chunks.
+func TestQueryPartial(t *testing.T) {
+	c := &clock{t: t0}
+	tiers := []Tier{{time.Minute, 24 * time.Hour}, {time.Hour, 400 * 24 * time.Hour}, {24 * time.Hour, 5 * 365 * 24 * time.Hour}}
+	s := open(t, t.TempDir(), c, tiers...)
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(3, 9))
+	const days = 6
+	for h := range days * 24 {
+		w := &metric.Window{Start: t0.Add(time.Duration(h) * time.Hour), Duration: time.Hour}
+		for _, svc := range []string{"a", "b"} {
+			for _, route := range []string{"/x", "/y", "/z"} {
+				vs := make([]float64, 20+r.IntN(200))
+				for i := range vs {
+					vs[i] = math.Exp(r.NormFloat64()*0.7 - 2)
+				}
+				a := hist(route, vs...)
+				a.Resource = metric.NewAttrs(map[string]string{"service.name": svc})
+				a.ErrorCount = uint64(r.IntN(5))
+				w.Series = append(w.Series, a)
+			}
+		}
+		write(t, s, w)
+	}
+	c.set(t0.Add(12 * 24 * time.Hour))
+	if err := s.Maintain(ctx, c.now()); err != nil {
+		t.Fatal(err)
+	}
+	var heads, packed int
+	s.db.QueryRow(`SELECT count(*) FROM head WHERE tier = 1`).Scan(&heads)
+	s.db.QueryRow(`SELECT count(*) FROM chunks WHERE tier = 1 AND substr(data, 1, 1) = x'02'`).Scan(&packed)
+	if heads != 0 || packed == 0 {
+		t.Fatalf("%d head rows, %d packed hourly chunks: want all in packed chunks", heads, packed)
+	}
+	base := Query{Metric: "http.server.request.duration", GroupBy: []string{"service.name"}, From: t0, To: t0.Add(days * 24 * time.Hour), Step: time.Hour}
+	full := query(t, s, base)
+	if len(full) != 2*days*24 {
+		t.Fatalf("%d rows, want %d", len(full), 2*days*24)
+	}
+	sameHist := func(a, b *histogram.Histogram) bool {
+		if a == nil || b == nil {
+			return a == b
+		}
+		x, y := a.Data(), b.Data()
+		x.Sum, y.Sum = 0, 0
+		return fmt.Sprint(x) == fmt.Sprint(y)
+	}
+
+	t.Run("counts only", func(t *testing.T) {
+		q := base
+		q.CountsOnly = true
+		got := query(t, s, q)
+		if len(got) != len(full) {
+			t.Fatalf("%d rows, want %d", len(got), len(full))
+		}
+		for i, g := range got {
+			f := full[i]
+			if !g.Time.Equal(f.Time) || g.Attributes["service.name"] != f.Attributes["service.name"] || g.Agg.Count != f.Agg.Count ||
+				g.Agg.ErrorCount != f.Agg.ErrorCount || !g.Agg.ErrorTracked || g.Agg.Hist != nil || g.Agg.Min != 0 || g.Agg.Max != 0 {
+				t.Fatalf("row %d: %+v %+v, want %+v %+v", i, g.Time, g.Agg, f.Time, f.Agg)
+			}
+		}
+	})
+
+	t.Run("steps", func(t *testing.T) {
+		want := map[string][]time.Time{}
+		for d := range days {
+			want["a"] = append(want["a"], t0.Add(time.Duration(d*24+d+3)*time.Hour+17*time.Minute))
+			want["b"] = append(want["b"], t0.Add(time.Duration(d*24+20-d)*time.Hour))
+		}
+		q := base
+		q.Steps = func(g map[string]string) []time.Time { return want[g["service.name"]] }
+		got := query(t, s, q)
+		var exp []Row
+		for _, f := range full {
+			for _, w := range want[f.Attributes["service.name"]] {
+				if w.Truncate(time.Hour).Equal(f.Time) {
+					exp = append(exp, f)
+				}
+			}
+		}
+		if len(got) != len(exp) || len(got) != 2*days {
+			t.Fatalf("%d rows, want %d", len(got), len(exp))
+		}
+		for i, g := range got {
+			e := exp[i]
+			if !g.Time.Equal(e.Time) || g.Agg.Count != e.Agg.Count || g.Agg.Min != e.Agg.Min || g.Agg.Max != e.Agg.Max || !sameHist(g.Agg.Hist, e.Agg.Hist) {
+				t.Fatalf("row %d: %v %+v, want %v %+v", i, g.Time, g.Agg, e.Time, e.Agg)
+			}
+		}
+	})
+
+	t.Run("rollups", func(t *testing.T) {
+		q := base
+		q.Step = 24 * time.Hour
+		hours := query(t, s, q)
+		segs := s.rollupSegments(t0.Unix(), q.To.Unix(), 86400)
+		if len(segs) != 1 || segs[0].tier != 2 {
+			t.Fatalf("segments %+v, want the daily tier", segs)
+		}
+		q.Rollups = true
+		got := query(t, s, q)
+		if len(got) != len(hours) || len(got) != 2*days {
+			t.Fatalf("%d rows, want %d", len(got), len(hours))
+		}
+		for i, g := range got {
+			h := hours[i]
+			if !g.Time.Equal(h.Time) || g.Agg.Count != h.Agg.Count || g.Agg.ErrorCount != h.Agg.ErrorCount || g.Agg.Min != h.Agg.Min || g.Agg.Max != h.Agg.Max ||
+				math.Abs(g.Agg.Sum-h.Agg.Sum) > 1e-9*h.Agg.Sum || !sameHist(g.Agg.Hist, h.Agg.Hist) {
+				t.Fatalf("day %d: %v %+v, want %v %+v", i, g.Time, g.Agg, h.Time, h.Agg)
+			}
+		}
+		// A range ending inside a day reads that day from the hours.
+		q.To = t0.Add(30 * time.Hour)
+		if segs := s.rollupSegments(t0.Unix(), q.To.Unix(), 86400); len(segs) != 2 || segs[0].tier != 1 || segs[1].tier != 2 {
+			t.Fatalf("segments %+v, want hours then days", segs)
+		}
+		part := query(t, s, q)
+		if len(part) != 4 || part[1].Agg.Count >= hours[1].Agg.Count {
+			t.Fatalf("partial day: %d rows", len(part))
+		}
+	})
+}
