@@ -19,7 +19,7 @@ func newBytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
 // benchExposition renders a 2,000-series exposition from a client_golang
 // registry: 100 native histograms (factor 1.1, as the tests use), 900
 // counters and 1,000 gauges, each with three labels.
-func benchExposition(b *testing.B, format expfmt.Format) []byte {
+func benchExposition(b testing.TB, format expfmt.Format) []byte {
 	reg := prometheus.NewRegistry()
 	lat := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "http_server_request_duration_seconds", Help: "Latency.", NativeHistogramBucketFactor: 1.1,
@@ -77,15 +77,19 @@ func BenchmarkPrometheusParse(b *testing.B) {
 			m0 := mallocs()
 			b.ResetTimer()
 			// One converter per target, reused scrape after scrape as the
-			// source does (its intern table and buffers carry over).
-			c := promConverter{resource: res, at: at, honorTimestamps: true}
+			// source does (its intern table and buffers carry over), and
+			// the batch's series and arena reused from scrape to scrape.
+			var arena promArena
+			c := promConverter{resource: res, at: at, honorTimestamps: true, arena: &arena}
+			var series []metric.Series
 			for b.Loop() {
-				var series []metric.Series
 				var err error
 				if tc.ref {
 					series, err = promParseDTO(&c, body)
 				} else {
-					series, err = c.parse(body, tc.format)
+					clear(series)
+					arena.reset()
+					series, err = c.parse(series[:0], body, tc.format)
 				}
 				if err != nil || len(series) != 2000 {
 					b.Fatalf("%d series, %v", len(series), err)

@@ -49,8 +49,10 @@ type omParser struct {
 	keyBuf  []byte
 }
 
-func (c *promConverter) parseOpenMetricsFast(body []byte) ([]metric.Series, error) {
-	p := omParser{c: c, seen: map[string]bool{}, byKey: map[string]int{}}
+// parseOpenMetricsFast converts an OpenMetrics body and appends the series to
+// out; on an error the caller drops whatever it appended past len(out).
+func (c *promConverter) parseOpenMetricsFast(out []metric.Series, body []byte) ([]metric.Series, error) {
+	p := omParser{c: c, out: out, seen: map[string]bool{}, byKey: map[string]int{}}
 	for len(body) > 0 {
 		i := bytes.IndexByte(body, '\n')
 		if i < 0 {

@@ -192,20 +192,20 @@ func exemplarFromDTO(e *dto.Exemplar, dst []promLabel) promExemplarRaw {
 
 var errPromProto = errors.New("malformed protobuf")
 
-// parseProto decodes a delimited protobuf exposition and converts it.
-func (c *promConverter) parseProto(body []byte) ([]metric.Series, error) {
-	var out []metric.Series
+// parseProto decodes a delimited protobuf exposition, converts it and
+// appends the series to out.
+func (c *promConverter) parseProto(out []metric.Series, body []byte) ([]metric.Series, error) {
 	for n := 0; len(body) > 0; n++ {
 		size, k := protowire.ConsumeVarint(body)
 		if k < 0 || size > uint64(len(body)-k) {
-			return nil, fmt.Errorf("metric family %d: bad length prefix: %w", n, errPromProto)
+			return out, fmt.Errorf("metric family %d: bad length prefix: %w", n, errPromProto)
 		}
 		msg := body[k : k+int(size)]
 		body = body[k+int(size):]
-		if err := c.decodeFamily(msg); err != nil {
-			return nil, fmt.Errorf("metric family %d: %w", n, err)
+		var err error
+		if out, err = c.decodeFamily(out, msg); err != nil {
+			return out, fmt.Errorf("metric family %d: %w", n, err)
 		}
-		out = c.appendFamily(out, &c.fam)
 	}
 	return out, nil
 }
@@ -238,16 +238,23 @@ func pbField(msg []byte) (num protowire.Number, typ protowire.Type, v uint64, b 
 	return num, typ, v, b, msg[n:], nil
 }
 
-func (c *promConverter) decodeFamily(msg []byte) error {
+// decodeFamily converts one family metric by metric and appends the series
+// to out. A first pass reads the family's own fields (name, help, type and
+// unit, which is field 5, after the metrics) and checks the framing; the
+// second decodes each metric into one reused promMetric and converts it at
+// once. Holding a whole family decoded instead kept ~500 B per metric of the
+// largest family per target alive between scrapes (29 MB at 50 targets of
+// 2,100 series).
+func (c *promConverter) decodeFamily(out []metric.Series, msg []byte) ([]metric.Series, error) {
 	f := &c.fam
 	f.name, f.help, f.unit, f.typ = "", "", "", dto.MetricType_COUNTER
 	f.metrics = f.metrics[:0]
-	for len(msg) > 0 {
-		num, typ, v, b, rest, err := pbField(msg)
+	for rest := msg; len(rest) > 0; {
+		num, typ, v, b, r, err := pbField(rest)
 		if err != nil {
-			return err
+			return out, err
 		}
-		msg = rest
+		rest = r
 		switch {
 		case num == 1 && typ == protowire.BytesType:
 			f.name = c.str(b)
@@ -255,18 +262,26 @@ func (c *promConverter) decodeFamily(msg []byte) error {
 			f.help = c.str(b)
 		case num == 3 && typ == protowire.VarintType:
 			f.typ = dto.MetricType(int32(v))
-		case num == 4 && typ == protowire.BytesType:
-			if err := c.decodeMetric(f.next(), b); err != nil {
-				return fmt.Errorf("%s: %w", f.name, err)
-			}
 		case num == 5 && typ == protowire.BytesType:
 			f.unit = c.str(b)
 		}
 	}
 	if f.name == "" || !utf8.ValidString(f.name) {
-		return fmt.Errorf("invalid metric name %q", f.name)
+		return out, fmt.Errorf("invalid metric name %q", f.name)
 	}
-	return nil
+	for rest := msg; len(rest) > 0; {
+		num, typ, _, b, r, _ := pbField(rest) // the first pass checked the framing
+		rest = r
+		if num != 4 || typ != protowire.BytesType {
+			continue
+		}
+		f.metrics = f.metrics[:0]
+		if err := c.decodeMetric(f.next(), b); err != nil {
+			return out, fmt.Errorf("%s: %w", f.name, err)
+		}
+		out = c.appendFamily(out, f)
+	}
+	return out, nil
 }
 
 func (c *promConverter) decodeLabel(b []byte) (promLabel, error) {

@@ -885,7 +885,7 @@ func FuzzParse(f *testing.F) {
 				continue // expfmt's OpenMetrics fallback needs ~18 ms a line: keep executions short
 			}
 			c := promConverter{resource: metric.Attrs{{Key: "job", Value: "j"}}, at: time.Unix(1700000000, 0), honorTimestamps: true}
-			series, err := c.parse(data, format)
+			series, err := c.parse(nil, data, format)
 			if err != nil {
 				continue
 			}
@@ -1071,7 +1071,7 @@ func TestPrometheusProtoDecoder(t *testing.T) {
 				t.Fatal(err)
 			}
 			got := promConverter{resource: res, at: at, honorTimestamps: true}
-			series, err := got.parse(body, expfmt.FmtProtoDelim)
+			series, err := got.parse(nil, body, expfmt.FmtProtoDelim)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -1090,7 +1090,7 @@ func TestPrometheusProtoDecoder(t *testing.T) {
 	body := bodies["hand-made"]
 	for _, n := range []int{1, 5, len(body) / 2, len(body) - 1} {
 		c := promConverter{at: time.Now()}
-		if _, err := c.parse(body[:n], expfmt.FmtProtoDelim); err == nil {
+		if _, err := c.parse(nil, body[:n], expfmt.FmtProtoDelim); err == nil {
 			t.Errorf("truncated at %d: no error", n)
 		}
 	}
@@ -1154,7 +1154,7 @@ func FuzzProto(f *testing.F) {
 			size, n := protowire.ConsumeVarint(rest)
 			if n < 0 || size > uint64(len(rest)-n) {
 				c := promConverter{at: at}
-				if _, err := c.parse(body, expfmt.FmtProtoDelim); err == nil {
+				if _, err := c.parse(nil, body, expfmt.FmtProtoDelim); err == nil {
 					t.Fatal("bad framing accepted")
 				}
 				return
@@ -1164,7 +1164,7 @@ func FuzzProto(f *testing.F) {
 		ref := promConverter{at: at, honorTimestamps: true}
 		want, refErr := promParseDTO(&ref, body)
 		got := promConverter{at: at, honorTimestamps: true}
-		series, err := got.parse(body, expfmt.FmtProtoDelim)
+		series, err := got.parse(nil, body, expfmt.FmtProtoDelim)
 		if refErr != nil {
 			return // the generated decoder refuses; ours may be more lenient (UTF-8 names)
 		}
@@ -1236,7 +1236,7 @@ func TestPrometheusOpenMetricsFast(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			at := time.Unix(1764072060, 0)
 			fast := promConverter{at: at, honorTimestamps: true}
-			got, err := fast.parseOpenMetricsFast(body)
+			got, err := fast.parseOpenMetricsFast(nil, body)
 			if err != nil {
 				t.Fatalf("fell back: %v\n%s", err, body)
 			}
@@ -1255,7 +1255,7 @@ func TestPrometheusOpenMetricsFast(t *testing.T) {
 	}
 	for i, s := range promOMSamples[4:] {
 		c := promConverter{at: time.Now()}
-		if _, err := c.parseOpenMetricsFast([]byte(s)); !errors.Is(err, errOMFallback) {
+		if _, err := c.parseOpenMetricsFast(nil, []byte(s)); !errors.Is(err, errOMFallback) {
 			t.Errorf("sample %d: want a fallback, got %v", i+4, err)
 		}
 	}
@@ -1273,7 +1273,7 @@ func FuzzOpenMetrics(f *testing.F) {
 		}
 		at := time.Unix(1764072060, 0)
 		fast := promConverter{at: at, honorTimestamps: true}
-		got, err := fast.parseOpenMetricsFast(body)
+		got, err := fast.parseOpenMetricsFast(nil, body)
 		if err != nil {
 			return
 		}
@@ -1286,4 +1286,38 @@ func FuzzOpenMetrics(f *testing.F) {
 			t.Fatalf("fast and expfmt disagree: %s\n%q", d, body)
 		}
 	})
+}
+
+// TestPromArena checks that series built from the reused arena (as Collect
+// does, slabs growing on the first scrape and reused on the next) equal
+// those built with an allocation each, in every format.
+func TestPromArena(t *testing.T) {
+	for _, format := range []expfmt.Format{expfmt.FmtProtoDelim, expfmt.FmtText, expfmt.FmtOpenMetrics_1_0_0} {
+		t.Run(string(format), func(t *testing.T) {
+			body := benchExposition(t, format)
+			res := metric.Attrs{{Key: "instance", Value: "i:1"}, {Key: "job", Value: "j"}}
+			at := time.Unix(1764072060, 0)
+			ref := promConverter{resource: res, at: at, honorTimestamps: true}
+			want, err := ref.parse(nil, body, format)
+			if err != nil || len(want) == 0 {
+				t.Fatalf("%d series, %v", len(want), err)
+			}
+			var arena promArena
+			c := promConverter{resource: res, at: at, honorTimestamps: true, arena: &arena}
+			var got []metric.Series
+			for scrape := range 3 {
+				clear(got)
+				arena.reset()
+				if got, err = c.parse(got[:0], body, format); err != nil {
+					t.Fatal(err)
+				}
+				if d := promDiff(got, want); d != "" {
+					t.Fatalf("scrape %d: arena series differ: %s", scrape, d)
+				}
+			}
+			if cap(arena.labels) < arena.used {
+				t.Errorf("after three scrapes the labels slab (%d) still does not hold a scrape's %d attributes", cap(arena.labels), arena.used)
+			}
+		})
+	}
 }
