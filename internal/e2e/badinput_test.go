@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -82,8 +83,13 @@ func marshal(t testing.TB, m proto.Message) []byte {
 // max_series_per_request, NaN and ±Inf, a negative delta, exponential
 // histograms whose counts do not add up, a truncated protobuf, and a
 // cardinality explosion of distinct http.route values contained by
-// max_series; meanwhile a good target's counts stay exact and every valid
-// point sent beside the bad ones is stored. Short: 100,000 route values;
+// max_series; a well-formed scrape body with bad values (a negative
+// counter, NaN and +Inf gauges, a classic histogram whose buckets do not
+// add up). Every bad point is counted where it is refused (OTLP partial
+// success by reason, the source's dropped series, the pipeline's drops by
+// reason) and none reaches the store; the agent stays healthy; a good
+// target's counts stay exact and every valid point sent beside the bad
+// ones is stored. Short: 100,000 route values;
 // full: 1,000,000.
 func TestBadInput(t *testing.T) {
 	routes := 100_000
@@ -110,6 +116,33 @@ func TestBadInput(t *testing.T) {
 			}
 		}
 	})
+	// Well-formed text with bad values: a negative counter, NaN and +Inf
+	// gauges, a classic histogram whose buckets fall and whose count is
+	// not its +Inf bucket; and one good counter that grows by 5 a scrape.
+	var okTotal float64
+	var okMu sync.Mutex
+	semantic := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		okMu.Lock()
+		okTotal += 5
+		v := okTotal
+		okMu.Unlock()
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		fmt.Fprintf(w, `# TYPE ok_total counter
+ok_total %v
+# TYPE neg_total counter
+neg_total -3
+# TYPE nan_gauge gauge
+nan_gauge NaN
+# TYPE inf_gauge gauge
+inf_gauge +Inf
+# TYPE bad_hist histogram
+bad_hist_bucket{le="0.1"} 10
+bad_hist_bucket{le="1"} 5
+bad_hist_bucket{le="+Inf"} 7
+bad_hist_sum 3
+bad_hist_count 100
+`, v)
+	})
 	cfg := e.writeConfig(t, e.agentSection()+"sources:\n"+e.otlpSource(`    max_request_bytes: 1MiB
     max_series_per_request: 2000
 `)+l.promSource("500ms")+fmt.Sprintf(`  - type: prometheus
@@ -118,10 +151,15 @@ func TestBadInput(t *testing.T) {
     interval: 1s
     timeout: 1s
     body_size_limit: 1MiB
+  - type: prometheus
+    name: semantic
+    targets: [%s]
+    interval: 500ms
+    timeout: 500ms
 rules:
   - max_series: {metric: "*", limit: 1000}
 exporters: []
-`, malformed, huge))
+`, malformed, huge, semantic))
 	a := e.start(t, cfg, nil)
 	l.waitBaseline(t)
 
@@ -187,15 +225,34 @@ exporters: []
 	l.run(2*time.Second, 5)
 	l.settle(t)
 	time.Sleep(1500 * time.Millisecond)
+	hostOf := func(u string) string { return strings.TrimSuffix(strings.TrimPrefix(u, "http://"), "/metrics") }
 	scrapeFailures := a.metricValue("sabaki_prometheus_scrape_failures_total")
+	malformedFailures := a.metricWhere("sabaki_prometheus_scrape_failures_total", `instance="`+hostOf(malformed)+`"`)
+	hugeFailures := a.metricWhere("sabaki_prometheus_scrape_failures_total", `instance="`+hostOf(huge)+`"`)
+	goodFailures := a.metricWhere("sabaki_prometheus_scrape_failures_total", `source="app"`)
 	drops := a.metricValue("sabaki_pipeline_dropped_points_total")
 	rejected := a.metricValue("sabaki_otlp_rejected_points_total")
+	rejectedInvalid := a.metricWhere("sabaki_otlp_rejected_points_total", `reason="invalid"`)
+	rejectedTooMany := a.metricWhere("sabaki_otlp_rejected_points_total", `reason="too_many_series"`)
+	droppedNaN := a.metricWhere("sabaki_pipeline_dropped_points_total", `reason="nan"`)
+	droppedNegative := a.metricWhere("sabaki_pipeline_dropped_points_total", `reason="negative_delta"`)
+	droppedInvalid := a.metricWhere("sabaki_pipeline_dropped_points_total", `reason="invalid"`)
 	overflow := a.metricValue("sabaki_pipeline_overflow_series_total")
+	healthy := a.healthy()
+	semanticFailures := a.metricWhere("sabaki_prometheus_scrape_failures_total", `source="semantic"`)
+	semanticDropped := a.metricWhere("sabaki_prometheus_dropped_series_total", `source="semantic"`)
 	a.stop()
+	okMu.Lock()
+	served := okTotal / 5
+	okMu.Unlock()
 
 	t.Logf("OTLP statuses: %v", statuses)
-	t.Logf("scrape failures %v, pipeline drops %v, OTLP rejected points %v, overflow %v; %d routes sent in %v (%d accepted); peak RSS %d KiB",
-		scrapeFailures, drops, rejected, overflow, routes, sendTime.Round(time.Millisecond), explosionOK, a.peakRSS)
+	t.Logf("scrape failures %v (malformed target %v, huge %v, good %v), pipeline drops %v (nan %v, negative_delta %v, invalid %v), OTLP rejected points %v (invalid %v, too many series %v), overflow %v; %d routes sent in %v (%d accepted); peak RSS %d KiB",
+		scrapeFailures, malformedFailures, hugeFailures, goodFailures, drops, droppedNaN, droppedNegative, droppedInvalid, rejected, rejectedInvalid, rejectedTooMany,
+		overflow, routes, sendTime.Round(time.Millisecond), explosionOK, a.peakRSS)
+	if !healthy {
+		t.Errorf("the agent was not healthy after the bad input")
+	}
 	for what, st := range statuses {
 		if strings.HasPrefix(what, "explosion") {
 			t.Errorf("%d explosion requests answered %s", st, what)
@@ -208,8 +265,58 @@ exporters: []
 	if st := statuses["over max_request_bytes"]; st != http.StatusRequestEntityTooLarge {
 		t.Errorf("over max_request_bytes: %d, want 413", st)
 	}
-	if scrapeFailures < 2 {
-		t.Errorf("scrape failures = %v, want both bad targets failing", scrapeFailures)
+	if malformedFailures < 1 || hugeFailures < 1 {
+		t.Errorf("scrape failures: malformed target %v, huge target %v; want both failing", malformedFailures, hugeFailures)
+	}
+	if goodFailures != 0 {
+		t.Errorf("the good target beside the bad ones failed %v scrapes", goodFailures)
+	}
+	if st := statuses["over max_series_per_request"]; st != http.StatusOK {
+		t.Errorf("over max_series_per_request: %d, want 200 with a partial success", st)
+	}
+	// 3,001 points against a limit of 2,000.
+	if rejectedTooMany != 1001 {
+		t.Errorf("points rejected as too_many_series: %v, want 1001", rejectedTooMany)
+	}
+	// OTLP: six bad points (a NaN, +Inf and -Inf gauge, a NaN counter, two
+	// inconsistent histograms) are rejected to the client as partial
+	// success; the negative delta passes the receiver and the pipeline
+	// drops it. Each one is counted.
+	if rejectedInvalid != 6 || droppedNegative != 1 || droppedInvalid != 0 {
+		t.Errorf("bad OTLP points: %v rejected as invalid (want 6), pipeline drops: %v negative_delta (want 1), %v invalid (want 0)",
+			rejectedInvalid, droppedNegative, droppedInvalid)
+	}
+	// The semantic target, over `served` scrapes: its NaN and +Inf gauges
+	// are dropped by the pipeline (2 a scrape), its inconsistent classic
+	// histogram by the source (1 a scrape), the negative counter never
+	// yields a negative increment, the good counter is exact (5 a scrape
+	// after the first, the baseline). The last scrape may not have reached
+	// the pipeline before the agent stopped.
+	t.Logf("semantic target: %v scrapes served, %v scrape failures, %v series dropped by the source", served, semanticFailures, semanticDropped)
+	if semanticFailures != 0 {
+		t.Errorf("semantic target: %v scrapes failed, want its good series kept", semanticFailures)
+	}
+	if droppedNaN < 2 || droppedNaN > 2*served || int(droppedNaN)%2 != 0 {
+		t.Errorf("semantic target: %v NaN/Inf points dropped over %v scrapes, want 2 a scrape", droppedNaN, served)
+	}
+	if semanticDropped < 1 || semanticDropped > served {
+		t.Errorf("semantic target: %v series dropped by the source over %v scrapes, want the inconsistent histogram once a scrape", semanticDropped, served)
+	}
+	if ok := sumStat(queryOrNone(t, e.dataDir, "-metric", "ok_total", "-from", "2h", "-step", "1d"), "sum"); ok < 5 || ok > 5*(served-1) || int(ok)%5 != 0 {
+		t.Errorf("semantic target: ok_total stored %v, want 5 a scrape after the first of %v", ok, served)
+	}
+	if neg := queryOrNone(t, e.dataDir, "-metric", "neg_total", "-stat", "sum", "-from", "2h", "-step", "1s"); len(neg) > 0 && sumStat(neg, "sum") != 0 {
+		t.Errorf("semantic target: a counter stuck at -3 yielded increments: %v", neg)
+	}
+	for _, m := range []string{"nan_gauge", "inf_gauge", "bad_hist"} {
+		if rows := queryOrNone(t, e.dataDir, "-metric", m, "-from", "2h", "-step", "1d"); len(rows) != 0 {
+			t.Errorf("%s: bad points reached the store: %v", m, rows)
+		}
+	}
+	for _, m := range []string{"nan.gauge", "nan.total", "bad.hist"} {
+		if rows := queryOrNone(t, e.dataDir, "-metric", m, "-from", "2h", "-step", "1d"); len(rows) != 0 {
+			t.Errorf("%s: bad points reached the store: %v", m, rows)
+		}
 	}
 	if got := sumStat(query(t, e.dataDir, "-metric", "valid.total", "-group-by", "service.name", "-stat", "sum", "-from", "2h", "-step", "1d"), "sum"); got != validSent {
 		t.Errorf("valid points sent beside bad ones: stored %v, want %v", got, validSent)

@@ -271,6 +271,50 @@ func (a *agent) metricValue(prefix string) float64 {
 	return sum
 }
 
+// metricWhere sums the samples of the agent's /metrics named name (exactly)
+// whose labels contain every one of labels (each written as `k="v"`).
+func (a *agent) metricWhere(name string, labels ...string) float64 {
+	resp, err := http.Get("http://" + a.admin + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	buf.ReadFrom(resp.Body)
+	var sum float64
+next:
+	for _, l := range strings.Split(buf.String(), "\n") {
+		if !strings.HasPrefix(l, name+"{") && !strings.HasPrefix(l, name+" ") {
+			continue
+		}
+		f := strings.Fields(l)
+		for _, lb := range labels {
+			if !strings.Contains(f[0], lb) {
+				continue next
+			}
+		}
+		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+		sum += v
+	}
+	return sum
+}
+
+// healthy reports whether the process is still running and answers
+// /healthz with 200.
+func (a *agent) healthy() bool {
+	select {
+	case <-a.done:
+		return false
+	default:
+	}
+	resp, err := http.Get("http://" + a.admin + "/healthz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == 200
+}
+
 // row is one row of `sabaki query -o json`.
 type row struct {
 	Time       time.Time         `json:"time"`
@@ -284,6 +328,24 @@ type row struct {
 func query(t testing.TB, dataDir string, args ...string) []row {
 	t.Helper()
 	out, stderr, code := runSabaki(t, append([]string{"query", "-data-dir", dataDir, "-o", "json"}, args...)...)
+	if code != 0 {
+		t.Fatalf("sabaki query %v: exit %d: %s", args, code, stderr)
+	}
+	var rows []row
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatalf("sabaki query %v: %v\n%s", args, err, out)
+	}
+	return rows
+}
+
+// queryOrNone is query for a metric that may be absent from the store:
+// no rows when `sabaki query` answers that there is no such metric.
+func queryOrNone(t testing.TB, dataDir string, args ...string) []row {
+	t.Helper()
+	out, stderr, code := runSabaki(t, append([]string{"query", "-data-dir", dataDir, "-o", "json"}, args...)...)
+	if code != 0 && strings.Contains(stderr, "no metric") {
+		return nil
+	}
 	if code != 0 {
 		t.Fatalf("sabaki query %v: exit %d: %s", args, code, stderr)
 	}
