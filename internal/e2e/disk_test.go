@@ -43,7 +43,9 @@ func fillDisk(t testing.TB, dir string) func() {
 // disk is full the agent keeps running and scraping, reports the failed
 // store writes and outbox enqueues in /metrics and its log; when space
 // returns it stores new windows again, and the store passes SQLite's
-// integrity check and `sabaki query`. Short and full alike.
+// integrity check and `sabaki query`; the Mackerel outbox sends again; and
+// every observation missing from the store is accounted for by a window
+// reported as failed. Short and full alike.
 func TestDiskFull(t *testing.T) {
 	e := newEnv(t)
 	if err := os.MkdirAll(e.dataDir, 0o700); err != nil {
@@ -76,23 +78,37 @@ func TestDiskFull(t *testing.T) {
 	fullAt := time.Now()
 	l.run(4*time.Second, 10)
 	storeErrs := a.metricValue("sabaki_agent_store_write_errors_total")
-	enqErrs := a.metricValue("sabaki_exporter_enqueue_failures_total") + a.metricValue("sabaki_agent_enqueue_errors_total")
-	alive := a.cmd.ProcessState == nil
+	enqErrs := a.metricValue("sabaki_agent_enqueue_errors_total")
+	alive := a.healthy()
 	free()
 	freedAt := time.Now()
+	_, sentAtFree, _, _ := exporterCounts(a)
 	l.run(4*time.Second, 10)
 	l.settle(t)
 	time.Sleep(1500 * time.Millisecond)
 	storeErrs2 := a.metricValue("sabaki_agent_store_write_errors_total")
+	// The exporter recovers too: what was queued after the space returned
+	// is sent.
+	var enq, sent, dropped, waiting float64
+	waitFor(t, 90*time.Second, "the outbox to drain after space returned", func() bool {
+		enq, sent, dropped, waiting = exporterCounts(a)
+		return waiting == 0 && sent > sentAtFree
+	})
 	a.stop()
 
-	t.Logf("%s: during 4 s of full disk: %v store write errors, %v enqueue errors; after: %v store write errors; peak RSS %d KiB",
-		mode, storeErrs, enqErrs, storeErrs2, a.peakRSS)
+	t.Logf("%s: during 4 s of full disk: %v store write errors, %v windows refused by the outbox; after: %v store write errors; outbox: %v enqueued, %v sent (%v when space returned), %v dropped; peak RSS %d KiB",
+		mode, storeErrs, enqErrs, storeErrs2, enq, sent, sentAtFree, dropped, a.peakRSS)
 	if !alive {
-		t.Fatalf("the agent died on a full disk")
+		t.Fatalf("the agent died (or failed /healthz) on a full disk")
 	}
 	if storeErrs == 0 {
 		t.Errorf("no store write error reported while the disk was full")
+	}
+	if enqErrs == 0 {
+		t.Errorf("no refused outbox enqueue reported while the disk was full (the exporter's drops)")
+	}
+	if !strings.Contains(a.out.String(), "queueing window for exporter failed") {
+		t.Errorf("no error logged for the windows the outbox refused")
 	}
 	if storeErrs2-storeErrs > 2 {
 		t.Errorf("store writes kept failing after space returned: %v → %v", storeErrs, storeErrs2)
@@ -119,6 +135,16 @@ func TestDiskFull(t *testing.T) {
 	}
 	if stored > float64(want) {
 		t.Errorf("stored %v observations, more than the %d generated", stored, want)
+	}
+	// No silent loss: what is missing is no more than the windows reported
+	// as failed can hold (at most the largest stored window each), and a
+	// loss comes with a reported failure.
+	var largest float64
+	for _, r := range rows {
+		largest = max(largest, r.Value)
+	}
+	if lost := float64(want) - stored; lost > storeErrs2*largest {
+		t.Errorf("lost %v observations, more than the %v failed windows hold (at most %v each): a silent loss", lost, storeErrs2, largest)
 	}
 	db, err := sql.Open("sqlite", "file:"+filepath.Join(e.dataDir, "store", "sabaki.db")+"?mode=ro")
 	if err != nil {
