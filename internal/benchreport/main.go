@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -39,9 +40,11 @@ func main() {
 	quick := flag.Bool("quick", false, "short phases, for trying the tool out")
 	skipGo := flag.Bool("skip-go-bench", false, "skip the go test benchmarks")
 	measure := flag.Duration("measure", 3*time.Minute, "measured period of the side-by-side run")
+	scales := flag.String("scales", "105k,10k,1k", "side-by-side scales to run, comma-separated (105k, 10k, 1k)")
+	profile := flag.String("profile", "", "save sabaki's CPU profile over the measured period and its heap profile at its end into this directory (from the admin server's /debug/pprof/)")
 	flag.Parse()
 	var w bytes.Buffer
-	r := &report{w: &w, quick: *quick, measure: *measure}
+	r := &report{w: &w, quick: *quick, measure: *measure, scales: strings.Split(*scales, ","), profileDir: *profile}
 	if r.quick {
 		r.measure = 30 * time.Second
 	}
@@ -65,6 +68,10 @@ type report struct {
 	w       io.Writer
 	quick   bool
 	measure time.Duration
+	// scales selects the side-by-side scales by name; profileDir, when set,
+	// receives sabaki's profiles (<scale>-cpu.pprof, <scale>-heap.pprof).
+	scales     []string
+	profileDir string
 }
 
 func (r *report) printf(format string, args ...any) { fmt.Fprintf(r.w, format, args...) }
@@ -271,6 +278,9 @@ func (r *report) agentVsPrometheus() {
 		{"1k", 1, 475, 475, 25},
 	}
 	for i, sc := range scales {
+		if !slices.Contains(r.scales, sc.name) {
+			continue
+		}
 		measure := r.measure
 		if i > 0 {
 			measure = max(measure/3, 30*time.Second)
@@ -397,7 +407,9 @@ remote_write:
 	}
 	s0, p0 := sum(tg.Scrapes()), tg.PrometheusScrapes()
 	la0 := loadavg()
+	profDone := r.startProfiles(adminAddr, sc.name, measure)
 	time.Sleep(measure)
+	<-profDone
 	s1, p1 := sum(tg.Scrapes()), tg.PrometheusScrapes()
 	la1 := loadavg()
 	perTarget := float64(series) / float64(sc.targets)
@@ -425,6 +437,48 @@ remote_write:
 	}
 	log.Printf("fake Mackerel: %d posts", len(mk.Posts()))
 	r.notes = append(r.notes, fmt.Sprintf("%s series: sabaki %s; fake Mackerel answered %d posts", sc.name, selfMetrics(adminAddr), len(mk.Posts())))
+}
+
+// startProfiles fetches sabaki's CPU profile over the next measure (less a
+// second, so it ends inside the period) and then its heap profile into
+// r.profileDir; the returned channel closes when both are saved. Without
+// -profile it is closed at once.
+func (r *report) startProfiles(admin, scale string, measure time.Duration) <-chan struct{} {
+	done := make(chan struct{})
+	if r.profileDir == "" {
+		close(done)
+		return done
+	}
+	go func() {
+		defer close(done)
+		if err := os.MkdirAll(r.profileDir, 0o755); err != nil {
+			log.Printf("profile dir: %v", err)
+			return
+		}
+		secs := max(int(measure.Seconds())-1, 1)
+		fetchProfile(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", admin, secs), filepath.Join(r.profileDir, scale+"-cpu.pprof"))
+		fetchProfile("http://"+admin+"/debug/pprof/heap", filepath.Join(r.profileDir, scale+"-heap.pprof"))
+	}()
+	return done
+}
+
+func fetchProfile(url, path string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		log.Printf("profile %s: %v", url, err)
+		return
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		log.Printf("profile %s: status %d, %v", url, resp.StatusCode, err)
+		return
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		log.Printf("profile: %v", err)
+		return
+	}
+	log.Printf("saved %s", path)
 }
 
 // selfMetrics summarises sabaki's own counters at the end of a run.
