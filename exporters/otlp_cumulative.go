@@ -161,6 +161,10 @@ func (c *cumulator) commit(key string, t time.Time) {
 	}
 }
 
+// forget drops the running total of key: its next add starts from zero,
+// like a series seen for the first time.
+func (c *cumulator) forget(key string) { delete(c.series, key) }
+
 // lastTime returns the timestamp of the last accepted point of key (zero if none).
 func (c *cumulator) lastTime(key string) time.Time {
 	if s := c.series[key]; s != nil {

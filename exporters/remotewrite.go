@@ -164,7 +164,17 @@ func (c *RemoteWriteConfig) Validate() error {
 // skipped and counted.
 //
 // Errors follow the spec: 5xx and 429 are retryable (with Retry-After),
-// other 4xx are Permanent; network errors are retryable.
+// other 4xx are Permanent; network errors are retryable. A 400 (409 from
+// Thanos Receive) saying a sample is out of order, a duplicate or too old
+// is different: the receiver already holds samples of those series at or
+// after that time. That is what a window re-sent after a restart gets for
+// the series a previous process had delivered (the outbox re-sends the
+// window in flight at a crash). Like Prometheus and vmagent, such a request
+// is not retried; unlike a refusal for bad data it is not counted as lost:
+// the series the receiver already holds are found (see sendChunk), counted
+// in sabaki_exporter_remote_write_skipped_total{reason="already_held"}, and
+// their running totals restart from the next window, so the totals a
+// restarted process sends never count the held window a second time.
 type RemoteWrite struct {
 	name   string
 	cfg    RemoteWriteConfig
@@ -182,6 +192,10 @@ type RemoteWrite struct {
 		keys     map[string]bool
 	}
 	enc rwEncoder
+	// sentOne is set once the receiver accepted a request of this process:
+	// refusals as already held before that are the expected re-send of the
+	// window in flight at a restart (logged at info), later ones are not.
+	sentOne bool
 
 	samples *prometheus.CounterVec
 	skipped *prometheus.CounterVec
@@ -235,7 +249,7 @@ func NewRemoteWrite(cfg RemoteWriteConfig, set Settings) (*RemoteWrite, error) {
 		}, []string{"kind"}),
 		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sabaki_exporter_remote_write_skipped_total", ConstLabels: lbl,
-			Help: "Points not sent: revised gauge values older than the last sample (out_of_order), revisions after max_revision_age (too_late).",
+			Help: "Points not sent: revised gauge values older than the last sample (out_of_order), revisions after max_revision_age (too_late), series the receiver already held at that time (already_held: a window re-sent after a restart).",
 		}, []string{"reason"}),
 		bytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sabaki_exporter_remote_write_sent_bytes_total", ConstLabels: lbl,
@@ -275,6 +289,8 @@ func (e *RemoteWrite) Export(ctx context.Context, w *metric.Window) error {
 	// are sent, and the first refusal is returned at the end, so the outbox
 	// drops the window only once everything else got through.
 	var refused error
+	held, resent := 0, !e.sentOne
+	var heldErr error
 	for len(series) > 0 {
 		n, count := 0, 0
 		for n < len(series) && (n == 0 || count+series[n].size() <= e.cfg.MaxSamplesPerSend) {
@@ -283,8 +299,12 @@ func (e *RemoteWrite) Export(ctx context.Context, w *metric.Window) error {
 		}
 		chunk := series[:n]
 		series = series[n:]
-		body := e.enc.request(chunk)
-		if err := e.send(ctx, body); err != nil {
+		h, herr, err := e.sendChunk(ctx, chunk)
+		held += h
+		if herr != nil {
+			heldErr = herr
+		}
+		if err != nil {
 			err = fmt.Errorf("remote_write window %s to %s: %w", w.Start.UTC().Format(time.RFC3339), e.cfg.URL, err)
 			if !IsPermanent(err) {
 				return err
@@ -295,23 +315,128 @@ func (e *RemoteWrite) Export(ctx context.Context, w *metric.Window) error {
 			for i := range chunk {
 				e.done.keys[chunk[i].key] = true
 			}
-			continue
 		}
-		e.bytes.Add(float64(len(body)))
-		for i := range chunk {
-			s := &chunk[i]
-			e.done.keys[s.key] = true
-			if s.counterLike {
-				e.cum.commit(s.key, s.t)
-			} else if s.t.After(e.lastT[s.key]) {
-				e.lastT[s.key] = s.t
-			}
-			e.samples.WithLabelValues("sample").Add(float64(len(s.samples)))
-			e.samples.WithLabelValues("histogram").Add(float64(len(s.hists)))
-			e.samples.WithLabelValues("exemplar").Add(float64(len(s.exemplars)))
+	}
+	if held > 0 {
+		e.skipped.WithLabelValues("already_held").Add(float64(held))
+		attrs := []any{"window", w.Start.UTC().Format(time.RFC3339), "revision", w.Revision, "series", held, "receiver", bodyOf(heldErr)}
+		if resent {
+			e.logger.Info("remote_write receiver already holds series of a re-sent window (delivered before a restart); not sent again", attrs...)
+		} else {
+			e.logger.Warn("remote_write receiver refused series as out of order or duplicate: it already holds newer samples (another writer of the same series?); their totals restart from the next window", attrs...)
 		}
 	}
 	return refused
+}
+
+// sendChunk sends one request of series (sorted by labels). When the
+// receiver refuses it as already holding some of the samples (isHeld), it
+// finds those series with a binary search and sends the rest, relying on
+// how they came to be held: a process sends a window's series in label order
+// and stops at a crash, so the series a re-sent window finds already held
+// are the first ones. Each probe sends the unknown tail [mid, hi): accepted,
+// the boundary is before mid; refused, the series at mid is held. That
+// takes about log2(len) requests, and works whether the receiver rejects a
+// whole request for one bad sample (Prometheus 2) or keeps the good ones
+// (Mimir; re-sending them is an identical duplicate, which is accepted).
+// Should the held series not be a prefix (a rare refusal in the middle of a
+// window for another reason), a few unheld series may be taken as held: they
+// miss one window, they are never counted twice.
+//
+// Held series are marked done for this window and their running totals are
+// forgotten, so their next total starts from zero just after the next
+// window's start, after the receiver's last sample. It returns the number of
+// held series, the refusal that showed them, and any other error.
+func (e *RemoteWrite) sendChunk(ctx context.Context, chunk []rwSeries) (held int, heldErr, err error) {
+	err = e.sendAccepted(ctx, chunk)
+	if err == nil || !isHeld(err) {
+		return 0, nil, err
+	}
+	heldErr = err
+	lo, hi := 1, len(chunk) // chunk[:lo] held, chunk[hi:] accepted, [lo, hi) unknown
+	for lo < hi {
+		mid := (lo + hi) / 2
+		err := e.sendAccepted(ctx, chunk[mid:hi])
+		switch {
+		case err == nil:
+			hi = mid
+		case isHeld(err):
+			lo = mid + 1
+		default:
+			e.forgetHeld(chunk[:lo])
+			return lo, heldErr, err
+		}
+	}
+	e.forgetHeld(chunk[:lo])
+	return lo, heldErr, nil
+}
+
+// sendAccepted sends series in one request and records them as accepted
+// when the receiver took them.
+func (e *RemoteWrite) sendAccepted(ctx context.Context, series []rwSeries) error {
+	body := e.enc.request(series)
+	if err := e.send(ctx, body); err != nil {
+		return err
+	}
+	e.sentOne = true
+	e.bytes.Add(float64(len(body)))
+	for i := range series {
+		s := &series[i]
+		e.done.keys[s.key] = true
+		if s.counterLike {
+			e.cum.commit(s.key, s.t)
+		} else if s.t.After(e.lastT[s.key]) {
+			e.lastT[s.key] = s.t
+		}
+		e.samples.WithLabelValues("sample").Add(float64(len(s.samples)))
+		e.samples.WithLabelValues("histogram").Add(float64(len(s.hists)))
+		e.samples.WithLabelValues("exemplar").Add(float64(len(s.exemplars)))
+	}
+	return nil
+}
+
+// forgetHeld marks series the receiver already holds as done for this
+// window and restarts their totals.
+func (e *RemoteWrite) forgetHeld(series []rwSeries) {
+	for i := range series {
+		s := &series[i]
+		e.done.keys[s.key] = true
+		if s.counterLike {
+			e.cum.forget(s.key)
+		} else if s.t.After(e.lastT[s.key]) {
+			e.lastT[s.key] = s.t
+		}
+	}
+}
+
+// rwHeldError is a refusal (400, or 409 from Thanos Receive) saying the
+// receiver holds samples of a series at or after the refused one's time.
+type rwHeldError struct {
+	status int
+	msg    string
+}
+
+func (e *rwHeldError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.status, e.msg) }
+
+// heldMarkers are the receivers' words for a sample at or before one they
+// hold: Prometheus ("out of order sample", "duplicate sample for
+// timestamp", "out of bounds", "too old sample"), Mimir and Cortex
+// ("err-mimir-sample-out-of-order", "…-duplicate-timestamp",
+// "…-timestamp-too-old"), Thanos Receive (409 with Prometheus's words).
+var heldMarkers = []string{"out of order", "out-of-order", "duplicate sample", "duplicate-timestamp", "out of bounds", "too old", "too-old"}
+
+// isHeld reports whether err is a refusal as already held.
+func isHeld(err error) bool {
+	var h *rwHeldError
+	return errors.As(err, &h)
+}
+
+func bodyOf(err error) string {
+	var h *rwHeldError
+	if errors.As(err, &h) {
+		return h.msg
+	}
+	return ""
 }
 
 // send POSTs one encoded request.
@@ -342,6 +467,15 @@ func (e *RemoteWrite) send(ctx context.Context, body []byte) error {
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode/100 == 2 {
 		return nil
+	}
+	if resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusConflict {
+		lower := strings.ToLower(string(msg))
+		for _, m := range heldMarkers {
+			if strings.Contains(lower, m) {
+				// Permanent for any caller that does not look closer.
+				return Permanent(&rwHeldError{status: resp.StatusCode, msg: bodySnippet(msg)})
+			}
+		}
 	}
 	return classifyHTTP(resp.StatusCode, remoteRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 		fmt.Errorf("HTTP %d: %s", resp.StatusCode, bodySnippet(msg)))

@@ -533,7 +533,7 @@ func TestRemoteWriteErrors(t *testing.T) {
 		{rwFakeAnswer{status: 500}, false, 0},
 		{rwFakeAnswer{status: 503, retryAfter: "20"}, false, 20},
 		{rwFakeAnswer{status: 429, retryAfter: "5"}, false, 5},
-		{rwFakeAnswer{status: 400, body: "out of order sample"}, true, 0},
+		{rwFakeAnswer{status: 400, body: "invalid label name"}, true, 0}, // "out of order": TestRemoteWriteRestartResend
 		{rwFakeAnswer{status: 401}, true, 0},
 		{rwFakeAnswer{status: 404}, true, 0},
 		{rwFakeAnswer{status: 413}, true, 0},
@@ -731,10 +731,10 @@ func TestRebuildSameRegistry(t *testing.T) {
 // at the end.
 func TestRemoteWriteRefusedRequestDoesNotStopTheRest(t *testing.T) {
 	f := startRWFake(t)
-	f.push(rwFakeAnswer{status: 400, body: "duplicate sample for timestamp"})
+	f.push(rwFakeAnswer{status: 400, body: "invalid label name"})
 	e, _ := rwTestExporter(t, f.srv.URL, func(c *RemoteWriteConfig) { c.MaxSamplesPerSend = 4 })
 	err := e.Export(context.Background(), otlpTestWindow(time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC), 1))
-	if err == nil || !IsPermanent(err) || !strings.Contains(err.Error(), "duplicate sample") {
+	if err == nil || !IsPermanent(err) || !strings.Contains(err.Error(), "invalid label name") {
 		t.Fatalf("Export = %v, want the permanent refusal", err)
 	}
 	n := 0
