@@ -154,7 +154,8 @@ func relBound(scale int) float64 {
 
 // TestSteadyState: Prometheus targets (native histograms with exemplars) and
 // OTLP senders feed the agent; after the load stops, the observation counts
-// in the store (sabaki query) and in fake Mackerel equal what was generated,
+// and counter increments in the store (sabaki query) and in fake Mackerel
+// equal what was generated,
 // exactly, and the stored p95 over the run is within the histogram's bound of
 // the exact p95 of the generated values. Short: 3 targets, 2 senders, 4 s;
 // full: 10 targets, 4 senders, 20 s.
@@ -240,6 +241,15 @@ func TestSteadyState(t *testing.T) {
 	got, names = mackerelSum(mk, "http.server.request.duration.count.")
 	if got != float64(otlpObs) {
 		t.Errorf("Mackerel: OTLP histogram count %v over %d names, want %d", got, names, otlpObs)
+	}
+	// Counters: the count stat of a counter is its increase.
+	got, names = mackerelSum(mk, "loadgen_events_total.count.")
+	if got != want.CounterIncrements {
+		t.Errorf("Mackerel: scrape counter increments %v over %d names, want %v", got, names, want.CounterIncrements)
+	}
+	got, names = mackerelSum(mk, "loadgen.jobs.count.")
+	if got != float64(jobs) {
+		t.Errorf("Mackerel: OTLP counter increments %v over %d names, want %d", got, names, jobs)
 	}
 	t.Logf("windows sent to Mackerel before shutdown: %v; peak RSS %d KiB; Mackerel posts %d", sent, a.peakRSS, len(mk.Posts()))
 }
