@@ -1,6 +1,7 @@
 // Package admin is the agent's admin HTTP endpoint: /metrics (the agent's
 // own client_golang registry), /healthz (the process is alive), /readyz
-// (ready to receive: sources started, store open) and /api/v1/exemplars.
+// (ready to receive: sources started, store open, no exporter outbox close
+// to its bounds; with each outbox's depth) and /api/v1/exemplars.
 // It binds agent.admin_listen, loopback by default. When the bound address
 // is a loopback address it also serves the Go runtime profiles under
 // /debug/pprof/ (for measuring the agent under load); a non-loopback
@@ -28,6 +29,11 @@ import (
 // its reason for not being ready.
 type Check func() error
 
+// Status is a Check that also describes the part's state (an exporter's
+// outbox depth): /readyz shows detail on a line of its own whether or not
+// the part is ready.
+type Status func() (detail string, err error)
+
 // Settings configures a Server.
 type Settings struct {
 	Logger   *slog.Logger
@@ -51,7 +57,7 @@ type Server struct {
 
 type namedCheck struct {
 	name string
-	fn   Check
+	fn   Status
 }
 
 // Listen binds addr and prepares the handlers. Until a check is added,
@@ -106,6 +112,16 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 func (s *Server) AddCheck(name string, fn Check) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.checks = append(s.checks, namedCheck{name, func() (string, error) { return "", fn() }})
+}
+
+// AddStatus adds a readiness check with a description (see Status),
+// replacing any check of the same name (an exporter restarted on reload).
+// Like checks, statuses must be fast.
+func (s *Server) AddStatus(name string, fn Status) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.checks = slices.DeleteFunc(s.checks, func(c namedCheck) bool { return c.name == name })
 	s.checks = append(s.checks, namedCheck{name, fn})
 }
 
@@ -144,10 +160,14 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "not ready: starting")
 		return
 	}
-	var failed []string
+	var failed, details []string
 	for _, c := range checks {
-		if err := c.fn(); err != nil {
+		detail, err := c.fn()
+		if err != nil {
 			failed = append(failed, c.name+": "+err.Error())
+		}
+		if detail != "" {
+			details = append(details, c.name+": "+detail)
 		}
 	}
 	if len(failed) > 0 {
@@ -155,9 +175,12 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 		for _, f := range failed {
 			fmt.Fprintln(w, "not ready: "+f)
 		}
-		return
+	} else {
+		fmt.Fprintln(w, "ready")
 	}
-	fmt.Fprintln(w, "ready")
+	for _, d := range details {
+		fmt.Fprintln(w, d)
+	}
 }
 
 func (s *Server) index(w http.ResponseWriter, _ *http.Request) {
