@@ -58,9 +58,9 @@ CREATE TABLE exemplars (
 CREATE INDEX exemplars_start ON exemplars(start, series);
 CREATE TABLE dirty (tier INTEGER NOT NULL, slot INTEGER NOT NULL, PRIMARY KEY (tier, slot)) WITHOUT ROWID;
 CREATE TABLE state (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;`,
-	// 1 → 2: the pipeline's cumulative baselines (see WriteWithState), one
-	// row per raw series, keyed by a 16-byte hash of its identity.
-	`CREATE TABLE baselines (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;`,
+	// 1 → 2: the pipeline's cumulative baselines (baselines.go), a log of
+	// changes, one row per window write.
+	`CREATE TABLE baselines (seq INTEGER PRIMARY KEY, data BLOB NOT NULL);`,
 }
 
 // schemaVersion is the version this binary writes.

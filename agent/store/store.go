@@ -23,10 +23,11 @@
 //     or Gorilla XOR floats, Rice-coded histogram buckets.
 //   - exemplars, state (source cursors), dirty (rollup slots to redo), meta
 //     (magic, schema version, rollup progress).
-//   - baselines: the pipeline's cumulative baselines, written in the same
-//     transaction as the window they account for (WriteWithState), so that
-//     after a crash a window is stored if and only if the baselines of its
-//     counters advanced past it.
+//   - baselines: the pipeline's cumulative baselines, a log of changes
+//     written in the same transaction as the window they account for
+//     (WriteWithState), so that after a crash a window is stored if and only
+//     if the baselines of its counters advanced past it; compacted into one
+//     snapshot row as it grows.
 //
 // # Lifecycle
 //
@@ -101,6 +102,10 @@ type Store struct {
 	rolled []atomic.Int64 // rolled[i]: tier i holds rollups of every slot before this (Unix s)
 	buf    []byte
 	args   []any
+	// The baselines log (baselines.go): bytes in it, and in its oldest
+	// row (the last compaction's snapshot); baseRead once they are known.
+	baseLog, baseSnap int64
+	baseRead          bool
 }
 
 type tierInfo struct {

@@ -113,22 +113,21 @@ func (s *Store) Write(ctx context.Context, w *metric.Window) error {
 	return nil
 }
 
-// StateRow is one row of the pipeline's durable state: a cumulative
-// series' baseline under a 16-byte key (the store does not interpret
-// either).
-type StateRow struct {
-	Key, Value []byte
-}
-
-// WriteWithState is Write, and in the same transaction upserts put and
-// deletes del in the baselines table: after a crash the window is stored if
-// and only if the baselines moved with it. w may be nil (state only).
+// WriteWithState is Write, and in the same transaction records the
+// pipeline's baseline changes (see baselines.go): after a crash the window is
+// stored if and only if the baselines moved with it. w may be nil (state
+// only).
 func (s *Store) WriteWithState(ctx context.Context, w *metric.Window, put []StateRow, del [][]byte) error {
 	if s.readOnly {
 		return errReadOnly
 	}
 	if w == nil {
-		err := s.inTx(ctx, func(tx *sql.Tx) error { return writeBaselines(ctx, tx, put, del) })
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		err := s.inTxLocked(ctx, func(tx *sql.Tx) error { return s.appendBaselines(ctx, tx, put, del) })
+		if err == nil {
+			err = s.maybeCompactBaselines(ctx)
+		}
 		return s.wrap("writing baselines", err)
 	}
 	tier, err := s.tierFor(w.Duration)
@@ -144,73 +143,7 @@ func (s *Store) WriteWithState(ctx context.Context, w *metric.Window, put []Stat
 	if err := s.writeWindow(ctx, tier, start, w, put, del); err != nil {
 		return s.wrap(fmt.Sprintf("writing window %s", w.Start.UTC().Format(time.RFC3339)), err)
 	}
-	return nil
-}
-
-const baselineBatch = 256 // rows per multi-row INSERT (2 parameters each)
-
-func baselineInsertSQL(rows int) string {
-	return `INSERT INTO baselines(key, value) VALUES ` + strings.TrimSuffix(strings.Repeat("(?,?),", rows), ",") +
-		` ON CONFLICT(key) DO UPDATE SET value = excluded.value`
-}
-
-// writeBaselines upserts put and deletes del inside tx.
-func writeBaselines(ctx context.Context, tx *sql.Tx, put []StateRow, del [][]byte) error {
-	var full *sql.Stmt
-	args := make([]any, 0, 2*min(len(put), baselineBatch))
-	for b := 0; b < len(put); b += baselineBatch {
-		part := put[b:min(b+baselineBatch, len(put))]
-		args = args[:0]
-		for _, r := range part {
-			args = append(args, r.Key, r.Value)
-		}
-		var err error
-		if len(part) == baselineBatch {
-			if full == nil {
-				if full, err = tx.PrepareContext(ctx, baselineInsertSQL(baselineBatch)); err != nil {
-					return err
-				}
-				defer full.Close()
-			}
-			_, err = full.ExecContext(ctx, args...)
-		} else {
-			_, err = tx.ExecContext(ctx, baselineInsertSQL(len(part)), args...)
-		}
-		if err != nil {
-			return fmt.Errorf("saving baselines: %w", err)
-		}
-	}
-	for b := 0; b < len(del); b += 500 {
-		part := del[b:min(b+500, len(del))]
-		args = args[:0]
-		for _, k := range part {
-			args = append(args, k)
-		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM baselines WHERE key IN (`+placeholders(len(part))+`)`, args...); err != nil {
-			return fmt.Errorf("deleting baselines: %w", err)
-		}
-	}
-	return nil
-}
-
-// ScanBaselines calls fn with every stored baseline; key and value are only
-// valid during the call. An error from fn stops the scan and is returned.
-func (s *Store) ScanBaselines(ctx context.Context, fn func(key, value []byte) error) error {
-	rows, err := s.db.QueryContext(ctx, `SELECT key, value FROM baselines`)
-	if err != nil {
-		return s.wrap("reading baselines", err)
-	}
-	defer rows.Close()
-	var k, v sql.RawBytes
-	for rows.Next() {
-		if err := rows.Scan(&k, &v); err != nil {
-			return s.wrap("reading baselines", err)
-		}
-		if err := fn(k, v); err != nil {
-			return err
-		}
-	}
-	return s.wrap("reading baselines", rows.Err())
+	return s.wrap("compacting baselines", s.maybeCompactBaselines(ctx))
 }
 
 type headRow struct {
@@ -288,7 +221,7 @@ func (s *Store) writeWindow(ctx context.Context, tier int, start int64, w *metri
 			return err
 		}
 	}
-	if err := writeBaselines(ctx, tx, put, del); err != nil {
+	if err := s.appendBaselines(ctx, tx, put, del); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
