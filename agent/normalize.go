@@ -42,6 +42,9 @@ import (
 //
 // The baseline of a cumulative series is forgotten after it has been silent
 // for 2×lateness + 10 min; when it comes back it is a first sight again.
+// With Settings.OnWindowState, baselines are saved with the windows and read
+// back at start (durable.go): a restarted agent goes on from the last stored
+// window instead of starting each series from a new baseline.
 
 // rawState is the pipeline's memory of one raw series (kept small: there is
 // one per series the agent sees).
@@ -55,19 +58,26 @@ type rawState struct {
 	// 8 bytes per bucket.
 	lastHist *histogram.Data
 
-	// seen is the wall time (UnixNano) of the last batch with the series.
-	seen int64
-
 	// Cache: the rule output for rs, and the aggregate of the last window.
 	rs    *ruleSet
 	out   *outSeries
 	win   *window
 	ag    *agg
 	agGen uint32 // win.gen when ag was looked up
+	// seen is the wall time (Unix seconds, good until 2106) of the last
+	// batch with the series.
+	seen uint32
+
+	// Durability (durable.go): sid is the stable key of a cumulative series'
+	// saved baseline; bw the window whose hand-over will save its baseline
+	// (nil when none is pending); saved, whether the store holds a row.
+	sid [16]byte
+	bw  *window
 
 	hasBase bool
 	// Error marking, from the raw attributes (constant for the series).
 	isError, errTracked bool
+	saved               bool
 }
 
 // nanos is t as UnixNano, 0 for the zero time.

@@ -66,6 +66,15 @@ type Settings struct {
 	// StartTime is the agent's start: a cumulative series first seen with a
 	// Start not before it counts from zero (see normalize.go).
 	StartTime time.Time
+	// OnWindowState, when set, is called instead of OnWindow (same rules),
+	// with the cumulative baselines that advance with the window (see
+	// durable.go). The callee must store the window and the change in one
+	// transaction. w is nil when Flush has only state to save.
+	OnWindowState func(w *metric.Window, change StateChange)
+	// LoadBaselines, when set with OnWindowState, is called once by
+	// NewPipeline to read back what OnWindowState saved: fn for every
+	// row (key and value valid during the call only).
+	LoadBaselines func(fn func(key, value []byte) error) error
 }
 
 // Drop reasons, the values of sabaki_pipeline_dropped_points_total{reason}.
@@ -87,6 +96,8 @@ type Pipeline struct {
 	log      *slog.Logger
 	now      func() time.Time
 	onWindow func(*metric.Window)
+	onState  func(*metric.Window, StateChange)
+	durable  bool  // onState is set: baselines are saved (durable.go)
 	startNs  int64 // agent start, UnixNano
 
 	window     time.Duration
@@ -111,6 +122,11 @@ type Pipeline struct {
 	windows  map[int64]*window
 	series   int // series across open windows, for MaxWindowSeries
 	lastGC   time.Time
+
+	// Durability (durable.go), under mu.
+	loose    []baseMark            // baselines to save with the next window
+	forget   [][16]byte            // saved baselines to delete with the next window
+	restored map[[16]byte]restored // saved baselines not yet claimed
 
 	m pipelineMetrics
 }
@@ -239,16 +255,28 @@ func NewPipeline(cfg PipelineConfig, set Settings) (*Pipeline, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Pipeline{
+	p := &Pipeline{
 		log: set.Logger, now: set.Now, onWindow: set.OnWindow, startNs: set.StartTime.UnixNano(),
+		onState: set.OnWindowState, durable: set.OnWindowState != nil,
 		window: cfg.Window, grace: cfg.Grace, maxSize: cfg.MaxSize, maxScale: cfg.MaxScale,
 		maxPending: int64(cfg.MaxPendingPoints), maxSeries: cfg.MaxWindowSeries,
 		lateness: cfg.Lateness, cur: rs, prev: rs,
 		raw: map[rawID]*rawState{}, windows: map[int64]*window{},
 		seed0: maphash.MakeSeed(), seed1: maphash.MakeSeed(),
-		m: m,
-	}, nil
+		restored: map[[16]byte]restored{},
+		m:        m,
+	}
+	if p.durable && set.LoadBaselines != nil {
+		if err := p.loadBaselines(set.LoadBaselines, set.Now().UnixNano()); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
 }
+
+// forgetAfter is how long a raw series may stay silent before its state
+// (and saved baseline) is forgotten.
+func (p *Pipeline) forgetAfter() time.Duration { return 2*p.lateness + 10*time.Minute }
 
 // Reload swaps the rules, resource attributes, quantiles and lateness. Rules
 // and resource apply from the next window on; windows already open (and late
@@ -322,7 +350,7 @@ func (p *Pipeline) Consume(ctx context.Context, b metric.Batch) error {
 		*bufp = key
 		id := rawID{maphash.Bytes(p.seed0, key), maphash.Bytes(p.seed1, key)}
 		p.mu.Lock()
-		p.consumeSeries(id, s, now, &drops)
+		p.consumeSeries(id, key, s, now, &drops)
 		p.mu.Unlock()
 	}
 	keyBufs.Put(bufp)
@@ -361,17 +389,22 @@ func appendRawKey(dst []byte, source string, s *metric.Series) []byte {
 }
 
 // consumeSeries handles one series under p.mu.
-func (p *Pipeline) consumeSeries(id rawID, s *metric.Series, now time.Time, drops *dropCounts) {
+func (p *Pipeline) consumeSeries(id rawID, key []byte, s *metric.Series, now time.Time, drops *dropCounts) {
+	cumulative := s.Kind != metric.Gauge && s.Temporality != metric.Delta
 	st := p.raw[id]
 	if st == nil {
 		st = &rawState{}
 		st.isError, st.errTracked = markError(s.Attrs)
+		if p.durable && cumulative {
+			st.sid = sidOf(key)
+			p.claim(st, s.Kind)
+		}
 		p.raw[id] = st
 	}
-	st.seen = now.UnixNano()
+	st.seen = uint32(now.Unix())
 	// A window is closed for good once its end + lateness has passed.
 	cutoff := now.Add(-p.lateness).UnixNano()
-	cumulative := s.Kind != metric.Gauge && s.Temporality != metric.Delta
+	var prev baseMark
 	for i := range s.Points {
 		pt := &s.Points[i]
 		if pt.Time.IsZero() {
@@ -418,12 +451,25 @@ func (p *Pipeline) consumeSeries(id rawID, s *metric.Series, now time.Time, drop
 			}
 			delta := pt.Value
 			if cumulative {
-				var ok bool
+				if p.durable {
+					prev = markOf(st)
+				}
 				// A too-late point still moves the baseline, so that its
 				// increments are not counted again in a later window.
-				if delta, ok = st.counterDelta(pt, p.startNs); !ok {
-					continue
+				delta, ok := st.counterDelta(pt, p.startNs)
+				var a *agg
+				if !ok {
+					// first sight: the baseline only
+				} else if tooLate {
+					drops[idxTooLate]++
+				} else if a = p.aggFor(st, s, idx, drops); a != nil {
+					a.addCounter(delta, st)
+					p.exemplars(a, pt)
 				}
+				if p.durable {
+					p.trackedAgg(st, a, prev)
+				}
+				continue
 			} else if delta < 0 {
 				drops[idxNegative]++
 				continue
@@ -443,9 +489,23 @@ func (p *Pipeline) consumeSeries(id rawID, s *metric.Series, now time.Time, drop
 			}
 			h := pt.Hist
 			if cumulative {
-				if h = st.histDelta(pt, p.startNs, p.maxSize, p.maxScale); h == nil {
-					continue
+				if p.durable {
+					prev = markOf(st)
 				}
+				h = st.histDelta(pt, p.startNs, p.maxSize, p.maxScale)
+				var a *agg
+				if h == nil {
+					// first sight: the baseline only
+				} else if tooLate {
+					drops[idxTooLate]++
+				} else if a = p.aggFor(st, s, idx, drops); a != nil {
+					a.addHist(h, st, p.maxSize, p.maxScale)
+					p.exemplars(a, pt)
+				}
+				if p.durable {
+					p.trackedAgg(st, a, prev)
+				}
+				continue
 			}
 			if tooLate {
 				drops[idxTooLate]++
@@ -583,6 +643,9 @@ type emission struct {
 	start    time.Time
 	revision int
 	first    bool
+	state    bool // state only, no window (Flush)
+	marks    []baseMark
+	del      [][16]byte
 }
 
 // emit hands due windows to OnWindow in order. It holds p.mu briefly twice:
@@ -606,16 +669,9 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 			due = append(due, w)
 		}
 	}
-	slices.SortFunc(due, func(a, b *window) int {
-		// First emissions in window order, then re-emissions in window order.
-		if a.emitted != b.emitted {
-			if a.emitted {
-				return 1
-			}
-			return -1
-		}
-		return int(a.idx - b.idx)
-	})
+	// In window order, first emissions and re-emissions alike: a series'
+	// saved baseline must advance in the order of its windows (durable.go).
+	slices.SortFunc(due, func(a, b *window) int { return int(a.idx - b.idx) })
 	fresh := make([][]*agg, len(due))
 	for i, w := range due {
 		fresh[i] = make([]*agg, 0, len(w.series))
@@ -639,10 +695,22 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 		if w.emitted {
 			w.revision++
 		}
-		out = append(out, emission{series: w.render(), start: w.start, revision: w.revision, first: !w.emitted})
+		e := emission{series: w.render(), start: w.start, revision: w.revision, first: !w.emitted}
+		if p.durable {
+			e.marks = p.collectMarks(w, i == 0, &e.del)
+		}
+		out = append(out, e)
 		w.emitted, w.dirty = true, false
 	}
 	p.gc(now)
+	if p.durable && all && len(out) == 0 && (len(p.loose) > 0 || len(p.forget) > 0) {
+		e := emission{state: true, marks: p.loose, del: p.forget}
+		for _, m := range e.marks {
+			m.st.saved = true
+		}
+		p.loose, p.forget = nil, nil
+		out = append(out, e)
+	}
 	hold += time.Since(held)
 	p.mu.Unlock()
 	if len(due) > 0 {
@@ -650,6 +718,10 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 	}
 
 	for _, e := range out {
+		if e.state {
+			p.onState(nil, encodeState(e.marks, e.del))
+			continue
+		}
 		w := &metric.Window{Start: e.start, Duration: p.window, Revision: e.revision, Series: e.series}
 		if e.first {
 			p.m.windows.WithLabelValues("first").Inc()
@@ -657,6 +729,10 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 			p.m.windowSerie.Set(float64(len(w.Series)))
 		} else {
 			p.m.windows.WithLabelValues("revision").Inc()
+		}
+		if p.durable {
+			p.onState(w, encodeState(e.marks, e.del))
+			continue
 		}
 		p.onWindow(w)
 	}
@@ -678,9 +754,12 @@ func (p *Pipeline) gc(now time.Time) {
 		return
 	}
 	p.lastGC = now
-	stale := 2*p.lateness + 10*time.Minute
+	stale := p.forgetAfter()
 	for k, st := range p.raw {
-		if now.UnixNano()-st.seen > int64(stale) {
+		if int64(int32(uint32(now.Unix())-st.seen)) > int64(stale/time.Second) && st.bw == nil {
+			if st.saved {
+				p.forget = append(p.forget, st.sid)
+			}
 			delete(p.raw, k)
 			continue
 		}
@@ -695,6 +774,12 @@ func (p *Pipeline) gc(now time.Time) {
 		}
 		if oldest >= p.switchAt && p.windowIdx(now.Add(-p.lateness-p.window)) >= p.switchAt {
 			p.prev = p.cur
+		}
+	}
+	for sid, r := range p.restored {
+		if now.UnixNano()-r.t > int64(stale) {
+			p.forget = append(p.forget, sid)
+			delete(p.restored, sid)
 		}
 	}
 	p.m.rawSeries.Set(float64(len(p.raw)))

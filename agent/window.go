@@ -28,8 +28,9 @@ import (
 //     are dropped (reason="future").
 //   - A window's memory is released when its end + lateness has passed.
 //
-// First emissions happen in window order; a re-emission naturally follows
-// newer windows.
+// Emissions happen in window order, first emissions and re-emissions of
+// the same tick alike (a re-emission follows the newer windows emitted in
+// earlier ticks).
 
 type window struct {
 	idx   int64 // start / window
@@ -45,6 +46,12 @@ type window struct {
 	gen       uint32          // bumped by compaction; invalidates cached *agg
 	perMetric map[string]int  // series per metric, for max_series
 	overflow  map[string]bool // metrics that overflowed (logged once)
+
+	// touched: cumulative series whose deltas went into the window since
+	// its last emission; closing: baselines as of the window for those that
+	// moved on to a later window meanwhile (durable.go).
+	touched []*rawState
+	closing []baseMark
 
 	emitted  bool
 	dirty    bool // changed since the last emission

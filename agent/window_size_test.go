@@ -11,7 +11,9 @@ func TestStateSizes(t *testing.T) {
 	if n := unsafe.Sizeof(agg{}); n > 64 {
 		t.Errorf("agg is %d bytes, want <= 64", n)
 	}
-	if n := unsafe.Sizeof(rawState{}); n > 80 {
-		t.Errorf("rawState is %d bytes, want <= 80", n)
+	// 80 bytes before the durable baselines added their 16-byte key and
+	// pending-window pointer.
+	if n := unsafe.Sizeof(rawState{}); n > 104 {
+		t.Errorf("rawState is %d bytes, want <= 104", n)
 	}
 }

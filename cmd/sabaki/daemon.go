@@ -148,9 +148,13 @@ func startDaemon(ctx context.Context, cfg *Config, cfgPath string, opt daemonOpt
 
 	// 3. pipeline
 	res := detectResource(d.runCtx, cfg.Resource, d.log)
+	// The pipeline saves cumulative baselines with each window, in the
+	// window's transaction, and reads them back here: a restart (even after
+	// kill -9) goes on counting from the last stored window.
 	if d.pipe, err = agent.NewPipeline(pipelineConfig(cfg, res), agent.Settings{
 		Logger: d.log.With("component", "pipeline"), Registerer: d.reg,
-		OnWindow: d.onWindow, StartTime: d.start,
+		OnWindowState: d.onWindowState, StartTime: d.start,
+		LoadBaselines: func(fn func(key, value []byte) error) error { return d.store.ScanBaselines(d.runCtx, fn) },
 	}); err != nil {
 		return nil, err
 	}
@@ -214,16 +218,27 @@ func (d *daemon) registerSelfMetrics() {
 	d.reg.MustRegister(build, d.m.reloads, d.m.storeErrors, d.m.enqueueFails)
 }
 
-// onWindow receives every closed (or re-emitted) window from the pipeline:
-// it goes to the store, then to every exporter's queue.
-func (d *daemon) onWindow(w *metric.Window) {
+// onWindowState receives every closed (or re-emitted) window from the
+// pipeline: it goes to the store with the baselines that advance with it
+// (one transaction), then to every exporter's queue. A failed store write
+// leaves the saved baselines where they were: after a crash, that window's
+// increments are counted again after the restart rather than lost.
+func (d *daemon) onWindowState(w *metric.Window, ch agent.StateChange) {
 	ctx, cancel := context.WithTimeout(d.runCtx, 30*time.Second)
 	defer cancel()
-	if d.store != nil {
-		if err := d.store.Write(ctx, w); err != nil {
-			d.m.storeErrors.Inc()
-			d.log.Error("storing window failed", "window", w.Start, "series", len(w.Series), "err", err)
+	put := make([]store.StateRow, len(ch.Put))
+	for i, r := range ch.Put {
+		put[i] = store.StateRow{Key: r.Key, Value: r.Value}
+	}
+	if w == nil {
+		if err := d.store.WriteWithState(ctx, nil, put, ch.Delete); err != nil {
+			d.log.Error("saving baselines failed", "baselines", len(put), "err", err)
 		}
+		return
+	}
+	if err := d.store.WriteWithState(ctx, w, put, ch.Delete); err != nil {
+		d.m.storeErrors.Inc()
+		d.log.Error("storing window failed", "window", w.Start, "series", len(w.Series), "err", err)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -296,6 +311,13 @@ func discardExporters(exps []*runningExporter, log *slog.Logger) {
 
 func (d *daemon) startExporters(exps []*runningExporter) {
 	for _, e := range exps {
+		// /readyz shows each outbox's depth and is not ready when one is
+		// close to its bounds (agent/admin/outbox.go).
+		if ob, ok := e.q.(*exporters.Outbox); ok && d.admin != nil {
+			if oc, ok := outboxConfigOf(e.cfg); ok {
+				d.admin.AddStatus("outbox "+e.name, admin.OutboxStatus(ob, int64(oc.MaxBytes), oc.MaxAge.D()))
+			}
+		}
 		ctx, cancel := context.WithCancel(d.runCtx)
 		e.cancel, e.done = cancel, make(chan struct{})
 		go func() {
@@ -488,6 +510,9 @@ func (d *daemon) reloadExporters(cfg *Config) error {
 	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.Agent.ShutdownTimeout.D())
 	defer cancel()
 	stopExporters(ctx, stop, d.log)
+	for _, r := range stop {
+		d.admin.RemoveCheck("outbox " + r.name)
+	}
 	built, err := d.buildExporters(&Config{Agent: cfg.Agent, Exporters: changed})
 	if err != nil {
 		return err

@@ -1,0 +1,358 @@
+package agent
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/sabakiio/sabaki/histogram"
+	"github.com/sabakiio/sabaki/metric"
+)
+
+// Durability
+//
+// Without help a restart loses the baselines of cumulative series: the
+// first point after it only sets a new baseline, so whatever the series
+// counted since the last stored window is never counted. With
+// Settings.OnWindowState (the daemon wires it to the store's
+// WriteWithState) the pipeline hands every window over together with the
+// baselines that advance with it, to be stored in one transaction:
+//
+//   - The saved baseline of a cumulative raw series is its cumulative value
+//     (and start time) as of the last window its deltas went into that has
+//     been handed over: not its latest value, which may already belong to a
+//     window still open. A series that moves on to a later window while its
+//     previous window is still open leaves a mark (its baseline at that
+//     moment) with that window.
+//   - So after a crash, a window is stored if and only if the baselines of
+//     the series in it moved past it: no increment is counted twice, and the
+//     first point after the restart yields current − saved baseline (reset
+//     rules apply), landing in the current window. What the open windows
+//     held at the crash is thereby counted again, once, late.
+//   - Only baselines that changed are written: a series whose deltas went
+//     into the window (or a later revision of it), a first sight, a point
+//     whose delta was dropped. Baselines of series forgotten after their
+//     silence (2×lateness + 10 min) are deleted with the next window.
+//   - At start (Settings.LoadBaselines) saved baselines are read into a
+//     table keyed by a 16-byte hash (SHA-256) of the raw series identity, and
+//     taken out of it when their series is first seen again; those not seen
+//     within the forget time are deleted.
+//
+// Delta points held in an open window are not journalled: a delta sender
+// whose request was acknowledged before a crash does not resend it, so the
+// open windows' delta points are lost with the process.
+
+// StateRow is one saved baseline: a 16-byte key and an opaque value.
+type StateRow struct {
+	Key, Value []byte
+}
+
+// StateChange is what must be stored atomically with a window: baselines
+// to save (a later row for the same key wins) and keys to delete.
+type StateChange struct {
+	Put    []StateRow
+	Delete [][]byte
+}
+
+func (c *StateChange) empty() bool { return len(c.Put) == 0 && len(c.Delete) == 0 }
+
+// baseMark is a baseline as of some moment: the value saved for st.
+type baseMark struct {
+	st       *rawState
+	start, t int64
+	value    float64
+	hist     *histogram.Data
+}
+
+func markOf(st *rawState) baseMark {
+	return baseMark{st: st, start: st.start, t: st.lastTime, value: st.lastValue, hist: st.lastHist}
+}
+
+// restored is a baseline read at start, not yet claimed by its series.
+type restored struct {
+	t     int64 // point time of the baseline, UnixNano
+	value []byte
+}
+
+// sidOf is the stable key of a raw series, from its encoded identity.
+func sidOf(key []byte) [16]byte {
+	s := sha256.Sum256(key)
+	return [16]byte(s[:16])
+}
+
+// tracked records, under p.mu, that st's baseline advanced: to a point whose
+// delta went into window w, or (w == nil) to a point that only set the
+// baseline or whose delta was dropped. prev is the baseline before the
+// point.
+func (p *Pipeline) tracked(st *rawState, w *window, prev baseMark) {
+	// An unchanged value (and start) need not be saved again: the saved
+	// baseline's older time only lets a re-delivered point through, with a
+	// zero delta.
+	unchanged := prev.start == st.start && prev.t != 0 &&
+		((st.lastHist == nil && prev.value == st.lastValue) ||
+			(st.lastHist != nil && prev.hist != nil && prev.hist.Count == st.lastHist.Count))
+	if st.bw != nil { // a hand-over of st.bw with st's baseline is pending
+		if st.bw == w || w == nil {
+			// Still the same window, or a dropped delta: bw's hand-over
+			// takes the latest baseline.
+			return
+		}
+		prev.st = st
+		st.bw.closing = append(st.bw.closing, prev)
+		st.bw = nil
+		if unchanged {
+			return // the closing mark saves this value
+		}
+	} else if unchanged && st.saved {
+		return
+	} else if w == nil {
+		p.loose = append(p.loose, markOf(st))
+		return
+	}
+	w.touched = append(w.touched, st)
+	st.bw = w
+}
+
+// collectMarks takes, under p.mu, the baselines that go with w's emission
+// (and, when first, the pipeline's loose marks and deletions).
+func (p *Pipeline) collectMarks(w *window, first bool, del *[][16]byte) []baseMark {
+	var marks []baseMark
+	if first {
+		marks = append(marks, p.loose...)
+		p.loose = nil
+		*del = append(*del, p.forget...)
+		p.forget = nil
+	}
+	marks = append(marks, w.closing...)
+	for _, st := range w.touched {
+		if st.bw == w {
+			marks = append(marks, markOf(st))
+			st.bw = nil
+		}
+	}
+	w.closing, w.touched = nil, nil
+	for _, m := range marks {
+		m.st.saved = true
+	}
+	return marks
+}
+
+// encodeState turns marks and deletions into a StateChange (outside p.mu:
+// a mark is a copy, and a series' key never changes).
+func encodeState(marks []baseMark, del [][16]byte) StateChange {
+	var ch StateChange
+	if len(marks) == 0 && len(del) == 0 {
+		return ch
+	}
+	ch.Put = make([]StateRow, len(marks))
+	ch.Delete = make([][]byte, len(del))
+	buf := make([]byte, 0, len(marks)*48+len(del)*16)
+	for i, m := range marks {
+		off := len(buf)
+		buf = append(buf, m.st.sid[:]...)
+		buf = appendBaseline(buf, &m)
+		ch.Put[i] = StateRow{Key: buf[off : off+16 : off+16], Value: buf[off+16 : len(buf) : len(buf)]}
+	}
+	for i := range del {
+		off := len(buf)
+		buf = append(buf, del[i][:]...)
+		ch.Delete[i] = buf[off:len(buf):len(buf)]
+	}
+	return ch
+}
+
+// Baseline encoding: a kind byte (1 counter, 2 histogram), start and point
+// time as varints (UnixNano, 0 unknown), then the counter value as 8 bytes,
+// or the histogram: scale, zero threshold, zero count, count, sum, min, max,
+// positive and negative buckets (offset, length, counts).
+const (
+	baseCounter = 1
+	baseHist    = 2
+)
+
+func appendBaseline(b []byte, m *baseMark) []byte {
+	kind := byte(baseCounter)
+	if m.hist != nil {
+		kind = baseHist
+	}
+	b = append(b, kind)
+	b = binary.AppendVarint(b, m.start)
+	b = binary.AppendVarint(b, m.t)
+	if m.hist == nil {
+		return binary.LittleEndian.AppendUint64(b, math.Float64bits(m.value))
+	}
+	d := m.hist
+	b = binary.AppendVarint(b, int64(d.Scale))
+	b = binary.LittleEndian.AppendUint64(b, math.Float64bits(d.ZeroThreshold))
+	b = binary.AppendUvarint(b, d.ZeroCount)
+	b = binary.AppendUvarint(b, d.Count)
+	for _, f := range [...]float64{d.Sum, d.Min, d.Max} {
+		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(f))
+	}
+	for _, bk := range [...]histogram.Buckets{d.Positive, d.Negative} {
+		b = binary.AppendVarint(b, int64(bk.Offset))
+		b = binary.AppendUvarint(b, uint64(len(bk.Counts)))
+		for _, c := range bk.Counts {
+			b = binary.AppendUvarint(b, c)
+		}
+	}
+	return b
+}
+
+var errBadBaseline = errors.New("malformed baseline")
+
+type decoder struct {
+	b   []byte
+	err bool
+}
+
+func (d *decoder) varint() int64 {
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.err, d.b = true, nil
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) uvarint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.err, d.b = true, nil
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) float() float64 {
+	if len(d.b) < 8 {
+		d.err, d.b = true, nil
+		return 0
+	}
+	v := math.Float64frombits(binary.LittleEndian.Uint64(d.b))
+	d.b = d.b[8:]
+	return v
+}
+
+// baselineTime returns the point time of an encoded baseline.
+func baselineTime(v []byte) (int64, error) {
+	if len(v) == 0 || (v[0] != baseCounter && v[0] != baseHist) {
+		return 0, errBadBaseline
+	}
+	d := decoder{b: v[1:]}
+	d.varint()
+	t := d.varint()
+	if d.err {
+		return 0, errBadBaseline
+	}
+	return t, nil
+}
+
+// restoreBaseline sets st's baseline from an encoded one of the same kind.
+func (st *rawState) restoreBaseline(v []byte, kind metric.Kind) error {
+	if len(v) == 0 {
+		return errBadBaseline
+	}
+	want := byte(baseCounter)
+	if kind == metric.Histogram {
+		want = baseHist
+	}
+	if v[0] != want {
+		return fmt.Errorf("%w: kind %d, series is %v", errBadBaseline, v[0], kind)
+	}
+	d := decoder{b: v[1:]}
+	start, t := d.varint(), d.varint()
+	if want == baseCounter {
+		val := d.float()
+		if d.err {
+			return errBadBaseline
+		}
+		st.start, st.lastTime, st.lastValue, st.hasBase = start, t, val, true
+		return nil
+	}
+	var h histogram.Data
+	h.Scale = int32(d.varint())
+	h.ZeroThreshold = d.float()
+	h.ZeroCount = d.uvarint()
+	h.Count = d.uvarint()
+	h.Sum, h.Min, h.Max = d.float(), d.float(), d.float()
+	for _, bk := range [...]*histogram.Buckets{&h.Positive, &h.Negative} {
+		bk.Offset = int32(d.varint())
+		n := d.uvarint()
+		if n > uint64(len(d.b)) { // each count takes at least a byte
+			return errBadBaseline
+		}
+		if n > 0 {
+			bk.Counts = make([]uint64, n)
+			for i := range bk.Counts {
+				bk.Counts[i] = d.uvarint()
+			}
+		}
+	}
+	if d.err || len(d.b) != 0 {
+		return errBadBaseline
+	}
+	st.start, st.lastTime, st.lastHist, st.hasBase = start, t, &h, true
+	return nil
+}
+
+// loadBaselines reads the saved baselines into p.restored; those silent for
+// longer than the forget time are deleted with the first window.
+func (p *Pipeline) loadBaselines(load func(fn func(key, value []byte) error) error, now int64) error {
+	stale := int64(p.forgetAfter())
+	bad := 0
+	err := load(func(key, value []byte) error {
+		if len(key) != 16 {
+			bad++
+			return nil
+		}
+		sid := [16]byte(key)
+		t, err := baselineTime(value)
+		if err != nil || now-t > stale {
+			if err != nil {
+				bad++
+			}
+			p.forget = append(p.forget, sid)
+			return nil
+		}
+		p.restored[sid] = restored{t: t, value: append([]byte(nil), value...)}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("pipeline: loading baselines: %w", err)
+	}
+	if bad > 0 {
+		p.log.Warn("ignored malformed saved baselines; their series start from a new baseline", "count", bad)
+	}
+	if len(p.restored)+len(p.forget) > 0 {
+		p.log.Info("loaded saved baselines of cumulative series", "baselines", len(p.restored), "expired", len(p.forget))
+	}
+	return nil
+}
+
+// claim gives a new raw series its saved baseline, if any (under p.mu).
+func (p *Pipeline) claim(st *rawState, kind metric.Kind) {
+	r, ok := p.restored[st.sid]
+	if !ok {
+		return
+	}
+	delete(p.restored, st.sid)
+	st.saved = true // its row exists
+	if err := st.restoreBaseline(r.value, kind); err != nil {
+		st.start, st.lastTime, st.lastValue, st.lastHist, st.hasBase = 0, 0, 0, nil, false
+		p.log.Warn("ignored a saved baseline", "err", err)
+	}
+}
+
+// trackedAgg is tracked for a point whose delta went into a (nil: none).
+func (p *Pipeline) trackedAgg(st *rawState, a *agg, prev baseMark) {
+	var w *window
+	if a != nil {
+		w = st.win // aggFor set it to a's window
+	}
+	p.tracked(st, w, prev)
+}
