@@ -78,6 +78,8 @@ type rawState struct {
 	// Error marking, from the raw attributes (constant for the series).
 	isError, errTracked bool
 	saved               bool
+	// inOverflow: the last aggregate was a max_series overflow series.
+	inOverflow bool
 }
 
 // nanos is t as UnixNano, 0 for the zero time.

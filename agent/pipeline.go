@@ -48,6 +48,11 @@ type PipelineConfig struct {
 	// windows in memory; points of further series are dropped,
 	// reason="series_limit" (default 1,000,000).
 	MaxWindowSeries int
+	// MaxRawSeries bounds the raw series (before rules) the pipeline keeps
+	// state for (default MaxWindowSeries). Beyond it, points of new
+	// cumulative series are dropped, reason="max_series"; new gauge and
+	// delta series are still aggregated, without keeping their state.
+	MaxRawSeries int
 }
 
 // Settings are the pipeline's collaborators.
@@ -86,9 +91,13 @@ const (
 	DropNegativeDelta = "negative_delta"
 	DropInvalid       = "invalid"
 	DropSeriesLimit   = "series_limit"
+	// DropMaxSeries: a new cumulative series that would fold into a
+	// max_series overflow series, or beyond MaxRawSeries (its baseline is
+	// not kept).
+	DropMaxSeries = "max_series"
 )
 
-var dropReasons = []string{DropNaN, DropTooLate, DropFuture, DropOutOfOrder, DropNegativeDelta, DropInvalid, DropSeriesLimit}
+var dropReasons = []string{DropNaN, DropTooLate, DropFuture, DropOutOfOrder, DropNegativeDelta, DropInvalid, DropSeriesLimit, DropMaxSeries}
 
 // Pipeline aggregates series into windows. It implements metric.Sink;
 // Consume may be called from many goroutines.
@@ -106,6 +115,7 @@ type Pipeline struct {
 	maxScale   int32
 	maxPending int64
 	maxSeries  int
+	maxRaw     int
 	pending    atomic.Int64
 
 	// emitMu serialises emission (OnWindow calls) and is taken before mu.
@@ -206,6 +216,9 @@ func (c *PipelineConfig) defaults() {
 	if c.MaxWindowSeries == 0 {
 		c.MaxWindowSeries = 1_000_000
 	}
+	if c.MaxRawSeries == 0 {
+		c.MaxRawSeries = c.MaxWindowSeries
+	}
 	if c.Grace == 0 {
 		c.Grace = min(max(c.Window/10, 100*time.Millisecond), 5*time.Second)
 	}
@@ -259,7 +272,7 @@ func NewPipeline(cfg PipelineConfig, set Settings) (*Pipeline, error) {
 		log: set.Logger, now: set.Now, onWindow: set.OnWindow, startNs: set.StartTime.UnixNano(),
 		onState: set.OnWindowState, durable: set.OnWindowState != nil,
 		window: cfg.Window, grace: cfg.Grace, maxSize: cfg.MaxSize, maxScale: cfg.MaxScale,
-		maxPending: int64(cfg.MaxPendingPoints), maxSeries: cfg.MaxWindowSeries,
+		maxPending: int64(cfg.MaxPendingPoints), maxSeries: cfg.MaxWindowSeries, maxRaw: cfg.MaxRawSeries,
 		lateness: cfg.Lateness, cur: rs, prev: rs,
 		raw: map[rawID]*rawState{}, windows: map[int64]*window{},
 		seed0: maphash.MakeSeed(), seed1: maphash.MakeSeed(),
@@ -362,14 +375,14 @@ func (p *Pipeline) Consume(ctx context.Context, b metric.Batch) error {
 	return nil
 }
 
-type dropCounts [7]int
+type dropCounts [8]int
 
 func dropIndex(reason string) int { return slices.Index(dropReasons, reason) }
 
 var (
 	idxNaN, idxTooLate, idxFuture      = dropIndex(DropNaN), dropIndex(DropTooLate), dropIndex(DropFuture)
 	idxOutOfOrder, idxNegative, idxInv = dropIndex(DropOutOfOrder), dropIndex(DropNegativeDelta), dropIndex(DropInvalid)
-	idxSeriesLimit                     = dropIndex(DropSeriesLimit)
+	idxSeriesLimit, idxMaxSeries       = dropIndex(DropSeriesLimit), dropIndex(DropMaxSeries)
 )
 
 var keyBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
@@ -395,12 +408,25 @@ func (p *Pipeline) consumeSeries(id rawID, key []byte, s *metric.Series, now tim
 	if st == nil {
 		st = &rawState{}
 		st.isError, st.errTracked = markError(s.Attrs)
-		if p.durable && cumulative {
-			st.sid = sidOf(key)
-			p.claim(st, s.Kind)
+		full := len(p.raw) >= p.maxRaw
+		if cumulative {
+			// A cumulative series needs its baseline kept: not admitted
+			// beyond the raw limit, nor when it would only fold into an
+			// overflow series.
+			if full || p.overflowing(st, s, now) {
+				drops[idxMaxSeries] += len(s.Points)
+				return
+			}
+			if p.durable {
+				st.sid = sidOf(key)
+				p.claim(st, s.Kind)
+			}
 		}
-		p.raw[id] = st
+		if !full {
+			p.raw[id] = st
+		} // else a gauge or delta series: aggregated, its state not kept
 	}
+
 	st.seen = uint32(now.Unix())
 	// A window is closed for good once its end + lateness has passed.
 	cutoff := now.Add(-p.lateness).UnixNano()
@@ -517,6 +543,12 @@ func (p *Pipeline) consumeSeries(id rawID, key []byte, s *metric.Series, now tim
 			}
 		}
 	}
+	if !cumulative && st.inOverflow {
+		// Gauge and delta state is only a cache: none is kept for series
+		// folded into an overflow series, whose number max_series does not
+		// bound.
+		delete(p.raw, id)
+	}
 }
 
 func bad(v float64) bool { return math.IsNaN(v) || math.IsInf(v, 0) }
@@ -580,7 +612,30 @@ func (p *Pipeline) aggFor(st *rawState, s *metric.Series, idx int64, drops *drop
 	}
 	a.errTracked = a.errTracked || st.errTracked
 	st.ag, st.agGen = a, w.gen
+	st.inOverflow = a.out.overflowSeries
 	return a
+}
+
+// overflowing reports whether a new series' first point would fold into an
+// overflow series (its metric's max_series limit is reached in the point's
+// window). It caches the rule output in st.
+func (p *Pipeline) overflowing(st *rawState, s *metric.Series, now time.Time) bool {
+	at := s.Points[0].Time
+	if at.IsZero() {
+		at = now
+	}
+	idx := p.windowIdx(at)
+	w := p.windows[idx]
+	rules := p.cur
+	if idx < p.switchAt {
+		rules = p.prev
+	}
+	if w != nil {
+		rules = w.rules
+	}
+	st.rs, st.out = rules, rules.apply(s)
+	out := st.out
+	return out.limit > 0 && w != nil && w.perMetric[out.name] >= out.limit && w.lookup(out.key) == nil
 }
 
 func (p *Pipeline) overflowAgg(w *window, out *outSeries) *agg {
@@ -755,8 +810,12 @@ func (p *Pipeline) gc(now time.Time) {
 	}
 	p.lastGC = now
 	stale := p.forgetAfter()
+	// Without a baseline (gauges, deltas) the state is a cache of the rule
+	// output: forgotten sooner.
+	cache := max(2*p.window, time.Minute)
 	for k, st := range p.raw {
-		if int64(int32(uint32(now.Unix())-st.seen)) > int64(stale/time.Second) && st.bw == nil {
+		silent := time.Duration(int32(uint32(now.Unix())-st.seen)) * time.Second
+		if (silent > stale || (!st.hasBase && silent > cache)) && st.bw == nil {
 			if st.saved {
 				p.forget = append(p.forget, st.sid)
 			}

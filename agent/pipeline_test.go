@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"math"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -908,5 +909,70 @@ func TestDeltaEndingOnBoundary(t *testing.T) {
 		if got[k] != v {
 			t.Errorf("window +%ds: %v, want %v (all %v)", k, got[k], v, got)
 		}
+	}
+}
+
+// TestMaxSeriesBoundsRawState: a cardinality explosion under a max_series
+// rule keeps state for about `limit` raw series, not one per distinct
+// value: delta and gauge series folded into the overflow series keep none
+// (every increment still counted), new cumulative series that would fold
+// into it are dropped (reason="max_series"); MaxRawSeries caps the rest.
+func TestMaxSeriesBoundsRawState(t *testing.T) {
+	const limit, routes = 10, 10_000
+	h := newHarness(t, PipelineConfig{MaxRawSeries: 100, Rules: []RuleConfig{{MaxSeries: &MaxSeriesRule{Metric: "*", Limit: limit}}}})
+	var batch []metric.Series
+	for i := range routes {
+		batch = append(batch, metric.Series{Name: "delta", Kind: metric.Counter, Temporality: metric.Delta,
+			Attrs: attrsOf("route", strconv.Itoa(i)), Points: []metric.Point{pt(1, 1)}})
+	}
+	h.consume(batch...)
+	if n := len(h.p.raw); n > limit {
+		t.Errorf("delta explosion: %d raw states kept, want <= %d", n, limit)
+	}
+	batch = batch[:0]
+	for i := range routes {
+		batch = append(batch, metric.Series{Name: "cumulative", Kind: metric.Counter, Temporality: metric.Cumulative,
+			Attrs: attrsOf("route", strconv.Itoa(i)), Points: []metric.Point{{Start: t0, Time: t0.Add(2 * time.Second), Value: 1}}})
+	}
+	h.consume(batch...)
+	if n := len(h.p.raw); n > 2*limit {
+		t.Errorf("after a cumulative explosion: %d raw states kept, want <= %d", n, 2*limit)
+	}
+	if got := h.dropped(DropMaxSeries); got != routes-limit {
+		t.Errorf("dropped max_series = %v, want %d", got, routes-limit)
+	}
+	// No max_series for gauges: MaxRawSeries caps the states, every sample
+	// is still aggregated.
+	batch = batch[:0]
+	for i := range 1000 {
+		batch = append(batch, metric.Series{Name: "gauge" + strconv.Itoa(i), Kind: metric.Gauge, Points: []metric.Point{pt(3, 1)}})
+	}
+	h.consume(batch...)
+	if n := len(h.p.raw); n > 100 {
+		t.Errorf("%d raw states kept, want <= MaxRawSeries (100)", n)
+	}
+	h.at(2 * time.Minute)
+	var deltaSum, cumSum float64
+	gauges := 0
+	for _, w := range h.take() {
+		for _, a := range w.Series {
+			switch {
+			case a.Name == "delta":
+				deltaSum += a.Sum
+			case a.Name == "cumulative":
+				cumSum += a.Sum
+			case a.Kind == metric.Gauge:
+				gauges++
+			}
+		}
+	}
+	if deltaSum != routes {
+		t.Errorf("delta increments = %v, want all %d (in at most %d series + overflow)", deltaSum, routes, limit)
+	}
+	if cumSum != limit { // first sights with Start = agent start count whole
+		t.Errorf("cumulative increments = %v, want %d from the admitted series", cumSum, limit)
+	}
+	if gauges != 1000 {
+		t.Errorf("%d gauge series aggregated, want 1000", gauges)
 	}
 }

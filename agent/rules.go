@@ -268,6 +268,8 @@ type outSeries struct {
 	key string
 	// limit is the max_series limit of the metric, 0 for none.
 	limit int
+	// overflowSeries: this is a metric's otel.metric.overflow series.
+	overflowSeries bool
 }
 
 // apply runs the rules on a series as a source produced it.
@@ -361,7 +363,7 @@ func (rs *ruleSet) limitFor(name string) int {
 
 // overflow returns the series that absorbs o's metric beyond its limit.
 func (o *outSeries) overflow() *outSeries {
-	v := &outSeries{unit: o.unit, desc: o.desc, kind: o.kind, resource: o.resource}
+	v := &outSeries{unit: o.unit, desc: o.desc, kind: o.kind, resource: o.resource, overflowSeries: true}
 	v.key, v.name, v.attrs = identity(o.name, o.kind, o.resource, metric.Attrs{{Key: OverflowAttr, Value: "true"}})
 	return v
 }
