@@ -806,10 +806,11 @@ func appRegister[C prometheus.Collector](reg prometheus.Registerer, c C) C {
 }
 
 // promConverter turns decoded metric families into sabaki series. The
-// protobuf format is decoded by promDecodeProto straight into the reusable
-// promFamily; the text formats go through expfmt's parsers and an adapter
-// from client_model types; both meet in appendFamily, so the mapping is the
-// same whatever the format.
+// protobuf format is decoded by decodeFamily straight into the reusable
+// promFamily; the OpenMetrics and classic text formats by their fast paths
+// (prometheus_openmetrics.go, prometheus_text.go), or, for what those do
+// not handle, by expfmt's parsers and an adapter from client_model types;
+// all meet in appendFamily, so the mapping is the same whatever the format.
 type promConverter struct {
 	resource        metric.Attrs
 	at              time.Time
@@ -926,9 +927,15 @@ func (c *promConverter) parse(out []metric.Series, body []byte, format expfmt.Fo
 			return res, nil
 		}
 		c.dropped = nil // the slow path below counts again
-	case expfmt.TypeTextPlain:
 	default:
-		format = expfmt.FmtText
+		if format.FormatType() != expfmt.TypeTextPlain {
+			format = expfmt.FmtText
+		}
+		res, err := c.parseTextFast(out, body)
+		if err == nil {
+			return res, nil
+		}
+		c.dropped = nil
 	}
 	dec := expfmt.NewDecoder(bytes.NewReader(body), format)
 	var mf dto.MetricFamily

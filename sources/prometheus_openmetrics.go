@@ -45,6 +45,7 @@ type omParser struct {
 	byKey   map[string]int // metric identity (labels without le/quantile) -> index
 	states  []omState
 	labels  []promLabel // scratch for one line
+	ident   []promLabel // scratch: labels without le / quantile
 	exLabel []promLabel
 	keyBuf  []byte
 }
@@ -297,7 +298,8 @@ func (p *omParser) sample(line []byte) error {
 			return errOMFallback
 		}
 		special = v
-		ident = slices.Delete(slices.Clone(ident), i, i+1)
+		p.ident = append(append(p.ident[:0], ident[:i]...), ident[i+1:]...)
+		ident = p.ident
 	}
 	m, st, err := p.metricFor(role, ident)
 	if err != nil {
@@ -375,7 +377,7 @@ func (p *omParser) sample(line []byte) error {
 func (p *omParser) metricFor(role omRole, ident []promLabel) (*promMetric, *omState, error) {
 	f := &p.c.fam
 	key := p.key(ident)
-	i, ok := p.byKey[key]
+	i, ok := p.byKey[string(key)]
 	fresh := !ok
 	switch p.typ {
 	case dto.MetricType_GAUGE, dto.MetricType_UNTYPED:
@@ -393,12 +395,14 @@ func (p *omParser) metricFor(role omRole, ident []promLabel) (*promMetric, *omSt
 		}
 		p.states = append(p.states, omState{})
 		i = len(f.metrics) - 1
-		p.byKey[key] = i
+		p.byKey[string(key)] = i
 	}
 	return &f.metrics[i], &p.states[i], nil
 }
 
-func (p *omParser) key(ls []promLabel) string {
+// key encodes a label set for byKey, into a buffer the next call reuses
+// (a map lookup with string(key) does not allocate).
+func (p *omParser) key(ls []promLabel) []byte {
 	p.keyBuf = p.keyBuf[:0]
 	if !slices.IsSortedFunc(ls, func(a, b promLabel) int { return strings.Compare(a.name, b.name) }) {
 		ls = slices.SortedFunc(slices.Values(ls), func(a, b promLabel) int { return strings.Compare(a.name, b.name) })
@@ -409,7 +413,7 @@ func (p *omParser) key(ls []promLabel) string {
 		p.keyBuf = append(p.keyBuf, l.value...)
 		p.keyBuf = append(p.keyBuf, 0xff)
 	}
-	return string(p.keyBuf)
+	return p.keyBuf
 }
 
 // parseLabels reads {name="value",...} from the start of b.
@@ -442,16 +446,26 @@ func (p *omParser) parseLabels(b []byte, dst []promLabel) ([]promLabel, []byte, 
 		if end < 0 {
 			return nil, nil, errOMFallback
 		}
-		val, ok := omUnescape(b[:end], true)
-		if !ok || !utf8.ValidString(val) {
+		var (
+			val string
+			ok  bool
+		)
+		if raw := b[:end]; bytes.IndexByte(raw, '\\') < 0 {
+			if !utf8.Valid(raw) {
+				return nil, nil, errOMFallback
+			}
+			val = p.c.str(raw) // interned without a copy when seen before
+		} else if val, ok = omUnescape(raw, true); !ok || !utf8.ValidString(val) {
 			return nil, nil, errOMFallback
+		} else {
+			val = p.c.internString(val)
 		}
 		for _, l := range dst {
 			if l.name == string(name) {
 				return nil, nil, errOMFallback // duplicate label
 			}
 		}
-		dst = append(dst, promLabel{p.c.str(name), p.c.internString(val)})
+		dst = append(dst, promLabel{p.c.str(name), val})
 		b = b[end+1:]
 		if len(b) == 0 {
 			return nil, nil, errOMFallback

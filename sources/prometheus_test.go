@@ -1324,11 +1324,147 @@ func TestPromArena(t *testing.T) {
 	}
 }
 
-// promSorted returns a copy of ss sorted by name and attributes.
+// promFirstPoint orders by the first point's time and value.
+func promFirstPoint(a, b metric.Series) int {
+	if len(a.Points) == 0 || len(b.Points) == 0 {
+		return 0
+	}
+	return cmp.Or(a.Points[0].Time.Compare(b.Points[0].Time), cmp.Compare(a.Points[0].Value, b.Points[0].Value))
+}
+
+// promSorted returns a copy of ss sorted by name, attributes, kind and
+// points (expfmt's text decoder returns families in map order).
 func promSorted(ss []metric.Series) []metric.Series {
 	out := slices.Clone(ss)
 	slices.SortStableFunc(out, func(a, b metric.Series) int {
-		return cmp.Or(strings.Compare(a.Name, b.Name), strings.Compare(fmt.Sprint(a.Attrs), fmt.Sprint(b.Attrs)))
+		return cmp.Or(strings.Compare(a.Name, b.Name), strings.Compare(fmt.Sprint(a.Attrs), fmt.Sprint(b.Attrs)),
+			cmp.Compare(a.Kind, b.Kind), cmp.Compare(len(a.Points), len(b.Points)), promFirstPoint(a, b))
 	})
 	return out
+}
+
+func promParseTextSlow(c *promConverter, body []byte) ([]metric.Series, error) {
+	dec := expfmt.NewDecoder(bytes.NewReader(body), expfmt.FmtText)
+	var out []metric.Series
+	var mf dto.MetricFamily
+	for {
+		err := dec.Decode(&mf)
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		c.fam.fromDTO(&mf)
+		out = c.appendFamily(out, &c.fam)
+	}
+}
+
+func promTextBody(t testing.TB, g prometheus.Gatherer) []byte {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	enc := expfmt.NewEncoder(&buf, expfmt.FmtText)
+	for _, mf := range mfs {
+		if err := enc.Encode(mf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return buf.Bytes()
+}
+
+var promTextSamples = []string{
+	"# HELP a Requests \\\"served\\\"\\nand \\\\ more.\n# TYPE a counter\na{code=\"200\",path=\"/x\\\\y\\n\\\"z\\\"\"} 3 1764072000500\na{code=\"500\",path=\"/x\"} -1\na 2\n",
+	"# TYPE g gauge\ng 1.5\ng{a=\"b\"} NaN\ng{a=\"c\"} -Inf -5\ng{} +Inf\n# HELP u Untyped \"quoted\".\nu{x=\"\"} 1e3\nu{le=\"1\",quantile=\"x\"} 7\n",
+	"# HELP s A summary.\n# TYPE s summary\ns{m=\"GET\",quantile=\"0.5\"} 0.4\ns{quantile=\"0.99\",m=\"GET\"} 0.9 1764072000000\ns_sum{m=\"GET\"} -10.5\ns_count{m=\"GET\"} 20\ns{quantile=\"0.5\"} 1\ns_count 1\n",
+	"# TYPE h histogram\nh_bucket{le=\"0.1\"} 1\nh_bucket{le=\"1.0\"} 3\nh_bucket{le=\"+Inf\"} 4\nh_count 4\nh_sum 2.5\nh_bucket{k=\"v\",le=\"1\"} 0\nh_sum{k=\"v\"} 0\n",
+	"# TYPE empty gauge\n# TYPE next untyped\nnext 1\n",
+	// Each of these falls back to expfmt (which accepts some, rejects others).
+	"a 1\n",                   // no TYPE: an untyped family of its own
+	"# TYPE a gauge\na 1",     // no final newline: expfmt rejects
+	"# TYPE a gauge\n\na 1\n", // blank line
+	"# a comment\n# TYPE a gauge\na 1\n",
+	"# TYPE a gauge\na\t1\n",
+	"# TYPE a gauge\na{b=\"c\",} 1\n",
+	"# TYPE a gauge\na 1 \n",
+	"# TYPE a gauge\na{__name__=\"x\"} 1\n",
+	"# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\na 2\n",
+	"# TYPE h histogram\nh_bucket{le=\"1\"} 1.5\nh_count 1.5\n",
+	"# TYPE h histogram\nh_bucket{le=\"1\"} 1\n# TYPE h_count gauge\nh_count 1\n",
+	"# TYPE s summary\ns_count 1\n# HELP s_sum The sum.\n",
+	"# TYPE h histogram\nh_sum{le=\"1\"} 1\n",
+	"# TYPE h histogram\nh{le=\"1\"} 1\n",
+	"# TYPE a Counter\na 1\n",
+	"# HELP a x\\t\n# TYPE a gauge\na 1\n",
+	"# TYPE a gauge\na 1 +5\n",
+	"# TYPE a gauge\na 0x1p-2\n",
+}
+
+// promTextFastCount is how many promTextSamples the fast path must take.
+const promTextFastCount = 5
+
+// TestPrometheusTextFast checks the fast text path against expfmt's parser
+// and that it does not fall back on what client_golang writes.
+func TestPrometheusTextFast(t *testing.T) {
+	bodies := map[string][]byte{"client_golang app": promTextBody(t, newPromApp(t).reg), "bench exposition": benchExposition(t, expfmt.FmtText)}
+	for i, s := range promTextSamples[:promTextFastCount] {
+		bodies[fmt.Sprintf("sample %d", i)] = []byte(s)
+	}
+	for name, body := range bodies {
+		t.Run(name, func(t *testing.T) {
+			at := time.Unix(1764072060, 0)
+			fast := promConverter{at: at, honorTimestamps: true}
+			got, err := fast.parseTextFast(nil, body)
+			if err != nil {
+				t.Fatalf("fell back: %v\n%s", err, body)
+			}
+			slow := promConverter{at: at, honorTimestamps: true}
+			want, err := promParseTextSlow(&slow, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := promDiff(promSorted(got), promSorted(want)); d != "" {
+				t.Fatalf("fast and expfmt disagree: %s", d)
+			}
+			if len(got) == 0 {
+				t.Fatal("nothing parsed")
+			}
+		})
+	}
+	for i, s := range promTextSamples[promTextFastCount:] {
+		c := promConverter{at: time.Now()}
+		if _, err := c.parseTextFast(nil, []byte(s)); !errors.Is(err, errOMFallback) {
+			t.Errorf("sample %d: want a fallback, got %v", i+promTextFastCount, err)
+		}
+	}
+}
+
+// FuzzText: the fast text path never accepts what expfmt rejects, and
+// agrees with it on what both accept.
+func FuzzText(f *testing.F) {
+	for _, s := range promTextSamples {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		at := time.Unix(1764072060, 0)
+		fast := promConverter{at: at, honorTimestamps: true}
+		got, err := fast.parseTextFast(nil, body)
+		if err != nil {
+			return
+		}
+		slow := promConverter{at: at, honorTimestamps: true}
+		want, err := promParseTextSlow(&slow, body)
+		if err != nil {
+			t.Fatalf("fast path accepts what expfmt rejects (%v):\n%q", err, body)
+		}
+		if d := promDiff(promSorted(got), promSorted(want)); d != "" {
+			t.Fatalf("fast and expfmt disagree: %s\n%q", d, body)
+		}
+		if fmt.Sprint(fast.dropped) != fmt.Sprint(slow.dropped) {
+			t.Fatalf("dropped %v vs %v\n%q", fast.dropped, slow.dropped, body)
+		}
+	})
 }
