@@ -41,10 +41,12 @@ func main() {
 	skipGo := flag.Bool("skip-go-bench", false, "skip the go test benchmarks")
 	measure := flag.Duration("measure", 3*time.Minute, "measured period of the side-by-side run")
 	scales := flag.String("scales", "105k,10k,1k", "side-by-side scales to run, comma-separated (105k, 10k, 1k)")
+	sabakiEnv := flag.String("sabaki-env", "", "extra environment for the sabaki process only, space-separated (e.g. \"GOGC=50\"), to compare runtime settings")
 	profile := flag.String("profile", "", "save sabaki's CPU profile over the measured period and its heap profile at its end into this directory (from the admin server's /debug/pprof/)")
 	flag.Parse()
 	var w bytes.Buffer
-	r := &report{w: &w, quick: *quick, measure: *measure, scales: strings.Split(*scales, ","), profileDir: *profile}
+	r := &report{w: &w, quick: *quick, measure: *measure, scales: strings.Split(*scales, ","), profileDir: *profile,
+		sabakiEnv: strings.Fields(*sabakiEnv)}
 	if r.quick {
 		r.measure = 30 * time.Second
 	}
@@ -72,6 +74,8 @@ type report struct {
 	// receives sabaki's profiles (<scale>-cpu.pprof, <scale>-heap.pprof).
 	scales     []string
 	profileDir string
+	// sabakiEnv is added to sabaki's environment (not Prometheus's).
+	sabakiEnv []string
 }
 
 func (r *report) printf(format string, args ...any) { fmt.Fprintf(r.w, format, args...) }
@@ -110,7 +114,11 @@ func (r *report) header() {
 	r.printf("- date: %s\n", time.Now().UTC().Format(time.RFC3339))
 	r.printf("- machine: %s, %d CPUs (runtime.NumCPU), %s RAM, %s/%s, %s\n", cpuModel(), runtime.NumCPU(), memTotal(), runtime.GOOS, runtime.GOARCH, runtime.Version())
 	r.printf("- load average at start: %s (the machine is shared: compare ratios measured in one run, not absolute times across runs)\n", loadavg())
-	r.printf("- command: `go run ./internal/benchreport` (`make bench-report`)\n\n")
+	r.printf("- command: `go run ./internal/benchreport` (`make bench-report`)\n")
+	if len(r.sabakiEnv) > 0 {
+		r.printf("- sabaki's extra environment: `%s`\n", strings.Join(r.sabakiEnv, " "))
+	}
+	r.printf("\n")
 }
 
 // benchLine is one parsed `go test -bench` result.
@@ -347,6 +355,9 @@ exporters:
 	os.WriteFile(cfgPath, []byte(cfg), 0o600)
 	sab := &proc{name: "sabaki", log: &bytes.Buffer{}}
 	sab.cmd = exec.Command(bin, "run", "-config", cfgPath)
+	if len(r.sabakiEnv) > 0 {
+		sab.cmd.Env = append(os.Environ(), r.sabakiEnv...)
+	}
 	sab.cmd.Stdout, sab.cmd.Stderr = sab.log, sab.log
 
 	// Prometheus
@@ -491,7 +502,8 @@ func selfMetrics(admin string) string {
 	b, _ := io.ReadAll(resp.Body)
 	want := []string{"sabaki_pipeline_windows_total", "sabaki_pipeline_active_series", "sabaki_exporter_enqueued_windows_total",
 		"sabaki_exporter_sent_windows_total", "sabaki_exporter_send_failures_total", "sabaki_exporter_outbox_windows",
-		"sabaki_agent_store_write_errors_total", "go_memstats_heap_inuse_bytes"}
+		"sabaki_agent_store_write_errors_total", "go_memstats_heap_inuse_bytes", "go_memstats_heap_sys_bytes",
+		"go_memstats_heap_released_bytes", "go_memstats_next_gc_bytes", "go_memstats_sys_bytes", "process_resident_memory_bytes"}
 	var parts []string
 	for _, l := range strings.Split(string(b), "\n") {
 		for _, w := range want {
