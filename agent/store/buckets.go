@@ -406,6 +406,9 @@ type packedReader struct {
 	left  int // windows still to decode, for sizing the arena
 }
 
+// expect sets how many windows are still to be read.
+func (r *packedReader) expect(n int) { r.left = n }
+
 func (r *packedReader) counts(n int) []uint64 {
 	if cap(r.arena)-len(r.arena) < n {
 		r.arena = make([]uint64, 0, n*min(max(r.left, 1), 1<<16/n+1))

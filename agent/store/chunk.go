@@ -148,12 +148,22 @@ func encodeChunk(dst []byte, kind metric.Kind, res int64, pts []point) []byte {
 type decodeOptions struct {
 	// countsOnly stops after the columns a count needs: window index,
 	// errors, count (and a counter's sum, its value). Other fields are
-	// left zero; histograms are marked summary.
+	// left zero; a histogram's count is in point.count and h is nil.
 	countsOnly bool
 	// want, if set, is asked for each window start (in increasing order)
 	// whether its histogram buckets are needed; the others are marked
 	// summary. Range-coded chunks decode all buckets if any is wanted.
 	want func(start int64) bool
+}
+
+func countTrue(bs []bool) int {
+	n := 0
+	for _, b := range bs {
+		if b {
+			n++
+		}
+	}
+	return n
 }
 
 // decodeChunk is the inverse of encodeChunk.
@@ -226,18 +236,19 @@ func decodeChunkWith(b []byte, opt decodeOptions) (metric.Kind, []point, error) 
 			pts[i].max = v
 		}
 	case metric.Histogram:
+		if opt.countsOnly {
+			// Only the count, kept in the point itself (h stays nil).
+			for i, v := range d.intColumn(n) {
+				pts[i].count = uint64(v)
+			}
+			break
+		}
 		hs := make([]hdata, n)
 		for i := range pts {
 			pts[i].h = &hs[i]
 		}
 		for i, v := range d.intColumn(n) {
 			hs[i].count = uint64(v)
-		}
-		if opt.countsOnly {
-			for i := range hs {
-				hs[i].summary = true
-			}
-			break
 		}
 		for i, v := range d.intColumn(n) {
 			hs[i].zeroCount = uint64(v)
@@ -268,7 +279,12 @@ func decodeChunkWith(b []byte, opt decodeOptions) (metric.Kind, []point, error) 
 		}
 		if version == chunkPacked {
 			lens := d.intColumn(n)
-			r := packedReader{left: n}
+			var r packedReader
+			if want == nil {
+				r.expect(n)
+			} else {
+				r.expect(countTrue(want))
+			}
 			for i := range hs {
 				if d.err != nil {
 					break

@@ -78,8 +78,10 @@ func appendFOR(dst []byte, vs []int64) []byte {
 
 // decoder reads a chunk's columns in order.
 type decoder struct {
-	b   []byte
-	err error
+	b    []byte
+	err  error
+	ints []int64 // intColumn's result, reused by the next call
+	fl   []float64
 }
 
 func (d *decoder) fail(format string, args ...any) {
@@ -134,8 +136,13 @@ func (d *decoder) bytes(n int) []byte {
 	return out
 }
 
+// intColumn reads an int column; the result is only valid until the next
+// call.
 func (d *decoder) intColumn(n int) []int64 {
-	out := make([]int64, n)
+	if cap(d.ints) < n {
+		d.ints = make([]int64, n)
+	}
+	out := d.ints[:n]
 	switch tag := d.byte(); tag {
 	case intConst:
 		v := d.varint()
@@ -257,7 +264,12 @@ next:
 }
 
 func (d *decoder) floatColumn(prev [][]float64, n int) []float64 {
-	out := make([]float64, n)
+	// Float columns of a chunk share one allocation.
+	if cap(d.fl)-len(d.fl) < n {
+		d.fl = make([]float64, 0, 5*n)
+	}
+	out := d.fl[len(d.fl) : len(d.fl)+n : len(d.fl)+n]
+	d.fl = d.fl[:len(d.fl)+n]
 	switch tag := d.byte(); tag {
 	case floatConst:
 		b := d.bytes(8)

@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/sabakiio/sabaki/histogram"
 )
@@ -44,4 +45,249 @@ func (d *hdata) histogram() (*histogram.Histogram, error) {
 		return nil, fmt.Errorf("%w: histogram: %v", errCorrupt, err)
 	}
 	return h, nil
+}
+
+// histAcc merges stored histograms bucket by bucket without building a
+// histogram.Histogram per window (which costs more than decoding the window):
+// a query merging thousands of windows per row builds one histogram per row.
+// The result is exactly what histogram() of the first window followed by
+// Merge of the others gives: the same limits (the first window's), the same
+// rule for the scale (the finest at or below every window's where each
+// sign's populated range fits MaxSize buckets), the same bucket counts.
+// Windows it cannot take exactly (a zero threshold, min and max left 0, a
+// value FromData would reject) go through histogram() instead: see eligible.
+type histAcc struct {
+	scale     int32
+	maxSize   int64
+	maxScale  int32
+	zeroCount uint64
+	count     uint64
+	sum       float64
+	min, max  float64 // ±Inf while no observation
+	signs     [2]accRange
+}
+
+// accRange is one sign's populated bucket range at the accumulator's scale.
+type accRange struct {
+	lo     int64
+	counts []uint64 // empty: no bucket
+}
+
+// populated returns the first and last non-zero bucket of b (ok false: none).
+func populated(b *buckets) (first, last int64, ok bool) {
+	i, j := 0, len(b.counts)-1
+	for i <= j && b.counts[i] == 0 {
+		i++
+	}
+	for j >= i && b.counts[j] == 0 {
+		j--
+	}
+	if i > j {
+		return 0, 0, false
+	}
+	return int64(b.offset) + int64(i), int64(b.offset) + int64(j), true
+}
+
+// eligible reports whether d can be accumulated exactly: what FromData
+// accepts, with no zero threshold and with min and max known.
+func (d *hdata) eligible() bool {
+	if d.zeroThreshold != 0 || d.scale < histogram.MinScale || d.scale > histogram.DefaultMaxScale ||
+		len(d.pos.counts) > 1<<12 || len(d.neg.counts) > 1<<12 {
+		return false
+	}
+	total := d.zeroCount
+	for _, b := range [2]*buckets{&d.pos, &d.neg} {
+		first, last, ok := populated(b)
+		if !ok {
+			continue
+		}
+		lo, hi := minIndex64(d.scale), maxIndex64(d.scale)
+		if first < lo || last > hi {
+			return false
+		}
+		for _, c := range b.counts {
+			t := total + c
+			if t < total {
+				return false
+			}
+			total = t
+		}
+	}
+	if total != d.count {
+		return false
+	}
+	if d.count > 0 && (math.IsNaN(d.min) || math.IsNaN(d.max) || d.min > d.max || (d.min == 0 && d.max == 0 && total != d.zeroCount)) {
+		return false
+	}
+	return true
+}
+
+// minIndex64 and maxIndex64 bound the bucket indexes of finite values at
+// scale s, as histogram.FromData checks them.
+func minIndex64(s int32) int64 {
+	if s <= 0 {
+		return -1075 >> uint(-s)
+	}
+	return -1074<<uint(s) - 1
+}
+
+func maxIndex64(s int32) int64 {
+	if s <= 0 {
+		return 1023 >> uint(-s)
+	}
+	return 1024<<uint(s) - 1
+}
+
+// newHistAcc starts an accumulator with its first window (eligible).
+func newHistAcc(d *hdata) *histAcc {
+	a := &histAcc{
+		scale:    d.scale,
+		maxSize:  int64(max(histogram.DefaultMaxSize, len(d.pos.counts), len(d.neg.counts))),
+		maxScale: max(histogram.DefaultMaxScale, d.scale),
+		min:      math.Inf(1),
+		max:      math.Inf(-1),
+	}
+	a.sum = d.sum
+	a.add(d, true)
+	return a
+}
+
+// add merges an eligible window; first is for newHistAcc (which has set the
+// scale and sum: a histogram from an empty window still has them).
+func (a *histAcc) add(d *hdata, first bool) {
+	var rs [2][3]int64 // per sign: first, last, ok
+	empty := d.zeroCount == 0
+	for i, b := range [2]*buckets{&d.pos, &d.neg} {
+		if f, l, ok := populated(b); ok {
+			rs[i] = [3]int64{f, l, 1}
+			empty = false
+		}
+	}
+	if empty && !first {
+		return // Merge ignores an empty histogram
+	}
+	if !first {
+		a.sum += d.sum
+	}
+	if d.count > 0 {
+		a.min, a.max = math.Min(a.min, d.min), math.Max(a.max, d.max)
+	}
+	a.count += d.count
+	a.zeroCount += d.zeroCount
+	// The scale: the lower of the two, lower still until both signs' union
+	// ranges fit maxSize.
+	s := min(a.scale, d.scale)
+	var extra int32
+	for i := range rs {
+		lo, hi, ok := a.signs[i].span(a.scale - s)
+		if rs[i][2] == 1 {
+			dl, dh := rs[i][0]>>(d.scale-s), rs[i][1]>>(d.scale-s)
+			if ok {
+				lo, hi = min(lo, dl), max(hi, dh)
+			} else {
+				lo, hi, ok = dl, dh, true
+			}
+		}
+		if !ok {
+			continue
+		}
+		var e int32
+		for hi-lo+1 > a.maxSize && s-e > histogram.MinScale {
+			lo >>= 1
+			hi >>= 1
+			e++
+		}
+		extra = max(extra, e)
+	}
+	s -= extra
+	if s < a.scale {
+		for i := range a.signs {
+			a.signs[i].downscale(a.scale - s)
+		}
+		a.scale = s
+	}
+	for i, b := range [2]*buckets{&d.pos, &d.neg} {
+		if rs[i][2] == 0 {
+			continue
+		}
+		shift := d.scale - s
+		r := &a.signs[i]
+		r.grow(rs[i][0]>>shift, rs[i][1]>>shift)
+		first := rs[i][0] - int64(b.offset)
+		for j, c := range b.counts[first : rs[i][1]-int64(b.offset)+1] {
+			r.counts[(rs[i][0]+int64(j))>>shift-r.lo] += c
+		}
+	}
+}
+
+// merge adds another accumulator, as Merge adds a histogram.
+func (a *histAcc) merge(o *histAcc) {
+	d := o.hdata()
+	a.add(&d, false)
+}
+
+// hdata presents the accumulator as a stored window (sharing its counts).
+func (a *histAcc) hdata() hdata {
+	d := hdata{scale: a.scale, zeroCount: a.zeroCount, count: a.count, sum: a.sum, min: a.min, max: a.max}
+	if a.count == 0 {
+		d.min, d.max = 0, 0
+	}
+	d.pos = buckets{offset: int32(a.signs[0].lo), counts: a.signs[0].counts}
+	d.neg = buckets{offset: int32(a.signs[1].lo), counts: a.signs[1].counts}
+	return d
+}
+
+// histogram builds the merged histogram.
+func (a *histAcc) histogram() (*histogram.Histogram, error) {
+	d := a.hdata()
+	h, err := histogram.FromData(histogram.Data{
+		Scale:     d.scale,
+		ZeroCount: d.zeroCount,
+		Positive:  histogram.Buckets{Offset: d.pos.offset, Counts: d.pos.counts},
+		Negative:  histogram.Buckets{Offset: d.neg.offset, Counts: d.neg.counts},
+		Count:     d.count,
+		Sum:       d.sum,
+		Min:       d.min,
+		Max:       d.max,
+	}, int(a.maxSize), a.maxScale)
+	if err != nil {
+		return nil, fmt.Errorf("%w: histogram: %v", errCorrupt, err)
+	}
+	return h, nil
+}
+
+// span returns the range shifted down by k scales.
+func (r *accRange) span(k int32) (lo, hi int64, ok bool) {
+	if len(r.counts) == 0 {
+		return 0, 0, false
+	}
+	return r.lo >> k, (r.lo + int64(len(r.counts)) - 1) >> k, true
+}
+
+func (r *accRange) downscale(k int32) {
+	if len(r.counts) == 0 || k <= 0 {
+		return
+	}
+	lo, hi, _ := r.span(k)
+	out := make([]uint64, hi-lo+1)
+	for j, c := range r.counts {
+		out[(r.lo+int64(j))>>k-lo] += c
+	}
+	r.lo, r.counts = lo, out
+}
+
+// grow makes the range cover [lo, hi].
+func (r *accRange) grow(lo, hi int64) {
+	if len(r.counts) == 0 {
+		r.lo, r.counts = lo, make([]uint64, hi-lo+1)
+		return
+	}
+	cl, ch := r.lo, r.lo+int64(len(r.counts))-1
+	if lo >= cl && hi <= ch {
+		return
+	}
+	nl, nh := min(lo, cl), max(hi, ch)
+	out := make([]uint64, nh-nl+1)
+	copy(out[cl-nl:], r.counts)
+	r.lo, r.counts = nl, out
 }

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"math"
 
 	"github.com/sabakiio/sabaki/histogram"
@@ -26,10 +27,14 @@ type Agg struct {
 	ErrorTracked bool
 	// Exemplars is left empty by Query; Store.Exemplars lists them.
 	Exemplars []metric.Exemplar
+
+	// acc holds Hist's buckets while a merge is in progress (merger).
+	acc *histAcc
 }
 
 // merger folds points of one kind.
 type merger struct {
+	err       error // from addSeries, reported by finish
 	kind      metric.Kind
 	agg       Agg
 	n         int
@@ -62,6 +67,9 @@ func (m *merger) addPoint(p *point) error {
 		}
 	case metric.Histogram:
 		if p.h == nil {
+			if m.countsOnly {
+				a.Count += p.count // decodeOptions.countsOnly
+			}
 			break
 		}
 		if p.h.summary {
@@ -73,6 +81,18 @@ func (m *merger) addPoint(p *point) error {
 				a.Max = math.Max(a.Max, p.h.max)
 			}
 			break
+		}
+		// Merged bucket by bucket until a histogram is needed (result).
+		if a.Hist == nil && p.h.eligible() {
+			if a.acc == nil {
+				a.acc = newHistAcc(p.h)
+			} else {
+				a.acc.add(p.h, false)
+			}
+			break
+		}
+		if err := m.materialize(); err != nil {
+			return err
 		}
 		h, err := p.h.histogram()
 		if err != nil {
@@ -109,6 +129,27 @@ func (m *merger) addSeries(o *Agg, own bool) {
 		a.Max = math.Max(a.Max, o.Max)
 		a.Last += o.Last
 	case metric.Histogram:
+		if o.acc != nil {
+			switch {
+			case a.Hist == nil && a.acc == nil && own:
+				a.acc = o.acc
+			case a.Hist == nil && a.acc == nil:
+				d := o.acc.hdata()
+				a.acc = newHistAcc(&d)
+			case a.acc != nil:
+				a.acc.merge(o.acc)
+			default:
+				h, err := o.acc.histogram()
+				if err == nil {
+					a.Hist.Merge(h)
+				}
+				m.err = errors.Join(m.err, err)
+			}
+			break
+		}
+		if err := m.materialize(); err != nil {
+			m.err = errors.Join(m.err, err)
+		}
 		if o.Hist == nil {
 			// A summary (buckets not read): counts and extremes add up.
 			a.Count += o.Count
@@ -133,18 +174,57 @@ func (m *merger) addSeries(o *Agg, own bool) {
 	m.n++
 }
 
-// result returns the merge; Min and Max are 0 when nothing was merged.
+// materialize turns the accumulated buckets into the histogram.
+func (m *merger) materialize() error {
+	a := &m.agg
+	if a.acc == nil {
+		return nil
+	}
+	h, err := a.acc.histogram()
+	a.acc = nil
+	if err != nil {
+		return err
+	}
+	a.Hist = h
+	a.Count = h.Count()
+	a.Sum = h.Sum()
+	a.Min, a.Max = h.Min(), h.Max()
+	return nil
+}
+
+// result returns the merge; Min and Max are 0 when nothing was merged. Its
+// Hist may still be accumulated buckets (Agg.acc) while it goes from a
+// series' merger into a row's; finish builds it.
 func (m *merger) result() Agg {
 	a := m.agg
+	if a.acc != nil {
+		a.Count, a.Sum, a.Min, a.Max = a.acc.count, a.acc.sum, a.acc.min, a.acc.max
+	}
 	if m.kind == metric.Counter || m.n == 0 || m.countsOnly || (m.kind == metric.Histogram && a.Count == 0) {
 		a.Min, a.Max = 0, 0
 	}
 	return a
 }
 
+// finish returns the merge with its histogram built.
+func (m *merger) finish() (Agg, error) {
+	if err := m.materialize(); err != nil {
+		return Agg{}, err
+	}
+	if m.err != nil {
+		return Agg{}, m.err
+	}
+	return m.result(), nil
+}
+
 // point returns the merge as a stored point for a rollup slot.
 func (m *merger) point(start int64) point {
-	a := m.result()
+	a, err := m.finish()
+	if err != nil {
+		// Only accumulated windows that FromData would have rejected get
+		// here, and eligible() lets none through.
+		a = m.result()
+	}
 	p := point{start: start, sum: a.Sum, count: a.Count, last: a.Last, min: a.Min, max: a.Max,
 		errCount: a.ErrorCount, errTracked: a.ErrorTracked}
 	if m.kind == metric.Histogram {

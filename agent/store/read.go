@@ -312,54 +312,68 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 	if q.Rollups {
 		segs = s.rollupSegments(from, to, stepS)
 	}
+	// Each series folds its windows per step first, then adds the step to
+	// its group's row.
+	type seriesState struct {
+		ss      *storedSeries
+		g       *group
+		steps   []int64 // cursor into g.steps
+		cur     merger
+		curT    int64
+		started bool
+	}
+	states := make(map[int64]*seriesState, len(series))
+	for i := range series {
+		states[series[i].id] = &seriesState{ss: &series[i], g: groupOfID[series[i].id]}
+	}
+	flush := func(st *seriesState) {
+		if !st.started {
+			return
+		}
+		a := st.g.accs.get((st.curT - from) / stepS)
+		if !a.used {
+			a.used, a.unit, a.m = true, st.ss.unit, *newMerger(st.ss.kind)
+			a.m.countsOnly = q.CountsOnly
+		}
+		r := st.cur.result()
+		a.m.addSeries(&r, true) // cur is reset next: its histogram can move
+		st.started = false
+	}
+	fold := func(id int64, kind metric.Kind, pts []point) error {
+		st := states[id]
+		if st == nil || kind != st.ss.kind {
+			return nil
+		}
+		for i := range pts {
+			t := alignDown(pts[i].start, stepS)
+			if q.Steps != nil {
+				for len(st.steps) > 0 && st.steps[0] < t {
+					st.steps = st.steps[1:]
+				}
+				if len(st.steps) == 0 || st.steps[0] != t {
+					continue
+				}
+			}
+			if !st.started || t != st.curT {
+				flush(st)
+				st.cur, st.curT, st.started = *newMerger(kind), t, true
+				st.cur.countsOnly = q.CountsOnly
+			}
+			if err := st.cur.addPoint(&pts[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	for _, seg := range segs {
-		pts, err := s.scanWith(ctx, tx, seg.tier, seg.from, seg.to, selection{ids: ids}, opts)
-		if err != nil {
+		for _, st := range states {
+			st.steps = st.g.steps
+		}
+		if err := s.stream(ctx, tx, seg.tier, seg.from, seg.to, selection{ids: ids}, opts, fold); err != nil {
 			return nil, s.wrap("querying "+q.Metric, err)
 		}
-		for id, sp := range pts {
-			ss := byID[id]
-			if ss == nil || sp.kind != ss.kind {
-				continue
-			}
-			g := groupOfID[id]
-			steps := g.steps
-			// Fold this series' windows per step first, then into the row.
-			var cur merger // reused from step to step
-			var curT int64
-			started := false
-			flush := func() {
-				if !started {
-					return
-				}
-				a := g.accs.get((curT - from) / stepS)
-				if !a.used {
-					a.used, a.unit, a.m = true, ss.unit, *newMerger(ss.kind)
-					a.m.countsOnly = q.CountsOnly
-				}
-				r := cur.result()
-				a.m.addSeries(&r, true) // cur is reset next: its histogram can move
-			}
-			for i := range sp.pts {
-				t := alignDown(sp.pts[i].start, stepS)
-				if q.Steps != nil {
-					for len(steps) > 0 && steps[0] < t {
-						steps = steps[1:]
-					}
-					if len(steps) == 0 || steps[0] != t {
-						continue
-					}
-				}
-				if !started || t != curT {
-					flush()
-					cur, curT, started = *newMerger(ss.kind), t, true
-					cur.countsOnly = q.CountsOnly
-				}
-				if err := cur.addPoint(&sp.pts[i]); err != nil {
-					return nil, s.wrap("querying "+q.Metric, err)
-				}
-			}
-			flush()
+		for _, st := range states {
+			flush(st)
 		}
 	}
 	// Rows by group key (attrKey of the row's attributes), then time.
@@ -367,8 +381,15 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 	var rows []Row
 	for _, g := range groups {
 		g.accs.each(func(i int64, a *rowAcc) {
-			rows = append(rows, Row{Time: time.Unix(from+i*stepS, 0).UTC(), Step: step, Attributes: g.attrs, Kind: a.m.kind, Unit: a.unit, Agg: a.m.result()})
+			agg, ferr := a.m.finish()
+			if ferr != nil && err == nil {
+				err = ferr
+			}
+			rows = append(rows, Row{Time: time.Unix(from+i*stepS, 0).UTC(), Step: step, Attributes: g.attrs, Kind: a.m.kind, Unit: a.unit, Agg: agg})
 		})
+	}
+	if err != nil {
+		return nil, s.wrap("querying "+q.Metric, err)
 	}
 	return rows, nil
 }

@@ -236,3 +236,209 @@ func cmpInt(a, b int64) int {
 }
 
 var errReadOnly = errors.New("store opened read-only")
+
+// stream calls fold with the points of the selected series in tier whose
+// window starts in [from, to): per series in start order, a head row
+// replacing a chunk point of the same start (it is the newer write). Points
+// come in runs that fold must not keep. Head rows (the open chunks: few) are
+// read first; closed chunks are then fetched one chunk start at a time and
+// decoded on all cores, and fold runs on the calling goroutine, so memory
+// stays bounded by one chunk start's blobs however long the range.
+func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int64, sel selection, opts func(id int64) decodeOptions, fold func(id int64, kind metric.Kind, pts []point) error) error {
+	if from >= to || (sel.ids != nil && len(sel.ids) == 0) {
+		return nil
+	}
+	ti := s.tiers[tier]
+	parts := sel.parts()
+	starts := func(table string, lo int64) ([]int64, error) {
+		seek, err := q.PrepareContext(ctx, `SELECT start FROM `+table+` WHERE tier = ? AND start > ? AND start < ? ORDER BY start LIMIT 1`)
+		if err != nil {
+			return nil, err
+		}
+		defer seek.Close()
+		var out []int64
+		for cur := lo - 1; ; {
+			var next int64
+			err := seek.QueryRowContext(ctx, tier, cur, to).Scan(&next)
+			if errors.Is(err, sql.ErrNoRows) {
+				return out, nil
+			}
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, next)
+			cur = next
+		}
+	}
+	type blob struct {
+		id   int64
+		data []byte
+		kind metric.Kind
+		pts  []point
+		err  error
+	}
+	// fetchAll calls each with the decoded blobs of table, one chunk start
+	// at a time (sts) or, for the head (sts nil), all at once: head rows
+	// are one window each, so they are fetched by one range query.
+	fetchAll := func(table string, sts []int64, each func(blobs []blob) error) error {
+		head := sts == nil
+		if head {
+			sts = []int64{from}
+		}
+		if len(sts) == 0 {
+			return nil
+		}
+		stmts := make([]*sql.Stmt, len(parts))
+		for i, p := range parts {
+			cond := `start = ?`
+			if head {
+				cond = `start >= ? AND start < ?`
+			}
+			stmt, err := q.PrepareContext(ctx, `SELECT series, data FROM `+table+` WHERE tier = ? AND `+cond+` AND `+p.cond)
+			if err != nil {
+				return err
+			}
+			defer stmt.Close()
+			stmts[i] = stmt
+		}
+		var blobs []blob
+		for _, st := range sts {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			blobs = blobs[:0]
+			for i, p := range parts {
+				args := append([]any{tier, st}, p.args...)
+				if head {
+					args = append([]any{tier, from, to}, p.args...)
+				}
+				if err := queryBlobs(ctx, stmts[i], args, func(id int64, data []byte) error {
+					blobs = append(blobs, blob{id: id, data: data})
+					return nil
+				}); err != nil {
+					return err
+				}
+			}
+			decode := func(i int) {
+				b := &blobs[i]
+				var o decodeOptions
+				if opts != nil {
+					o = opts(b.id)
+				}
+				b.kind, b.pts, b.err = decodeChunkWith(b.data, o)
+				if b.err != nil {
+					b.err = fmt.Errorf("%s %d/%d of series %d: %w", table, tier, st, b.id, b.err)
+				}
+				b.data = nil
+			}
+			if workers := min(runtime.GOMAXPROCS(0), len(blobs)/64); workers > 1 {
+				var next atomic.Int64
+				var wg sync.WaitGroup
+				for range workers {
+					wg.Go(func() {
+						for i := int(next.Add(1) - 1); i < len(blobs); i = int(next.Add(1) - 1) {
+							decode(i)
+						}
+					})
+				}
+				wg.Wait()
+			} else {
+				for i := range blobs {
+					decode(i)
+				}
+			}
+			for i := range blobs {
+				if blobs[i].err != nil {
+					return blobs[i].err
+				}
+			}
+			if err := each(blobs); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// inRange is the part of sorted pts that starts in [from, to).
+	inRange := func(pts []point) []point {
+		lo, _ := slices.BinarySearchFunc(pts, from, func(p point, t int64) int { return cmpInt(p.start, t) })
+		hi, _ := slices.BinarySearchFunc(pts, to, func(p point, t int64) int { return cmpInt(p.start, t) })
+		return pts[lo:hi]
+	}
+	type headPoints struct {
+		kind metric.Kind
+		pts  []point
+	}
+	heads := map[int64]*headPoints{}
+	if err := fetchAll("head", nil, func(blobs []blob) error {
+		for _, b := range blobs {
+			h := heads[b.id]
+			if h == nil {
+				h = &headPoints{kind: b.kind}
+				heads[b.id] = h
+			}
+			h.pts = append(h.pts, inRange(b.pts)...)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, h := range heads {
+		slices.SortStableFunc(h.pts, func(a, b point) int { return cmpInt(a.start, b.start) })
+	}
+	cst, err := starts("chunks", alignDown(from, ti.span))
+	if err != nil {
+		return err
+	}
+	if err := fetchAll("chunks", cst, func(blobs []blob) error {
+		for _, b := range blobs {
+			pts := inRange(b.pts)
+			h := heads[b.id]
+			if h == nil || len(h.pts) == 0 {
+				if len(pts) > 0 {
+					if err := fold(b.id, b.kind, pts); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+			// Interleave the series' head points; one of the same start
+			// replaces the chunk's.
+			for len(pts) > 0 {
+				if len(h.pts) > 0 && h.pts[0].start <= pts[0].start {
+					if err := fold(b.id, h.kind, h.pts[:1]); err != nil {
+						return err
+					}
+					if h.pts[0].start == pts[0].start {
+						pts = pts[1:]
+					}
+					h.pts = h.pts[1:]
+					continue
+				}
+				n := len(pts)
+				if len(h.pts) > 0 {
+					n, _ = slices.BinarySearchFunc(pts, h.pts[0].start, func(p point, t int64) int { return cmpInt(p.start, t) })
+				}
+				if err := fold(b.id, b.kind, pts[:n]); err != nil {
+					return err
+				}
+				pts = pts[n:]
+			}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	ids := make([]int64, 0, len(heads))
+	for id, h := range heads {
+		if len(h.pts) > 0 {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		if err := fold(id, heads[id].kind, heads[id].pts); err != nil {
+			return err
+		}
+	}
+	return nil
+}
