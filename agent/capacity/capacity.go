@@ -449,8 +449,20 @@ func queryKeys(names []string, extra ...string) []string {
 	return append(keys, extra...)
 }
 
-// label resolves a row's attributes to the group label and attributes.
+// label resolves a row's attributes to the group label and attributes, and
+// notes which group-by names were seen.
 func (b *builder) label(f family, names []string, attrs map[string]string) (string, map[string]string) {
+	label, out := b.labelOf(names, attrs)
+	for n := range out {
+		if !slices.Contains(f.fixed, n) {
+			b.seenKeys[n] = true
+		}
+	}
+	return label, out
+}
+
+// labelOf is label without noting anything: safe from concurrent queries.
+func (b *builder) labelOf(names []string, attrs map[string]string) (string, map[string]string) {
 	out := map[string]string{}
 	var parts []string
 	for _, n := range names {
@@ -458,9 +470,6 @@ func (b *builder) label(f family, names []string, attrs map[string]string) (stri
 			if v, ok := attrs[k]; ok {
 				out[n] = v
 				parts = append(parts, n+"="+v)
-				if !slices.Contains(f.fixed, n) {
-					b.seenKeys[n] = true
-				}
 				break
 			}
 		}
@@ -529,12 +538,17 @@ type hourAcc struct {
 	count   float64
 	errs    float64
 	tracked bool
-	hist    *histogram.Histogram
 }
 
+// requests reads the request metric in three passes, so that a year of
+// hourly histograms is not decoded bucket by bucket: the hourly counts
+// (which find each day's busiest hour), the histograms of those peak hours
+// only, and whole days from the store's daily rollups. Every histogram is
+// still an exact merge of the stored windows.
 func (b *builder) requests(ctx context.Context, f family, info store.MetricInfo) error {
 	names := b.names(f)
-	rows, err := b.query(ctx, store.Query{Metric: info.Name, GroupBy: queryKeys(names), From: b.from, To: b.to, Step: time.Hour})
+	keys := queryKeys(names)
+	rows, err := b.query(ctx, store.Query{Metric: info.Name, GroupBy: keys, From: b.from, To: b.to, Step: time.Hour, CountsOnly: true})
 	if err != nil {
 		return err
 	}
@@ -559,13 +573,6 @@ func (b *builder) requests(ctx context.Context, f family, info store.MetricInfo)
 		}
 		if r.Kind == metric.Histogram {
 			h.count += float64(r.Agg.Count)
-			if r.Agg.Hist != nil {
-				if h.hist == nil {
-					h.hist = r.Agg.Hist
-				} else {
-					h.hist.Merge(r.Agg.Hist)
-				}
-			}
 		} else {
 			h.count += r.Agg.Sum
 		}
@@ -578,19 +585,78 @@ func (b *builder) requests(ctx context.Context, f family, info store.MetricInfo)
 		}
 		return int(a.t - b.t)
 	})
-	unit := info.Unit
 	// Per group and day: fold the hours.
 	type dayAcc struct {
+		day         time.Time
 		count, errs float64
 		tracked     bool
-		hist        *histogram.Histogram
 		peak        *hourAcc
 	}
+	days := map[string][]*dayAcc{}
+	var labelOrder []string
 	for i := 0; i < len(order); {
 		label := order[i].label
-		g := b.group(label, labels[label])
+		labelOrder = append(labelOrder, label)
 		var cur *dayAcc
-		var curDay time.Time
+		for ; i < len(order) && order[i].label == label; i++ {
+			h := hours[order[i]]
+			d := h.t.UTC().Truncate(24 * time.Hour)
+			if cur == nil || !d.Equal(cur.day) {
+				cur = &dayAcc{day: d}
+				days[label] = append(days[label], cur)
+			}
+			cur.count += h.count
+			cur.errs += h.errs
+			cur.tracked = cur.tracked || h.tracked
+			if cur.peak == nil || h.count > cur.peak.count {
+				cur.peak = h
+			}
+		}
+	}
+	// Latency: the peak hours' histograms, and the days' (weeks merge days).
+	peakHist := map[gkey]*histogram.Histogram{}
+	dayHist := map[gkey]*histogram.Histogram{}
+	if info.Kind == metric.Histogram {
+		peaks := map[string][]time.Time{}
+		for label, ds := range days {
+			for _, d := range ds {
+				peaks[label] = append(peaks[label], d.peak.t)
+			}
+		}
+		merge := func(into map[gkey]*histogram.Histogram, rows []store.Row) {
+			for i := range rows {
+				r := &rows[i]
+				if r.Agg.Hist == nil {
+					continue
+				}
+				label, _ := b.labelOf(names, r.Attributes)
+				k := gkey{label, r.Time.Unix()}
+				if h := into[k]; h == nil {
+					into[k] = r.Agg.Hist
+				} else {
+					h.Merge(r.Agg.Hist)
+				}
+			}
+		}
+		rows, err = b.query(ctx, store.Query{Metric: info.Name, GroupBy: keys, From: b.from, To: b.to, Step: time.Hour,
+			Steps: func(attrs map[string]string) []time.Time {
+				label, _ := b.labelOf(names, attrs)
+				return peaks[label]
+			}})
+		if err != nil {
+			return err
+		}
+		merge(peakHist, rows)
+		rows, err = b.query(ctx, store.Query{Metric: info.Name, GroupBy: keys, From: b.from, To: b.to, Step: 24 * time.Hour, Rollups: true})
+		if err != nil {
+			return err
+		}
+		merge(dayHist, rows)
+		rows = nil
+	}
+	unit := info.Unit
+	for _, label := range labelOrder {
+		g := b.group(label, labels[label])
 		var wh *histogram.Histogram
 		var wt time.Time
 		flushWeek := func() {
@@ -601,63 +667,37 @@ func (b *builder) requests(ctx context.Context, f family, info store.MetricInfo)
 			}
 			wh = nil
 		}
-		flush := func() {
-			if cur == nil {
-				return
+		for _, cur := range days[label] {
+			curDay := cur.day
+			if ws := weekStart(curDay); !ws.Equal(wt) {
+				flushWeek()
+				wt = ws
 			}
 			b.set(g, curDay, "requests", "1", cur.count)
-			if cur.peak != nil {
-				b.set(g, curDay, "peak_rate_1h", "req/s", cur.peak.count/3600)
-				b.set(g, curDay, "peak_hour_utc", "h", float64(cur.peak.t.UTC().Hour()))
-				g.day(curDay).PeakHour = cur.peak.t.UTC()
-				if ph := cur.peak.hist; ph != nil && ph.Count() > 0 {
-					b.set(g, curDay, "latency_p50_peak_hour", unit, ph.Quantile(0.5))
-					b.set(g, curDay, "latency_p95_peak_hour", unit, ph.Quantile(0.95))
-					b.set(g, curDay, "latency_p99_peak_hour", unit, ph.Quantile(0.99))
-				}
+			b.set(g, curDay, "peak_rate_1h", "req/s", cur.peak.count/3600)
+			b.set(g, curDay, "peak_hour_utc", "h", float64(cur.peak.t.UTC().Hour()))
+			g.day(curDay).PeakHour = cur.peak.t.UTC()
+			if ph := peakHist[gkey{label, cur.peak.t.Unix()}]; ph != nil && ph.Count() > 0 {
+				b.set(g, curDay, "latency_p50_peak_hour", unit, ph.Quantile(0.5))
+				b.set(g, curDay, "latency_p95_peak_hour", unit, ph.Quantile(0.95))
+				b.set(g, curDay, "latency_p99_peak_hour", unit, ph.Quantile(0.99))
 			}
-			if h := cur.hist; h != nil && h.Count() > 0 {
-				b.set(g, curDay, "latency_p50", unit, h.Quantile(0.5))
-				b.set(g, curDay, "latency_p95", unit, h.Quantile(0.95))
-				b.set(g, curDay, "latency_p99", unit, h.Quantile(0.99))
+			if h := dayHist[gkey{label, curDay.Unix()}]; h != nil {
+				if h.Count() > 0 {
+					b.set(g, curDay, "latency_p50", unit, h.Quantile(0.5))
+					b.set(g, curDay, "latency_p95", unit, h.Quantile(0.95))
+					b.set(g, curDay, "latency_p99", unit, h.Quantile(0.99))
+				}
+				if wh == nil {
+					wh = h.Clone()
+				} else {
+					wh.Merge(h)
+				}
 			}
 			if cur.tracked && cur.count > 0 {
 				b.set(g, curDay, "error_ratio", "1", cur.errs/cur.count)
 			}
 		}
-		for ; i < len(order) && order[i].label == label; i++ {
-			h := hours[order[i]]
-			d := h.t.UTC().Truncate(24 * time.Hour)
-			if cur == nil || !d.Equal(curDay) {
-				flush()
-				cur, curDay = &dayAcc{}, d
-			}
-			if ws := weekStart(d); !ws.Equal(wt) {
-				flushWeek()
-				wt = ws
-			}
-			if h.hist != nil {
-				if wh == nil {
-					wh = h.hist.Clone()
-				} else {
-					wh.Merge(h.hist)
-				}
-			}
-			cur.count += h.count
-			cur.errs += h.errs
-			cur.tracked = cur.tracked || h.tracked
-			if h.hist != nil {
-				if cur.hist == nil {
-					cur.hist = h.hist.Clone()
-				} else {
-					cur.hist.Merge(h.hist)
-				}
-			}
-			if cur.peak == nil || h.count > cur.peak.count {
-				cur.peak = h
-			}
-		}
-		flush()
 		flushWeek()
 	}
 	// 1-minute peaks where the store still holds minutes.
@@ -665,7 +705,7 @@ func (b *builder) requests(ctx context.Context, f family, info store.MetricInfo)
 		b.step()
 		return nil
 	}
-	rows, err = b.query(ctx, store.Query{Metric: info.Name, GroupBy: queryKeys(names), From: b.minute, To: b.to, Step: time.Minute})
+	rows, err = b.query(ctx, store.Query{Metric: info.Name, GroupBy: keys, From: b.minute, To: b.to, Step: time.Minute, CountsOnly: true})
 	if err != nil {
 		return err
 	}
