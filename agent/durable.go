@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/sabakiio/sabaki/histogram"
 	"github.com/sabakiio/sabaki/metric"
@@ -139,21 +140,29 @@ func (p *Pipeline) collectMarks(w *window, first bool, del *[][16]byte) []baseMa
 	return marks
 }
 
-// encodeState turns marks and deletions into a StateChange (outside p.mu:
-// a mark is a copy, and a series' key never changes).
-func encodeState(marks []baseMark, del [][16]byte) StateChange {
+// noWatermark: the state change carries no journal watermark.
+const noWatermark int64 = math.MinInt64
+
+// encodeState turns marks, deletions and the journal watermark (window
+// index) into a StateChange (outside p.mu: a mark is a copy, and a series'
+// key never changes).
+func encodeState(marks []baseMark, del [][16]byte, wm int64) StateChange {
 	var ch StateChange
+	if wm != noWatermark {
+		ch.Put = append(ch.Put, StateRow{Key: watermarkKey[:], Value: binary.AppendVarint(nil, wm)})
+	}
 	if len(marks) == 0 && len(del) == 0 {
 		return ch
 	}
-	ch.Put = make([]StateRow, len(marks))
+	ch.Put = slices.Grow(ch.Put, len(marks))[:len(ch.Put)+len(marks)]
+	put := ch.Put[len(ch.Put)-len(marks):]
 	ch.Delete = make([][]byte, len(del))
 	buf := make([]byte, 0, len(marks)*48+len(del)*16)
 	for i, m := range marks {
 		off := len(buf)
 		buf = append(buf, m.st.sid[:]...)
 		buf = appendBaseline(buf, &m)
-		ch.Put[i] = StateRow{Key: buf[off : off+16 : off+16], Value: buf[off+16 : len(buf) : len(buf)]}
+		put[i] = StateRow{Key: buf[off : off+16 : off+16], Value: buf[off+16 : len(buf) : len(buf)]}
 	}
 	for i := range del {
 		off := len(buf)
@@ -183,7 +192,13 @@ func appendBaseline(b []byte, m *baseMark) []byte {
 	if m.hist == nil {
 		return binary.LittleEndian.AppendUint64(b, math.Float64bits(m.value))
 	}
-	d := m.hist
+	return appendHistData(b, m.hist)
+}
+
+// appendHistData encodes histogram data: scale, zero threshold, zero count,
+// count, sum, min, max, positive and negative buckets (offset, length,
+// counts).
+func appendHistData(b []byte, d *histogram.Data) []byte {
 	b = binary.AppendVarint(b, int64(d.Scale))
 	b = binary.LittleEndian.AppendUint64(b, math.Float64bits(d.ZeroThreshold))
 	b = binary.AppendUvarint(b, d.ZeroCount)
@@ -199,6 +214,34 @@ func appendBaseline(b []byte, m *baseMark) []byte {
 		}
 	}
 	return b
+}
+
+// histData decodes what appendHistData wrote.
+func (d *decoder) histData() *histogram.Data {
+	var h histogram.Data
+	h.Scale = int32(d.varint())
+	h.ZeroThreshold = d.float()
+	h.ZeroCount = d.uvarint()
+	h.Count = d.uvarint()
+	h.Sum, h.Min, h.Max = d.float(), d.float(), d.float()
+	for _, bk := range [...]*histogram.Buckets{&h.Positive, &h.Negative} {
+		bk.Offset = int32(d.varint())
+		n := d.uvarint()
+		if n > uint64(len(d.b)) { // each count takes at least a byte
+			d.err, d.b = true, nil
+			return nil
+		}
+		if n > 0 {
+			bk.Counts = make([]uint64, n)
+			for i := range bk.Counts {
+				bk.Counts[i] = d.uvarint()
+			}
+		}
+	}
+	if d.err {
+		return nil
+	}
+	return &h
 }
 
 var errBadBaseline = errors.New("malformed baseline")
@@ -274,29 +317,11 @@ func (st *rawState) restoreBaseline(v []byte, kind metric.Kind) error {
 		st.start, st.lastTime, st.lastValue, st.hasBase = start, t, val, true
 		return nil
 	}
-	var h histogram.Data
-	h.Scale = int32(d.varint())
-	h.ZeroThreshold = d.float()
-	h.ZeroCount = d.uvarint()
-	h.Count = d.uvarint()
-	h.Sum, h.Min, h.Max = d.float(), d.float(), d.float()
-	for _, bk := range [...]*histogram.Buckets{&h.Positive, &h.Negative} {
-		bk.Offset = int32(d.varint())
-		n := d.uvarint()
-		if n > uint64(len(d.b)) { // each count takes at least a byte
-			return errBadBaseline
-		}
-		if n > 0 {
-			bk.Counts = make([]uint64, n)
-			for i := range bk.Counts {
-				bk.Counts[i] = d.uvarint()
-			}
-		}
-	}
+	h := d.histData()
 	if d.err || len(d.b) != 0 {
 		return errBadBaseline
 	}
-	st.start, st.lastTime, st.lastHist, st.hasBase = start, t, &h, true
+	st.start, st.lastTime, st.lastHist, st.hasBase = start, t, h, true
 	return nil
 }
 
@@ -311,6 +336,15 @@ func (p *Pipeline) loadBaselines(load func(fn func(key, value []byte) error) err
 			return nil
 		}
 		sid := [16]byte(key)
+		if sid == watermarkKey {
+			wm, n := binary.Varint(value)
+			if n <= 0 {
+				bad++
+				return nil
+			}
+			p.jwm = wm
+			return nil
+		}
 		t, err := baselineTime(value)
 		if err != nil || now-t > stale {
 			if err != nil {

@@ -74,12 +74,17 @@ type Settings struct {
 	// OnWindowState, when set, is called instead of OnWindow (same rules),
 	// with the cumulative baselines that advance with the window (see
 	// durable.go). The callee must store the window and the change in one
-	// transaction. w is nil when Flush has only state to save.
-	OnWindowState func(w *metric.Window, change StateChange)
+	// transaction, and return an error when it could not. w is nil when
+	// Flush has only state to save.
+	OnWindowState func(w *metric.Window, change StateChange) error
 	// LoadBaselines, when set with OnWindowState, is called once by
 	// NewPipeline to read back what OnWindowState saved: fn for every
 	// row (key and value valid during the call only).
 	LoadBaselines func(fn func(key, value []byte) error) error
+	// Journal, when set with OnWindowState, is a directory (created 0700)
+	// where delta points are journalled until their window is stored, and
+	// replayed from at start (journal.go).
+	Journal string
 }
 
 // Drop reasons, the values of sabaki_pipeline_dropped_points_total{reason}.
@@ -105,9 +110,11 @@ type Pipeline struct {
 	log      *slog.Logger
 	now      func() time.Time
 	onWindow func(*metric.Window)
-	onState  func(*metric.Window, StateChange)
-	durable  bool  // onState is set: baselines are saved (durable.go)
-	startNs  int64 // agent start, UnixNano
+	onState  func(*metric.Window, StateChange) error
+	jr       *journal // nil without Settings.Journal
+	jwm      int64    // journal watermark: windows up to it are stored
+	durable  bool     // onState is set: baselines are saved (durable.go)
+	startNs  int64    // agent start, UnixNano
 
 	window     time.Duration
 	grace      time.Duration
@@ -279,10 +286,19 @@ func NewPipeline(cfg PipelineConfig, set Settings) (*Pipeline, error) {
 		restored: map[[16]byte]restored{},
 		m:        m,
 	}
+	p.jwm = math.MinInt64
 	if p.durable && set.LoadBaselines != nil {
 		if err := p.loadBaselines(set.LoadBaselines, set.Now().UnixNano()); err != nil {
 			return nil, err
 		}
+	}
+	if p.durable && set.Journal != "" {
+		jr, old, err := openJournal(set.Journal, p.log)
+		if err != nil {
+			return nil, fmt.Errorf("pipeline: %w", err)
+		}
+		p.jr = jr
+		p.replayJournal(old)
 	}
 	return p, nil
 }
@@ -347,7 +363,15 @@ func (p *Pipeline) Consume(ctx context.Context, b metric.Batch) error {
 		return fmt.Errorf("pipeline: %w", err)
 	}
 	p.m.points.WithLabelValues(b.Source).Add(float64(n))
-	now := p.now()
+	p.consume(b, p.now())
+	return nil
+}
+
+// consume journals b's delta series (when journalling) and aggregates b.
+func (p *Pipeline) consume(b metric.Batch, now time.Time) {
+	if p.jr != nil {
+		p.journalBatch(&b, now)
+	}
 	bufp := keyBufs.Get().(*[]byte)
 	var drops dropCounts
 	for i := range b.Series {
@@ -372,7 +396,6 @@ func (p *Pipeline) Consume(ctx context.Context, b metric.Batch) error {
 			p.m.dropped[dropReasons[i]].Add(float64(c))
 		}
 	}
-	return nil
 }
 
 type dropCounts [8]int
@@ -688,6 +711,9 @@ func (p *Pipeline) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.raw, p.windows = map[rawID]*rawState{}, map[int64]*window{}
+	if p.jr != nil {
+		p.jr.close()
+	}
 	return nil
 }
 
@@ -723,6 +749,14 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 		case w.emitted && w.dirty:
 			due = append(due, w)
 		}
+	}
+	if p.jr != nil && slices.ContainsFunc(due, func(w *window) bool { return !w.emitted }) {
+		// A segment per first emission, released once it is stored.
+		p.jr.mu.Lock()
+		if err := p.jr.rotate(); err != nil {
+			p.log.Error("rotating the delta journal", "err", err)
+		}
+		p.jr.mu.Unlock()
 	}
 	// In window order, first emissions and re-emissions alike: a series'
 	// saved baseline must advance in the order of its windows (durable.go).
@@ -774,7 +808,7 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 
 	for _, e := range out {
 		if e.state {
-			p.onState(nil, encodeState(e.marks, e.del))
+			p.onState(nil, encodeState(e.marks, e.del, noWatermark))
 			continue
 		}
 		w := &metric.Window{Start: e.start, Duration: p.window, Revision: e.revision, Series: e.series}
@@ -786,7 +820,13 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 			p.m.windows.WithLabelValues("revision").Inc()
 		}
 		if p.durable {
-			p.onState(w, encodeState(e.marks, e.del))
+			wm := noWatermark
+			if e.first && p.jr != nil {
+				wm = w.Start.UnixNano() / int64(p.window)
+			}
+			if err := p.onState(w, encodeState(e.marks, e.del, wm)); err == nil && wm != noWatermark {
+				p.jr.release(wm)
+			}
 			continue
 		}
 		p.onWindow(w)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"reflect"
 	"runtime"
 	"sync"
@@ -155,6 +156,9 @@ func startDaemon(ctx context.Context, cfg *Config, cfgPath string, opt daemonOpt
 		Logger: d.log.With("component", "pipeline"), Registerer: d.reg,
 		OnWindowState: d.onWindowState, StartTime: d.start,
 		LoadBaselines: func(fn func(key, value []byte) error) error { return d.store.ScanBaselines(d.runCtx, fn) },
+		// Delta points (OTLP delta) acknowledged into open windows are
+		// journalled until their window is stored, and replayed here.
+		Journal: filepath.Join(dataDir, "journal"),
 	}); err != nil {
 		return nil, err
 	}
@@ -221,9 +225,10 @@ func (d *daemon) registerSelfMetrics() {
 // onWindowState receives every closed (or re-emitted) window from the
 // pipeline: it goes to the store with the baselines that advance with it
 // (one transaction), then to every exporter's queue. A failed store write
-// leaves the saved baselines where they were: after a crash, that window's
-// increments are counted again after the restart rather than lost.
-func (d *daemon) onWindowState(w *metric.Window, ch agent.StateChange) {
+// leaves the saved baselines where they were (after a crash, that window's
+// increments are counted again after the restart rather than lost) and is
+// returned, so the pipeline keeps the window's delta journal.
+func (d *daemon) onWindowState(w *metric.Window, ch agent.StateChange) error {
 	ctx, cancel := context.WithTimeout(d.runCtx, 30*time.Second)
 	defer cancel()
 	put := make([]store.StateRow, len(ch.Put))
@@ -231,14 +236,16 @@ func (d *daemon) onWindowState(w *metric.Window, ch agent.StateChange) {
 		put[i] = store.StateRow{Key: r.Key, Value: r.Value}
 	}
 	if w == nil {
-		if err := d.store.WriteWithState(ctx, nil, put, ch.Delete); err != nil {
+		err := d.store.WriteWithState(ctx, nil, put, ch.Delete)
+		if err != nil {
 			d.log.Error("saving baselines failed", "baselines", len(put), "err", err)
 		}
-		return
+		return err
 	}
-	if err := d.store.WriteWithState(ctx, w, put, ch.Delete); err != nil {
+	storeErr := d.store.WriteWithState(ctx, w, put, ch.Delete)
+	if storeErr != nil {
 		d.m.storeErrors.Inc()
-		d.log.Error("storing window failed", "window", w.Start, "series", len(w.Series), "err", err)
+		d.log.Error("storing window failed", "window", w.Start, "series", len(w.Series), "err", storeErr)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -248,6 +255,7 @@ func (d *daemon) onWindowState(w *metric.Window, ch agent.StateChange) {
 			d.log.Error("queueing window for exporter failed", "exporter", e.name, "window", w.Start, "err", err)
 		}
 	}
+	return storeErr
 }
 
 // maintain runs store maintenance (compaction, rollups, retention) once a
