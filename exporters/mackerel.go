@@ -950,6 +950,14 @@ func (e *Mackerel) annotate(ctx context.Context, series []*mseries, minute time.
 		e.mu.Lock()
 		last, fired := e.lastAnnotAt[rk]
 		e.mu.Unlock()
+		if !fired {
+			last, fired = e.priorAnnotation(ctx, rule, minute)
+			if fired {
+				e.mu.Lock()
+				e.lastAnnotAt[rk] = last
+				e.mu.Unlock()
+			}
+		}
 		if fired && minute.Sub(last) < e.cfg.AnnotateEvery.D() && minute.Sub(last) > -e.cfg.AnnotateEvery.D() {
 			e.m.annotation("rate_limited")
 			continue
@@ -996,6 +1004,39 @@ func (e *Mackerel) annotate(ctx context.Context, series []*mseries, minute time.
 		e.lastAnnotAt[rk] = minute
 		e.mu.Unlock()
 	}
+}
+
+// priorAnnotation finds the newest annotation a previous process made for
+// rule within annotate_every of minute, so that a restart does not annotate
+// again what was annotated just before it: the window in flight at a kill -9
+// is re-sent, and with sub-minute windows the minute in progress is
+// re-posted. It is asked once per rule and process (until the rule fires);
+// a failed lookup is logged at debug and treated as none.
+func (e *Mackerel) priorAnnotation(ctx context.Context, rule MackerelAnnotate, minute time.Time) (time.Time, bool) {
+	every := int64(e.cfg.AnnotateEvery.D() / time.Second)
+	var found []*mackerel.GraphAnnotation
+	err := e.call(ctx, "finding graph annotations", func(ctx context.Context) error {
+		var err error
+		found, err = e.client.FindGraphAnnotationsContext(ctx, e.cfg.Service, minute.Unix()-every, minute.Unix()+60)
+		return err
+	})
+	if err != nil {
+		e.log.Debug("graph annotation lookup failed", "err", err)
+		return time.Time{}, false
+	}
+	var newest int64
+	ok := false
+	mark := " " + rule.Stat + " above " + rule.Above.String() + ": "
+	for _, a := range found {
+		metric, _, _ := strings.Cut(a.Title, " ")
+		if m, _ := path.Match(rule.Metric, metric); !m || !strings.Contains(a.Title, mark) {
+			continue
+		}
+		if !ok || a.From > newest {
+			newest, ok = a.From, true
+		}
+	}
+	return time.Unix(newest, 0), ok
 }
 
 // traceURLs returns up to three trace links for a breaching series: its

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sabakiio/sabaki/internal/config"
 	"github.com/sabakiio/sabaki/internal/fake/fakemackerel"
 	"github.com/sabakiio/sabaki/metric"
 )
@@ -191,5 +192,44 @@ func TestMinuteWindowsPut(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestMackerelAnnotationAcrossRestart: a restarted process re-sends the
+// window in flight at the kill (and then goes on with breaching minutes
+// within annotate_every): the annotation the previous process made counts,
+// so the breach is annotated once, not once per process.
+func TestMackerelAnnotationAcrossRestart(t *testing.T) {
+	env := newMackerelEnv(t, func(c *MackerelConfig) {
+		c.Annotate = []MackerelAnnotate{{Metric: "http.server.*", Stat: "p95", Above: Threshold{Value: 1000, IsDuration: true, set: true}}}
+		c.AnnotateEvery = config.Duration(10 * time.Minute)
+	})
+	env.clock.Set(t0.Add(5 * time.Minute))
+	ctx := context.Background()
+	a, _ := env.open()
+	slow, _ := latencyWindow(t0, 100, true)
+	if err := a.Export(ctx, slow); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(env.fake.Annotations()); n != 1 {
+		t.Fatalf("%d annotations after the first breach, want 1", n)
+	}
+	b, _ := env.open() // the restarted process
+	for i := range 3 {
+		w, _ := latencyWindow(t0.Add(time.Duration(i)*time.Minute), 100, true) // minute 0 again: the re-sent window
+		if err := b.Export(ctx, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(env.fake.Annotations()); n != 1 {
+		t.Errorf("%d annotations after the restart, want still 1 (annotate_every 10m)", n)
+	}
+	// Past annotate_every the rule fires again.
+	w, _ := latencyWindow(t0.Add(11*time.Minute), 100, true)
+	if err := b.Export(ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(env.fake.Annotations()); n != 2 {
+		t.Errorf("%d annotations after annotate_every, want 2", n)
 	}
 }
