@@ -621,7 +621,7 @@ func (p *Pipeline) aggFor(st *rawState, s *metric.Series, idx int64, drops *drop
 	out := st.out
 	a := w.lookup(out.key)
 	if a == nil {
-		if out.limit > 0 && w.perMetric[out.name] >= out.limit {
+		if out.limit > 0 && w.perMetric[out.name()] >= int(out.limit) {
 			a = p.overflowAgg(w, out)
 		} else if p.series >= p.maxSeries {
 			drops[idxSeriesLimit]++
@@ -629,7 +629,7 @@ func (p *Pipeline) aggFor(st *rawState, s *metric.Series, idx int64, drops *drop
 		} else {
 			a = &agg{out: out}
 			w.series[out.key] = a
-			w.perMetric[out.name]++
+			w.perMetric[out.name()]++
 			p.series++
 		}
 	}
@@ -658,7 +658,7 @@ func (p *Pipeline) overflowing(st *rawState, s *metric.Series, now time.Time) bo
 	}
 	st.rs, st.out = rules, rules.apply(s)
 	out := st.out
-	return out.limit > 0 && w != nil && w.perMetric[out.name] >= out.limit && w.lookup(out.key) == nil
+	return out.limit > 0 && w != nil && w.perMetric[out.name()] >= int(out.limit) && w.lookup(out.key) == nil
 }
 
 func (p *Pipeline) overflowAgg(w *window, out *outSeries) *agg {
@@ -666,10 +666,10 @@ func (p *Pipeline) overflowAgg(w *window, out *outSeries) *agg {
 	if w.overflow == nil {
 		w.overflow = map[string]bool{}
 	}
-	if !w.overflow[out.name] {
-		w.overflow[out.name] = true
+	if !w.overflow[out.name()] {
+		w.overflow[out.name()] = true
 		p.log.Warn("max_series limit reached; further series fold into the overflow series",
-			"metric", out.name, "limit", out.limit, "window", w.start, "attribute", OverflowAttr+"=true")
+			"metric", out.name(), "limit", out.limit, "window", w.start, "attribute", OverflowAttr+"=true")
 	}
 	ov := out.overflow()
 	a := w.lookup(ov.key)

@@ -22,8 +22,10 @@ func BenchmarkConsume(b *testing.B) {
 		name            string
 		counters, hists int
 		rules           []RuleConfig
+		durable         bool // baselines saved with each window (discarded here)
 	}{
 		{name: "2000c+100h/no-rules", counters: 2000, hists: 100},
+		{name: "2000c+100h/durable", counters: 2000, hists: 100, durable: true},
 		{name: "2000c/no-rules", counters: 2000},
 		{name: "100h/no-rules", hists: 100},
 		{name: "2000c+100h/rules", counters: 2000, hists: 100, rules: []RuleConfig{
@@ -35,8 +37,11 @@ func BenchmarkConsume(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			counters, hists := tc.counters, tc.hists
 			now := t0
-			p, err := NewPipeline(PipelineConfig{Window: time.Minute, Lateness: 5 * time.Minute, Rules: tc.rules},
-				Settings{Now: func() time.Time { return now }, StartTime: t0})
+			set := Settings{Now: func() time.Time { return now }, StartTime: t0}
+			if tc.durable {
+				set.OnWindowState = func(*metric.Window, StateChange) error { return nil }
+			}
+			p, err := NewPipeline(PipelineConfig{Window: time.Minute, Lateness: 5 * time.Minute, Rules: tc.rules}, set)
 			if err != nil {
 				b.Fatal(err)
 			}

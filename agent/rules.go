@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"math"
 	"path"
 	"regexp"
 	"slices"
@@ -215,13 +216,22 @@ type ruleSet struct {
 	// of series share a handful of resources. Used under the pipeline lock.
 	resources map[string]metric.Attrs
 	strings   map[string]string
+	metas     map[metaKey]*seriesMeta
+}
+
+// metaKey identifies a seriesMeta: unit, description and an interned
+// resource (by its first element).
+type metaKey struct {
+	unit, desc string
+	res        *metric.Attr
+	n          int
 }
 
 // maxInterned bounds the resource interning table.
 const maxInterned = 10000
 
 func compileRules(cfgs []RuleConfig, resource metric.Attrs, quantiles []float64) (*ruleSet, error) {
-	rs := &ruleSet{resource: resource.Clone(), quantiles: slices.Clone(quantiles), resources: map[string]metric.Attrs{}, strings: map[string]string{}}
+	rs := &ruleSet{resource: resource.Clone(), quantiles: slices.Clone(quantiles), resources: map[string]metric.Attrs{}, strings: map[string]string{}, metas: map[metaKey]*seriesMeta{}}
 	rs.resource.Sort()
 	for i := range cfgs {
 		c := &cfgs[i]
@@ -258,18 +268,49 @@ func compileRules(cfgs []RuleConfig, resource metric.Attrs, quantiles []float64)
 	return rs, nil
 }
 
-// outSeries is a series' identity after the rules: what a window aggregates by.
+// outSeries is a series' identity after the rules: what a window aggregates
+// by. There is one per raw series (kept small: 64 bytes).
 type outSeries struct {
-	name, unit, desc string
-	kind             metric.Kind
-	resource, attrs  metric.Attrs
 	// key is the identity (name, kind, resource, attrs) as a string; windows
-	// are maps by it and output is sorted by it.
-	key string
+	// are maps by it and output is sorted by it. The name is its first
+	// nameLen bytes; attrs are substrings of it.
+	key   string
+	attrs metric.Attrs
+	// meta holds what thousands of series share: unit, description,
+	// resource.
+	meta *seriesMeta
 	// limit is the max_series limit of the metric, 0 for none.
-	limit int
+	limit   int32
+	nameLen uint32
+	kind    metric.Kind
 	// overflowSeries: this is a metric's otel.metric.overflow series.
 	overflowSeries bool
+}
+
+// seriesMeta is the shared part of output series.
+type seriesMeta struct {
+	unit, desc string
+	resource   metric.Attrs
+}
+
+func (o *outSeries) name() string { return o.key[:o.nameLen] }
+
+// meta returns the shared meta of (unit, desc, resource), resource being
+// interned. Used under the pipeline lock.
+func (rs *ruleSet) meta(unit, desc string, resource metric.Attrs) *seriesMeta {
+	k := metaKey{unit: unit, desc: desc, n: len(resource)}
+	if len(resource) > 0 {
+		k.res = &resource[0]
+	}
+	if m, ok := rs.metas[k]; ok {
+		return m
+	}
+	m := &seriesMeta{unit: rs.internString(unit), desc: rs.internString(desc), resource: resource}
+	if len(rs.metas) < maxInterned {
+		k.unit, k.desc = m.unit, m.desc
+		rs.metas[k] = m
+	}
+	return m
 }
 
 // apply runs the rules on a series as a source produced it.
@@ -285,19 +326,18 @@ func (rs *ruleSet) apply(s *metric.Series) *outSeries {
 		r.apply(&t)
 	}
 	t.resource = rs.intern(t.resource)
-	o := &outSeries{kind: s.Kind, resource: t.resource,
-		unit: rs.internString(s.Unit), desc: rs.internString(s.Description)}
+	o := &outSeries{kind: s.Kind, meta: rs.meta(s.Unit, s.Description, t.resource)}
 	// The name and the point attributes are re-sliced out of the key, one
 	// allocation for the whole identity: the pipeline keeps nothing that
 	// points into the source's batch.
-	o.key, o.name, o.attrs = identity(t.name, s.Kind, t.resource, t.attrs)
-	o.limit = rs.limitFor(o.name)
+	o.key, o.nameLen, o.attrs = identity(t.name, s.Kind, t.resource, t.attrs)
+	o.limit = int32(min(rs.limitFor(o.name()), math.MaxInt32))
 	return o
 }
 
 // identity encodes a series identity (see appendIdentity) and returns the
 // name and attributes as substrings of the encoding.
-func identity(name string, kind metric.Kind, resource, attrs metric.Attrs) (string, string, metric.Attrs) {
+func identity(name string, kind metric.Kind, resource, attrs metric.Attrs) (string, uint32, metric.Attrs) {
 	buf := appendIdentity(nil, name, kind, resource, attrs)
 	key := string(buf)
 	out := make(metric.Attrs, len(attrs))
@@ -309,7 +349,7 @@ func identity(name string, kind metric.Kind, resource, attrs metric.Attrs) (stri
 		off -= len(attrs[i].Key) + 1
 		out[i] = metric.Attr{Key: key[off : off+len(attrs[i].Key)], Value: v}
 	}
-	return key, key[:len(name)], out
+	return key, uint32(len(name)), out
 }
 
 // intern returns the shared copy of a resource (copied out of the batch the
@@ -363,8 +403,8 @@ func (rs *ruleSet) limitFor(name string) int {
 
 // overflow returns the series that absorbs o's metric beyond its limit.
 func (o *outSeries) overflow() *outSeries {
-	v := &outSeries{unit: o.unit, desc: o.desc, kind: o.kind, resource: o.resource, overflowSeries: true}
-	v.key, v.name, v.attrs = identity(o.name, o.kind, o.resource, metric.Attrs{{Key: OverflowAttr, Value: "true"}})
+	v := &outSeries{meta: o.meta, kind: o.kind, overflowSeries: true}
+	v.key, v.nameLen, v.attrs = identity(o.name(), o.kind, o.meta.resource, metric.Attrs{{Key: OverflowAttr, Value: "true"}})
 	return v
 }
 

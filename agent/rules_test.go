@@ -104,11 +104,11 @@ func TestRules(t *testing.T) {
 			tc.in.Kind = metric.Counter
 			orig := tc.in.Attrs.Clone()
 			out := rs.apply(&tc.in)
-			if out.name != tc.wantName || !out.attrs.Equal(tc.wantAttrs) {
-				t.Errorf("got %s %v, want %s %v", out.name, out.attrs, tc.wantName, tc.wantAttrs)
+			if out.name() != tc.wantName || !out.attrs.Equal(tc.wantAttrs) {
+				t.Errorf("got %s %v, want %s %v", out.name(), out.attrs, tc.wantName, tc.wantAttrs)
 			}
-			if tc.wantResource != nil && !out.resource.Equal(tc.wantResource) {
-				t.Errorf("resource %v, want %v", out.resource, tc.wantResource)
+			if tc.wantResource != nil && !out.meta.resource.Equal(tc.wantResource) {
+				t.Errorf("resource %v, want %v", out.meta.resource, tc.wantResource)
 			}
 			if !tc.in.Attrs.Equal(orig) {
 				t.Errorf("rules modified the caller's attributes: %v", tc.in.Attrs)

@@ -286,8 +286,8 @@ func (a *agg) exemplars(quantiles []float64) []metric.Exemplar {
 func (a *agg) aggregate(quantiles []float64) metric.Aggregate {
 	o := a.out
 	r := metric.Aggregate{
-		Name: o.name, Unit: o.unit, Description: o.desc, Kind: o.kind,
-		Resource: o.resource, Attrs: o.attrs,
+		Name: o.name(), Unit: o.meta.unit, Description: o.meta.desc, Kind: o.kind,
+		Resource: o.meta.resource, Attrs: o.attrs,
 		Sum: a.sum, Count: uint64(a.count),
 		ErrorTracked: a.errTracked,
 		Exemplars:    a.exemplars(quantiles),

@@ -17,3 +17,11 @@ func TestStateSizes(t *testing.T) {
 		t.Errorf("rawState is %d bytes, want <= 104", n)
 	}
 }
+
+// There is one outSeries per raw series: unit, description and resource are
+// shared through its meta.
+func TestOutSeriesSize(t *testing.T) {
+	if n := unsafe.Sizeof(outSeries{}); n > 64 {
+		t.Errorf("outSeries is %d bytes, want <= 64", n)
+	}
+}
