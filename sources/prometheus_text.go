@@ -37,11 +37,12 @@ type textParser struct {
 	base string
 	typ  dto.MetricType
 	open bool
-	// hasHelp and hasType say which metadata lines the open family had.
-	hasHelp, hasType bool
-	seen             map[string]dto.MetricType // families so far and their types
-	byKey            map[string]int            // summaries and histograms: labels without le/quantile -> metric index
-	labels, ident    []promLabel               // scratch for one line
+	// hasHelp and hasType say which metadata lines the open family had,
+	// samples whether it had samples.
+	hasHelp, hasType, samples bool
+	seen                      map[string]dto.MetricType // families so far and their types
+	byKey                     map[string]int            // summaries and histograms: labels without le/quantile -> metric index
+	labels, ident             []promLabel               // scratch for one line
 }
 
 // parseTextFast converts a text-format body and appends the series to out;
@@ -101,7 +102,7 @@ func (p *textParser) meta(line []byte) error {
 		}
 		p.flush()
 		p.start(name)
-	} else if len(p.c.fam.metrics) > 0 {
+	} else if p.samples {
 		return errOMFallback // metadata after samples
 	}
 	f := &p.c.fam
@@ -129,7 +130,7 @@ func (p *textParser) start(name []byte) {
 	f := &p.c.fam
 	p.base = p.c.str(name)
 	p.seen[p.base] = dto.MetricType_UNTYPED
-	p.open, p.hasHelp, p.hasType = true, false, false
+	p.open, p.hasHelp, p.hasType, p.samples = true, false, false, false
 	p.typ = dto.MetricType_UNTYPED
 	f.name, f.help, f.unit, f.typ = p.base, "", "", dto.MetricType_UNTYPED
 	f.metrics = f.metrics[:0]
@@ -287,9 +288,14 @@ func (p *textParser) sample(line []byte) error {
 		}
 	}
 	m := p.metricFor(ident)
+	p.samples = true
 	switch p.typ {
 	case dto.MetricType_GAUGE, dto.MetricType_UNTYPED, dto.MetricType_COUNTER:
+		// A line is a metric of its own: convert it now rather than
+		// holding the family (~500 B a metric) until its end.
 		m.value, m.timestampMs, m.hasTS = val, tsMs, hasTS
+		p.out = p.c.appendFamily(p.out, &p.c.fam)
+		p.c.fam.metrics = p.c.fam.metrics[:0]
 		return nil
 	}
 	if hasTS {
