@@ -2,6 +2,7 @@ package exporters
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -232,4 +233,44 @@ func TestMackerelAnnotationAcrossRestart(t *testing.T) {
 	if n := len(env.fake.Annotations()); n != 2 {
 		t.Errorf("%d annotations after annotate_every, want 2", n)
 	}
+}
+
+// BenchmarkMinuteJournal measures the journal's cost per sub-minute window
+// of 1,000 latency series (10 s windows): the fsync'd append, and the replay
+// of the 10 kept minutes (60 windows) at start. Run with
+// -bench MinuteJournal -benchtime=20x.
+func BenchmarkMinuteJournal(b *testing.B) {
+	w := realisticWindow(t0, 1000)
+	w.Duration = 10 * time.Second
+	b.Run("append", func(b *testing.B) {
+		j := &minuteJournal{dir: b.TempDir(), log: slog.New(slog.DiscardHandler)}
+		for i := 0; b.Loop(); i++ {
+			w.Start = t0.Add(time.Duration(i) * 10 * time.Second)
+			if err := j.append(w.Start.Truncate(time.Minute).Unix(), w); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+		var size int64
+		files, _ := filepath.Glob(filepath.Join(j.dir, "*"+minuteSuffix))
+		for _, f := range files {
+			st, _ := os.Stat(f)
+			size += st.Size()
+		}
+		b.ReportMetric(float64(size)/float64(b.N), "disk-B/window")
+	})
+	b.Run("replay-10min", func(b *testing.B) {
+		j := &minuteJournal{dir: b.TempDir(), log: slog.New(slog.DiscardHandler)}
+		for i := range 60 {
+			w.Start = t0.Add(time.Duration(i) * 10 * time.Second)
+			if err := j.append(w.Start.Truncate(time.Minute).Unix(), w); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for b.Loop() {
+			if _, err := j.load(map[int64]*minuteWindows{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
