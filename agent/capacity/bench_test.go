@@ -43,7 +43,7 @@ func BenchmarkBuildYear(b *testing.B) {
 		fmt.Sscan(s, &days)
 	}
 	o := benchOptions(days)
-	dir := filepath.Join(os.TempDir(), fmt.Sprintf("sabaki-capacity-bench-v3-%d", days), "store")
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("sabaki-capacity-bench-v4-%d", days), "store")
 	if _, err := os.Stat(filepath.Join(dir, "done")); err != nil {
 		os.RemoveAll(dir)
 		start := time.Now()

@@ -323,14 +323,32 @@ func readBuckets(bs []byte, hs []hdata) error {
 // hourly or daily rollup is a small share of the disk: it trades 2–3× the
 // range coder's size for that.
 //
-// Per sign: uvarint n (buckets in the range, 0 for none); if n > 0, varint
-// offset, then a byte: width w (bits per count, 0..64) plus packBitmap when
-// only the non-zero counts follow a bitmap of the n buckets (chosen when
-// smaller); then the counts, bit-packed least-significant bit first.
+// A record is the whole histogram but its count (a column, for queries that
+// want only counts): uvarint zero count, varint scale, a flags byte
+// (packThreshold: the zero threshold follows), then the floats little-endian
+// — zero threshold if flagged, sum, min, max — then per sign: uvarint n
+// (buckets in the range, 0 for none); if n > 0, varint offset, then a byte:
+// width w (bits per count, 0..64) plus packBitmap when only the non-zero
+// counts follow a bitmap of the n buckets (chosen when smaller); then the
+// counts, bit-packed least-significant bit first.
 
-const packBitmap = 0x80
+const (
+	packBitmap    = 0x80
+	packThreshold = 1
+)
 
 func appendPacked(dst []byte, h *hdata) []byte {
+	dst = binary.AppendUvarint(dst, h.zeroCount)
+	dst = binary.AppendVarint(dst, int64(h.scale))
+	if h.zeroThreshold != 0 || math.Signbit(h.zeroThreshold) {
+		dst = append(dst, packThreshold)
+		dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(h.zeroThreshold))
+	} else {
+		dst = append(dst, 0)
+	}
+	for _, f := range [3]float64{h.sum, h.min, h.max} {
+		dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(f))
+	}
 	for _, b := range [2]*buckets{&h.pos, &h.neg} {
 		dst = binary.AppendUvarint(dst, uint64(len(b.counts)))
 		if len(b.counts) == 0 {
@@ -411,16 +429,43 @@ func (r *packedReader) expect(n int) { r.left = n }
 
 func (r *packedReader) counts(n int) []uint64 {
 	if cap(r.arena)-len(r.arena) < n {
-		r.arena = make([]uint64, 0, n*min(max(r.left, 1), 1<<16/n+1))
+		// A new arena: counts already handed out keep the old one.
+		r.arena = make([]uint64, 0, max(n*min(max(r.left, 1), 1<<16/n+1), 2*cap(r.arena)))
 	}
 	c := r.arena[len(r.arena) : len(r.arena)+n : len(r.arena)+n]
 	r.arena = r.arena[:len(r.arena)+n]
 	return c
 }
 
-// read decodes one window's record into h's buckets.
+// read decodes one window's record into h (all but its count).
 func (r *packedReader) read(rec []byte, h *hdata) error {
 	d := decoder{b: rec}
+	h.zeroCount = d.uvarint()
+	scale := d.varint()
+	flags := d.byte()
+	if d.err != nil {
+		return d.err
+	}
+	if scale < math.MinInt32 || scale > math.MaxInt32 || flags&^packThreshold != 0 {
+		return fmt.Errorf("%w: histogram record", errCorrupt)
+	}
+	h.scale = int32(scale)
+	nf := 3
+	if flags&packThreshold != 0 {
+		nf = 4
+	}
+	fb := d.bytes(8 * nf)
+	if d.err != nil {
+		return d.err
+	}
+	var fs [4]float64
+	for i := range nf {
+		fs[i] = math.Float64frombits(binary.LittleEndian.Uint64(fb[8*i:]))
+	}
+	if nf == 4 {
+		h.zeroThreshold, fs[0], fs[1], fs[2] = fs[0], fs[1], fs[2], fs[3]
+	}
+	h.sum, h.min, h.max = fs[0], fs[1], fs[2]
 	for _, b := range [2]*buckets{&h.pos, &h.neg} {
 		n := d.uvarint()
 		if d.err != nil {

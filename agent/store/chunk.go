@@ -30,8 +30,8 @@ type hdata struct {
 	pos, neg      buckets
 	count         uint64
 	sum, min, max float64
-	// summary: the buckets were not decoded (decodeOptions); count, sum,
-	// min and max hold (only count with countsOnly), pos and neg do not.
+	// summary: the buckets were not decoded (decodeOptions.want); count
+	// holds, and in a range-coded chunk sum, min and max too.
 	summary bool
 }
 
@@ -63,10 +63,11 @@ const packedMinRes = 3600
 //
 //	counter:   sum, count
 //	gauge:     count, last, sum, min, max
-//	histogram: count, zero count, scale, zero threshold, sum, min, max, then
-//	           version 1: uvarint length and a bit stream of buckets (see
-//	           appendBuckets); version 2: an int column of each window's
-//	           record length and the records (see appendPacked)
+//	histogram: count, then
+//	           version 1: zero count, scale, zero threshold, sum, min, max,
+//	           uvarint length and a bit stream of buckets (see appendBuckets);
+//	           version 2: an int column of each window's record length and
+//	           the records, each a whole histogram (see appendPacked)
 //
 // The columns a count needs come first, so a query that wants only counts
 // stops reading there (decodeOptions.countsOnly).
@@ -121,12 +122,6 @@ func encodeChunk(dst []byte, kind metric.Kind, res int64, pts []point) []byte {
 		dst = fe.append(dst, fcol(func(p *point) float64 { return p.max }))
 	case metric.Histogram:
 		dst = col(func(p *point) int64 { return int64(p.h.count) })
-		dst = col(func(p *point) int64 { return int64(p.h.zeroCount) })
-		dst = col(func(p *point) int64 { return int64(p.h.scale) })
-		dst = fe.append(dst, fcol(func(p *point) float64 { return p.h.zeroThreshold }))
-		dst = fe.append(dst, fcol(func(p *point) float64 { return p.h.sum }))
-		dst = fe.append(dst, fcol(func(p *point) float64 { return p.h.min }))
-		dst = fe.append(dst, fcol(func(p *point) float64 { return p.h.max }))
 		if version == chunkPacked {
 			var recs []byte
 			for i := range pts {
@@ -137,6 +132,12 @@ func encodeChunk(dst []byte, kind metric.Kind, res int64, pts []point) []byte {
 			dst = appendIntColumn(dst, ints)
 			return append(dst, recs...)
 		}
+		dst = col(func(p *point) int64 { return int64(p.h.zeroCount) })
+		dst = col(func(p *point) int64 { return int64(p.h.scale) })
+		dst = fe.append(dst, fcol(func(p *point) float64 { return p.h.zeroThreshold }))
+		dst = fe.append(dst, fcol(func(p *point) float64 { return p.h.sum }))
+		dst = fe.append(dst, fcol(func(p *point) float64 { return p.h.min }))
+		dst = fe.append(dst, fcol(func(p *point) float64 { return p.h.max }))
 		bs := appendBuckets(nil, pts)
 		dst = binary.AppendUvarint(dst, uint64(len(bs)))
 		dst = append(dst, bs...)
@@ -154,6 +155,37 @@ type decodeOptions struct {
 	// whether its histogram buckets are needed; the others are marked
 	// summary. Range-coded chunks decode all buckets if any is wanted.
 	want func(start int64) bool
+	// buf, if set, lends the memory of the decoded points: they are valid
+	// until buf is used again.
+	buf *decodeBuf
+}
+
+// decodeBuf is memory reused from one chunk decode to the next.
+type decodeBuf struct {
+	raw   []byte // the blob, for the caller
+	pts   []point
+	hs    []hdata
+	ints  []int64
+	fl    []float64
+	arena []uint64
+}
+
+// points returns n zeroed points (and histograms when hist).
+func (b *decodeBuf) points(n int, hist bool) ([]point, []hdata) {
+	if cap(b.pts) < n {
+		b.pts = make([]point, n)
+	}
+	pts := b.pts[:n]
+	clear(pts)
+	if !hist {
+		return pts, nil
+	}
+	if cap(b.hs) < n {
+		b.hs = make([]hdata, n)
+	}
+	hs := b.hs[:n]
+	clear(hs)
+	return pts, hs
 }
 
 func countTrue(bs []bool) int {
@@ -174,6 +206,10 @@ func decodeChunk(b []byte) (metric.Kind, []point, error) {
 // decodeChunkWith decodes a chunk, or the part of it opt asks for.
 func decodeChunkWith(b []byte, opt decodeOptions) (metric.Kind, []point, error) {
 	d := decoder{b: b}
+	if opt.buf != nil {
+		d.ints, d.fl = opt.buf.ints, opt.buf.fl[:0]
+		defer func() { opt.buf.ints, opt.buf.fl = d.ints, d.fl }()
+	}
 	version := d.byte()
 	if d.err == nil && version != chunkVersion && version != chunkPacked {
 		return 0, nil, fmt.Errorf("%w: unknown chunk version %d", errCorrupt, version)
@@ -192,7 +228,13 @@ func decodeChunkWith(b []byte, opt decodeOptions) (metric.Kind, []point, error) 
 		return kind, nil, nil
 	}
 	base := d.varint()
-	pts := make([]point, n)
+	var pts []point
+	var hs []hdata
+	if opt.buf != nil {
+		pts, hs = opt.buf.points(n, kind == metric.Histogram && !opt.countsOnly)
+	} else {
+		pts = make([]point, n)
+	}
 	for i, v := range d.intColumn(n) {
 		pts[i].start = base + v*res
 	}
@@ -243,30 +285,34 @@ func decodeChunkWith(b []byte, opt decodeOptions) (metric.Kind, []point, error) 
 			}
 			break
 		}
-		hs := make([]hdata, n)
+		if hs == nil {
+			hs = make([]hdata, n)
+		}
 		for i := range pts {
 			pts[i].h = &hs[i]
 		}
 		for i, v := range d.intColumn(n) {
 			hs[i].count = uint64(v)
 		}
-		for i, v := range d.intColumn(n) {
-			hs[i].zeroCount = uint64(v)
-		}
-		for i, v := range d.intColumn(n) {
-			hs[i].scale = int32(v)
-		}
-		for i, v := range fcol() {
-			hs[i].zeroThreshold = v
-		}
-		for i, v := range fcol() {
-			hs[i].sum = v
-		}
-		for i, v := range fcol() {
-			hs[i].min = v
-		}
-		for i, v := range fcol() {
-			hs[i].max = v
+		if version == chunkVersion {
+			for i, v := range d.intColumn(n) {
+				hs[i].zeroCount = uint64(v)
+			}
+			for i, v := range d.intColumn(n) {
+				hs[i].scale = int32(v)
+			}
+			for i, v := range fcol() {
+				hs[i].zeroThreshold = v
+			}
+			for i, v := range fcol() {
+				hs[i].sum = v
+			}
+			for i, v := range fcol() {
+				hs[i].min = v
+			}
+			for i, v := range fcol() {
+				hs[i].max = v
+			}
 		}
 		var want []bool
 		anyWanted := opt.want == nil
@@ -280,6 +326,10 @@ func decodeChunkWith(b []byte, opt decodeOptions) (metric.Kind, []point, error) 
 		if version == chunkPacked {
 			lens := d.intColumn(n)
 			var r packedReader
+			if opt.buf != nil {
+				r.arena = opt.buf.arena[:0]
+				defer func() { opt.buf.arena = r.arena }()
+			}
 			if want == nil {
 				r.expect(n)
 			} else {

@@ -159,7 +159,8 @@ func TestChunkPartialDecode(t *testing.T) {
 						t.Fatalf("res %d point %d: got %+v %+v, want %+v", res, i, p, p.h, pts[i].h)
 					}
 				default:
-					if !p.h.summary || p.h.pos.counts != nil || p.h.count != pts[i].h.count || p.h.sum != pts[i].h.sum || p.h.max != pts[i].h.max {
+					// Packed summaries hold the count only.
+					if !p.h.summary || p.h.pos.counts != nil || p.h.count != pts[i].h.count || (res == 60 && (p.h.sum != pts[i].h.sum || p.h.max != pts[i].h.max)) {
 						t.Fatalf("res %d point %d: want a summary, got %+v", res, i, p.h)
 					}
 				}
