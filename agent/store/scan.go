@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -225,6 +226,26 @@ func queryBlobs(ctx context.Context, stmt *sql.Stmt, args []any, fn func(id int6
 	return rows.Err()
 }
 
+// queryRawBytes is queryBlobs without a copy: data is only valid during fn.
+func queryRawBlobs(ctx context.Context, stmt *sql.Stmt, args []any, fn func(id int64, data sql.RawBytes) error) error {
+	rows, err := stmt.QueryContext(ctx, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		var data sql.RawBytes
+		if err := rows.Scan(&id, &data); err != nil {
+			return err
+		}
+		if err := fn(id, data); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
 func cmpInt(a, b int64) int {
 	switch {
 	case a < b:
@@ -273,6 +294,7 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 	type blob struct {
 		id   int64
 		data []byte
+		buf  *decodeBuf
 		kind metric.Kind
 		pts  []point
 		err  error
@@ -302,6 +324,9 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 			stmts[i] = stmt
 		}
 		var blobs []blob
+		// Chunks decode into memory reused from one start to the next (fold
+		// keeps nothing); head points are kept until the chunks are done.
+		var bufs []*decodeBuf
 		for _, st := range sts {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -312,8 +337,18 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 				if head {
 					args = append([]any{tier, from, to}, p.args...)
 				}
-				if err := queryBlobs(ctx, stmts[i], args, func(id int64, data []byte) error {
-					blobs = append(blobs, blob{id: id, data: data})
+				if err := queryRawBlobs(ctx, stmts[i], args, func(id int64, data sql.RawBytes) error {
+					var buf *decodeBuf
+					if !head {
+						if len(blobs) == len(bufs) {
+							bufs = append(bufs, &decodeBuf{})
+						}
+						buf = bufs[len(blobs)]
+						buf.raw = append(buf.raw[:0], data...)
+						blobs = append(blobs, blob{id: id, data: buf.raw, buf: buf})
+						return nil
+					}
+					blobs = append(blobs, blob{id: id, data: bytes.Clone(data)})
 					return nil
 				}); err != nil {
 					return err
@@ -325,6 +360,7 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 				if opts != nil {
 					o = opts(b.id)
 				}
+				o.buf = b.buf
 				b.kind, b.pts, b.err = decodeChunkWith(b.data, o)
 				if b.err != nil {
 					b.err = fmt.Errorf("%s %d/%d of series %d: %w", table, tier, st, b.id, b.err)
