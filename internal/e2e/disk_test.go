@@ -47,6 +47,9 @@ func fillDisk(t testing.TB, dir string) func() {
 // every observation missing from the store is accounted for by a window
 // reported as failed. Short and full alike.
 func TestDiskFull(t *testing.T) {
+	// Parallel with TestCorruptStore after the other scenarios: neither
+	// depends on tight timing (no exact counts), and both mostly wait.
+	t.Parallel()
 	e := newEnv(t)
 	if err := os.MkdirAll(e.dataDir, 0o700); err != nil {
 		t.Fatal(err)
@@ -164,6 +167,7 @@ func TestDiskFull(t *testing.T) {
 // starts a fresh store, and the outbox of the data directory is kept.
 // Short and full alike.
 func TestCorruptStore(t *testing.T) {
+	t.Parallel() // see TestDiskFull
 	for _, damage := range []string{"truncated", "header"} {
 		t.Run(damage, func(t *testing.T) {
 			t.Parallel() // mostly waiting: halves the scenario's wall time
