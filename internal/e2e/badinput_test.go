@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"math"
@@ -17,6 +18,10 @@ import (
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	metricpb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -79,7 +84,7 @@ func marshal(t testing.TB, m proto.Message) []byte {
 }
 
 // TestBadInput: one agent gets a malformed scrape body, a scrape body far
-// over body_size_limit, OTLP requests over max_request_bytes and
+// over body_size_limit, OTLP requests (HTTP and gRPC) over max_request_bytes and
 // max_series_per_request, NaN and ±Inf, a negative delta, exponential
 // histograms whose counts do not add up, a truncated protobuf, and a
 // cardinality explosion of distinct http.route values contained by
@@ -174,6 +179,21 @@ exporters: []
 		big = append(big, dbl(1, strAttr("pad", strings.Repeat("x", 1000)+strconv.Itoa(i))))
 	}
 	statuses["over max_request_bytes"] = post(t, e.otlpHTTP, marshal(t, otlpRequest(deltaSum("big.total", now, big...))))
+	// The same over gRPC: RESOURCE_EXHAUSTED (the client must not retry it
+	// as if the server were down); a valid request on the same connection
+	// is then stored.
+	conn, err := grpc.NewClient(e.otlpGRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := colmetricpb.NewMetricsServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err = client.Export(ctx, otlpRequest(deltaSum("big.total", now, big...)))
+	grpcBig := status.Code(err)
+	_, err = client.Export(ctx, otlpRequest(valid()))
+	grpcValid := status.Code(err)
 	// Over max_series_per_request.
 	var many []*metricpb.NumberDataPoint
 	for i := range 3000 {
@@ -295,6 +315,10 @@ exporters: []
 	}
 	if st := statuses["over max_request_bytes"]; st != http.StatusRequestEntityTooLarge {
 		t.Errorf("over max_request_bytes: %d, want 413", st)
+	}
+	t.Logf("OTLP/gRPC: over max_request_bytes %v, a valid request after it %v", grpcBig, grpcValid)
+	if grpcBig != codes.ResourceExhausted || grpcValid != codes.OK {
+		t.Errorf("OTLP/gRPC: over max_request_bytes %v (want ResourceExhausted), a valid request after it %v (want OK)", grpcBig, grpcValid)
 	}
 	if malformedFailures < 1 || hugeFailures < 1 {
 		t.Errorf("scrape failures: malformed target %v, huge target %v; want both failing", malformedFailures, hugeFailures)
