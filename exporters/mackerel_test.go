@@ -647,12 +647,14 @@ func copyDir(t *testing.T, from, to string) {
 func TestMackerelKeyHygiene(t *testing.T) {
 	env := newMackerelEnv(t, func(c *MackerelConfig) {
 		c.Annotate = []MackerelAnnotate{{Metric: "*", Stat: "max", Above: Threshold{Value: 1, set: true}}}
-		c.Timeout = config.Duration(300 * time.Millisecond)
+		// Long enough that a post on a loaded machine does not time out
+		// (a fourth error); the scripted delay is well past it.
+		c.Timeout = config.Duration(time.Second)
 	})
 	exp, ob := env.open()
 	env.fake.FailNext(1, "", fakemackerel.Fault{Status: 500})
 	env.fake.FailNext(1, "", fakemackerel.Fault{Reset: true})
-	env.fake.FailNext(1, "", fakemackerel.Fault{Delay: 600 * time.Millisecond})
+	env.fake.FailNext(1, "", fakemackerel.Fault{Delay: 2500 * time.Millisecond})
 	env.fake.FailNext(1, "/api/v0/graph-annotations", fakemackerel.Fault{Status: 400})
 	env.clock.Set(t0.Add(10 * time.Minute))
 	var errs []string
