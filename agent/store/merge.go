@@ -174,6 +174,42 @@ func (m *merger) addSeries(o *Agg, own bool) {
 	m.n++
 }
 
+// addSingle folds one point of a series of the given kind as addSeries
+// folds the merge of a series' step that holds only that point (a step no
+// longer than the tier's resolution), without that merge for the common
+// cases: a count, or a histogram merged bucket by bucket.
+func (m *merger) addSingle(p *point, kind metric.Kind) error {
+	a := &m.agg
+	if kind == metric.Histogram && m.kind == metric.Histogram {
+		switch {
+		case p.h == nil && m.countsOnly:
+			a.ErrorCount += p.errCount
+			a.ErrorTracked = a.ErrorTracked || p.errTracked
+			a.Count += p.count
+			m.n++
+			return nil
+		case p.h != nil && !p.h.summary && a.Hist == nil && p.h.eligible():
+			a.ErrorCount += p.errCount
+			a.ErrorTracked = a.ErrorTracked || p.errTracked
+			if a.acc == nil {
+				a.acc = newHistAcc(p.h)
+			} else {
+				a.acc.add(p.h, false)
+			}
+			m.n++
+			return nil
+		}
+	}
+	one := newMerger(kind)
+	one.countsOnly = m.countsOnly
+	if err := one.addPoint(p); err != nil {
+		return err
+	}
+	r := one.result()
+	m.addSeries(&r, true)
+	return nil
+}
+
 // materialize turns the accumulated buckets into the histogram.
 func (m *merger) materialize() error {
 	a := &m.agg

@@ -339,6 +339,9 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 		a.m.addSeries(&r, true) // cur is reset next: its histogram can move
 		st.started = false
 	}
+	// single: steps are no longer than the tier's resolution, so each
+	// holds one point of a series, which goes straight into the row.
+	var single bool
 	fold := func(id int64, kind metric.Kind, pts []point) error {
 		st := states[id]
 		if st == nil || kind != st.ss.kind {
@@ -353,6 +356,17 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 				if len(st.steps) == 0 || st.steps[0] != t {
 					continue
 				}
+			}
+			if single {
+				a := st.g.accs.get((t - from) / stepS)
+				if !a.used {
+					a.used, a.unit, a.m = true, st.ss.unit, *newMerger(st.ss.kind)
+					a.m.countsOnly = q.CountsOnly
+				}
+				if err := a.m.addSingle(&pts[i], kind); err != nil {
+					return err
+				}
+				continue
 			}
 			if !st.started || t != st.curT {
 				flush(st)
@@ -369,6 +383,7 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 		for _, st := range states {
 			st.steps = st.g.steps
 		}
+		single = stepS <= s.tiers[seg.tier].res
 		if err := s.stream(ctx, tx, seg.tier, seg.from, seg.to, selection{ids: ids}, opts, fold); err != nil {
 			return nil, s.wrap("querying "+q.Metric, err)
 		}
