@@ -194,6 +194,11 @@ func (s *Store) segments(from, to int64) []segment {
 	return out
 }
 
+// countsPrefix is how much of a chunk a CountsOnly query fetches: the
+// header and the count columns of 120 windows fit with room to spare (a
+// chunk whose don't is fetched again whole).
+const countsPrefix = 2048
+
 // rollupSegments is segments, except that the part of [from, to) that the
 // coarsest tier dividing step has rolled up (whole slots only) is read from
 // that tier.
@@ -384,7 +389,11 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 			st.steps = st.g.steps
 		}
 		single = stepS <= s.tiers[seg.tier].res
-		if err := s.stream(ctx, tx, seg.tier, seg.from, seg.to, selection{ids: ids}, opts, fold); err != nil {
+		prefix := 0
+		if q.CountsOnly {
+			prefix = countsPrefix
+		}
+		if err := s.stream(ctx, tx, seg.tier, seg.from, seg.to, selection{ids: ids}, prefix, opts, fold); err != nil {
 			return nil, s.wrap("querying "+q.Metric, err)
 		}
 		for _, st := range states {

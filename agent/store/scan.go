@@ -265,7 +265,11 @@ var errReadOnly = errors.New("store opened read-only")
 // read first; closed chunks are then fetched one chunk start at a time and
 // decoded on all cores, and fold runs on the calling goroutine, so memory
 // stays bounded by one chunk start's blobs however long the range.
-func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int64, sel selection, opts func(id int64) decodeOptions, fold func(id int64, kind metric.Kind, pts []point) error) error {
+//
+// prefix > 0 fetches only the first prefix bytes of each chunk (enough for
+// the count columns, decodeOptions.countsOnly), and the whole chunk only
+// when that is not enough.
+func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int64, sel selection, prefix int, opts func(id int64) decodeOptions, fold func(id int64, kind metric.Kind, pts []point) error) error {
 	if from >= to || (sel.ids != nil && len(sel.ids) == 0) {
 		return nil
 	}
@@ -292,12 +296,13 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 		}
 	}
 	type blob struct {
-		id   int64
-		data []byte
-		buf  *decodeBuf
-		kind metric.Kind
-		pts  []point
-		err  error
+		id      int64
+		data    []byte
+		buf     *decodeBuf
+		refetch bool
+		kind    metric.Kind
+		pts     []point
+		err     error
 	}
 	// fetchAll calls each with the decoded blobs of table, one chunk start
 	// at a time (sts) or, for the head (sts nil), all at once: head rows
@@ -316,7 +321,11 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 			if head {
 				cond = `start >= ? AND start < ?`
 			}
-			stmt, err := q.PrepareContext(ctx, `SELECT series, data FROM `+table+` WHERE tier = ? AND `+cond+` AND `+p.cond)
+			col := `data`
+			if prefix > 0 {
+				col = fmt.Sprintf(`substr(data, 1, %d)`, prefix)
+			}
+			stmt, err := q.PrepareContext(ctx, `SELECT series, `+col+` FROM `+table+` WHERE tier = ? AND `+cond+` AND `+p.cond)
 			if err != nil {
 				return err
 			}
@@ -362,6 +371,9 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 				}
 				o.buf = b.buf
 				b.kind, b.pts, b.err = decodeChunkWith(b.data, o)
+				if b.err != nil && prefix > 0 && len(b.data) == prefix {
+					b.refetch, b.err = true, nil // the prefix was too short
+				}
 				if b.err != nil {
 					b.err = fmt.Errorf("%s %d/%d of series %d: %w", table, tier, st, b.id, b.err)
 				}
@@ -384,8 +396,23 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 				}
 			}
 			for i := range blobs {
-				if blobs[i].err != nil {
-					return blobs[i].err
+				b := &blobs[i]
+				if b.err != nil {
+					return b.err
+				}
+				if !b.refetch {
+					continue
+				}
+				var data []byte
+				if err := q.QueryRowContext(ctx, `SELECT data FROM `+table+` WHERE tier = ? AND start = ? AND series = ?`, tier, st, b.id).Scan(&data); err != nil {
+					return err
+				}
+				var o decodeOptions
+				if opts != nil {
+					o = opts(b.id)
+				}
+				if b.kind, b.pts, b.err = decodeChunkWith(data, o); b.err != nil {
+					return fmt.Errorf("%s %d/%d of series %d: %w", table, tier, st, b.id, b.err)
 				}
 			}
 			if err := each(blobs); err != nil {

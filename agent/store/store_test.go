@@ -772,6 +772,37 @@ func TestQueryPartial(t *testing.T) {
 		}
 	})
 
+	t.Run("prefix too short", func(t *testing.T) {
+		// A chunk prefix without all the count columns is fetched again whole.
+		var ids []int64
+		rows, _ := s.db.Query(`SELECT id FROM series ORDER BY id`)
+		for rows.Next() {
+			var id int64
+			rows.Scan(&id)
+			ids = append(ids, id)
+		}
+		rows.Close()
+		counts := func(prefix int) map[int64]uint64 {
+			out := map[int64]uint64{}
+			err := s.stream(ctx, s.db, 1, t0.Unix(), t0.Unix()+days*86400, selection{ids: ids}, prefix,
+				func(int64) decodeOptions { return decodeOptions{countsOnly: true} },
+				func(id int64, kind metric.Kind, pts []point) error {
+					for _, p := range pts {
+						out[id] += p.count
+					}
+					return nil
+				})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return out
+		}
+		whole, short := counts(0), counts(24)
+		if len(whole) != 6 || fmt.Sprint(whole) != fmt.Sprint(short) {
+			t.Fatalf("prefix 24: %v, whole chunks: %v", short, whole)
+		}
+	})
+
 	t.Run("steps", func(t *testing.T) {
 		want := map[string][]time.Time{}
 		for d := range days {
