@@ -73,6 +73,9 @@ type rawState struct {
 	// (nil when none is pending); saved, whether the store holds a row.
 	sid [16]byte
 	bw  *window
+	// adm is the output series the state was admitted under (max_series,
+	// Pipeline.admit), nil when its metric had no limit.
+	adm *outSeries
 
 	hasBase bool
 	// Error marking, from the raw attributes (constant for the series).

@@ -145,6 +145,10 @@ type Pipeline struct {
 	forget   [][16]byte            // saved baselines to delete with the next window
 	restored map[[16]byte]restored // saved baselines not yet claimed
 
+	// admitted counts, per metric with a max_series limit, the raw
+	// cumulative series holding a state per output series (admit).
+	admitted map[string]map[string]int32
+
 	m pipelineMetrics
 }
 
@@ -283,7 +287,7 @@ func NewPipeline(cfg PipelineConfig, set Settings) (*Pipeline, error) {
 		lateness: cfg.Lateness, cur: rs, prev: rs,
 		raw: map[rawID]*rawState{}, windows: map[int64]*window{},
 		seed0: maphash.MakeSeed(), seed1: maphash.MakeSeed(),
-		restored: map[[16]byte]restored{},
+		restored: map[[16]byte]restored{}, admitted: map[string]map[string]int32{},
 		m:        m,
 	}
 	p.jwm = math.MinInt64
@@ -434,9 +438,8 @@ func (p *Pipeline) consumeSeries(id rawID, key []byte, s *metric.Series, now tim
 		full := len(p.raw) >= p.maxRaw
 		if cumulative {
 			// A cumulative series needs its baseline kept: not admitted
-			// beyond the raw limit, nor when it would only fold into an
-			// overflow series.
-			if full || p.overflowing(st, s, now) {
+			// beyond the raw limit, nor beyond its metric's max_series.
+			if full || !p.admit(st, s, now) {
 				drops[idxMaxSeries] += len(s.Points)
 				return
 			}
@@ -639,26 +642,57 @@ func (p *Pipeline) aggFor(st *rawState, s *metric.Series, idx int64, drops *drop
 	return a
 }
 
-// overflowing reports whether a new series' first point would fold into an
-// overflow series (its metric's max_series limit is reached in the point's
-// window). It caches the rule output in st.
-func (p *Pipeline) overflowing(st *rawState, s *metric.Series, now time.Time) bool {
+// admit decides whether a new cumulative series gets a state: always when
+// its metric has no max_series limit; otherwise when its output series (as
+// the rules of its first point's window make it) is among the first `limit`
+// output series of the metric that hold baselines. A series folded into an
+// overflow series would keep a baseline max_series does not bound. It
+// caches the rule output in st.
+func (p *Pipeline) admit(st *rawState, s *metric.Series, now time.Time) bool {
 	at := s.Points[0].Time
 	if at.IsZero() {
 		at = now
 	}
 	idx := p.windowIdx(at)
-	w := p.windows[idx]
 	rules := p.cur
 	if idx < p.switchAt {
 		rules = p.prev
 	}
-	if w != nil {
+	if w := p.windows[idx]; w != nil {
 		rules = w.rules
 	}
 	st.rs, st.out = rules, rules.apply(s)
 	out := st.out
-	return out.limit > 0 && w != nil && w.perMetric[out.name()] >= int(out.limit) && w.lookup(out.key) == nil
+	if out.limit == 0 {
+		return true
+	}
+	set := p.admitted[out.name()]
+	if set == nil {
+		set = map[string]int32{}
+		p.admitted[out.name()] = set
+	}
+	if _, ok := set[out.key]; !ok && len(set) >= int(out.limit) {
+		return false
+	}
+	set[out.key]++
+	st.adm = out
+	return true
+}
+
+// release undoes admit when st is forgotten.
+func (p *Pipeline) release(st *rawState) {
+	if st.adm == nil {
+		return
+	}
+	name := st.adm.name()
+	set := p.admitted[name]
+	if set[st.adm.key]--; set[st.adm.key] <= 0 {
+		delete(set, st.adm.key)
+		if len(set) == 0 {
+			delete(p.admitted, name)
+		}
+	}
+	st.adm = nil
 }
 
 func (p *Pipeline) overflowAgg(w *window, out *outSeries) *agg {
@@ -711,6 +745,7 @@ func (p *Pipeline) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.raw, p.windows = map[rawID]*rawState{}, map[int64]*window{}
+	p.admitted = map[string]map[string]int32{}
 	if p.jr != nil {
 		p.jr.close()
 	}
@@ -859,6 +894,7 @@ func (p *Pipeline) gc(now time.Time) {
 			if st.saved {
 				p.forget = append(p.forget, st.sid)
 			}
+			p.release(st)
 			delete(p.raw, k)
 			continue
 		}

@@ -929,17 +929,22 @@ func TestMaxSeriesBoundsRawState(t *testing.T) {
 	if n := len(h.p.raw); n > limit {
 		t.Errorf("delta explosion: %d raw states kept, want <= %d", n, limit)
 	}
-	batch = batch[:0]
-	for i := range routes {
-		batch = append(batch, metric.Series{Name: "cumulative", Kind: metric.Counter, Temporality: metric.Cumulative,
-			Attrs: attrsOf("route", strconv.Itoa(i)), Points: []metric.Point{{Start: t0, Time: t0.Add(2 * time.Second), Value: 1}}})
+	// Cumulative: the first scrape only sets baselines (the producer started
+	// before the agent), the second counts.
+	for v := range 2 {
+		batch = batch[:0]
+		for i := range routes {
+			batch = append(batch, metric.Series{Name: "cumulative", Kind: metric.Counter, Temporality: metric.Cumulative,
+				Attrs:  attrsOf("route", strconv.Itoa(i)),
+				Points: []metric.Point{{Start: t0.Add(-time.Hour), Time: t0.Add(time.Duration(2+v) * time.Second), Value: float64(1 + v)}}})
+		}
+		h.consume(batch...)
 	}
-	h.consume(batch...)
 	if n := len(h.p.raw); n > 2*limit {
 		t.Errorf("after a cumulative explosion: %d raw states kept, want <= %d", n, 2*limit)
 	}
-	if got := h.dropped(DropMaxSeries); got != routes-limit {
-		t.Errorf("dropped max_series = %v, want %d", got, routes-limit)
+	if got := h.dropped(DropMaxSeries); got != 2*(routes-limit) {
+		t.Errorf("dropped max_series = %v, want %d", got, 2*(routes-limit))
 	}
 	// No max_series for gauges: MaxRawSeries caps the states, every sample
 	// is still aggregated.
@@ -969,7 +974,7 @@ func TestMaxSeriesBoundsRawState(t *testing.T) {
 	if deltaSum != routes {
 		t.Errorf("delta increments = %v, want all %d (in at most %d series + overflow)", deltaSum, routes, limit)
 	}
-	if cumSum != limit { // first sights with Start = agent start count whole
+	if cumSum != limit {
 		t.Errorf("cumulative increments = %v, want %d from the admitted series", cumSum, limit)
 	}
 	if gauges != 1000 {
