@@ -288,7 +288,7 @@ func NewPipeline(cfg PipelineConfig, set Settings) (*Pipeline, error) {
 		raw: map[rawID]*rawState{}, windows: map[int64]*window{},
 		seed0: maphash.MakeSeed(), seed1: maphash.MakeSeed(),
 		restored: map[[16]byte]restored{}, admitted: map[string]map[string]int32{},
-		m:        m,
+		m: m,
 	}
 	p.jwm = math.MinInt64
 	if p.durable && set.LoadBaselines != nil {
