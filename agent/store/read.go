@@ -132,16 +132,24 @@ func (s *Store) selectSeries(ctx context.Context, q Query) ([]storedSeries, erro
 	for rows.Next() {
 		var ss storedSeries
 		var kind int
-		var res, attrs string
+		var res, attrs sql.RawBytes
 		if err := rows.Scan(&ss.id, &kind, &ss.unit, &res, &attrs); err != nil {
 			return nil, s.wrap("reading series", err)
 		}
 		ss.kind = metric.Kind(kind)
-		if ss.resource, err = parseAttrs(res); err != nil {
-			return nil, s.wrap("reading series", err)
-		}
-		if ss.attrs, err = parseAttrs(attrs); err != nil {
-			return nil, s.wrap("reading series", err)
+		// A series row never changes (its id is a hash of its identity):
+		// its attributes are parsed once per Store, not per query.
+		if p, ok := s.parsed.Load(ss.id); ok && p.(*storedSeries).unit == ss.unit && p.(*storedSeries).kind == ss.kind {
+			ss.resource, ss.attrs = p.(*storedSeries).resource, p.(*storedSeries).attrs
+		} else {
+			if ss.resource, err = parseAttrs(string(res)); err != nil {
+				return nil, s.wrap("reading series", err)
+			}
+			if ss.attrs, err = parseAttrs(string(attrs)); err != nil {
+				return nil, s.wrap("reading series", err)
+			}
+			c := ss
+			s.parsed.Store(ss.id, &c)
 		}
 		match := true
 		for k, v := range q.Where {

@@ -100,6 +100,7 @@ type Store struct {
 	mu     sync.Mutex // serialises writers
 	known  map[int64]struct{}
 	rolled []atomic.Int64 // rolled[i]: tier i holds rollups of every slot before this (Unix s)
+	parsed sync.Map       // series id → *storedSeries, attributes parsed once (read.go)
 	buf    []byte
 	args   []any
 	// The baselines log (baselines.go): bytes in it, and in its oldest
