@@ -160,8 +160,11 @@ type decodeOptions struct {
 	buf *decodeBuf
 }
 
-// decodeBuf is memory reused from one chunk decode to the next.
+// decodeBuf is memory reused from one chunk decode to the next or, with
+// keep, shared by many decodes whose points are all kept (head rows: one
+// point each).
 type decodeBuf struct {
+	keep  bool
 	raw   []byte // the blob, for the caller
 	pts   []point
 	hs    []hdata
@@ -172,6 +175,22 @@ type decodeBuf struct {
 
 // points returns n zeroed points (and histograms when hist).
 func (b *decodeBuf) points(n int, hist bool) ([]point, []hdata) {
+	if b.keep {
+		if cap(b.pts)-len(b.pts) < n {
+			b.pts = make([]point, 0, max(n, 1024))
+		}
+		pts := b.pts[len(b.pts) : len(b.pts)+n : len(b.pts)+n]
+		b.pts = b.pts[:len(b.pts)+n]
+		if !hist {
+			return pts, nil
+		}
+		if cap(b.hs)-len(b.hs) < n {
+			b.hs = make([]hdata, 0, max(n, 1024))
+		}
+		hs := b.hs[len(b.hs) : len(b.hs)+n : len(b.hs)+n]
+		b.hs = b.hs[:len(b.hs)+n]
+		return pts, hs
+	}
 	if cap(b.pts) < n {
 		b.pts = make([]point, n)
 	}
@@ -328,6 +347,9 @@ func decodeChunkWith(b []byte, opt decodeOptions) (metric.Kind, []point, error) 
 			var r packedReader
 			if opt.buf != nil {
 				r.arena = opt.buf.arena[:0]
+				if opt.buf.keep {
+					r.arena = opt.buf.arena // counts handed out stay
+				}
 				defer func() { opt.buf.arena = r.arena }()
 			}
 			if want == nil {

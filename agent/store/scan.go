@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -336,6 +335,7 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 		// Chunks decode into memory reused from one start to the next (fold
 		// keeps nothing); head points are kept until the chunks are done.
 		var bufs []*decodeBuf
+		var slab []byte
 		for _, st := range sts {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -357,19 +357,29 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 						blobs = append(blobs, blob{id: id, data: buf.raw, buf: buf})
 						return nil
 					}
-					blobs = append(blobs, blob{id: id, data: bytes.Clone(data)})
+					// Head rows are small: they share slabs.
+					if cap(slab)-len(slab) < len(data) {
+						slab = make([]byte, 0, max(1<<20, len(data)))
+					}
+					at := len(slab)
+					slab = append(slab, data...)
+					blobs = append(blobs, blob{id: id, data: slab[at:len(slab):len(slab)]})
 					return nil
 				}); err != nil {
 					return err
 				}
 			}
-			decode := func(i int) {
+			// kb is the worker's memory for head points, which are kept.
+			decode := func(i int, kb *decodeBuf) {
 				b := &blobs[i]
 				var o decodeOptions
 				if opts != nil {
 					o = opts(b.id)
 				}
 				o.buf = b.buf
+				if o.buf == nil {
+					o.buf = kb
+				}
 				b.kind, b.pts, b.err = decodeChunkWith(b.data, o)
 				if b.err != nil && prefix > 0 && len(b.data) == prefix {
 					b.refetch, b.err = true, nil // the prefix was too short
@@ -384,15 +394,17 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 				var wg sync.WaitGroup
 				for range workers {
 					wg.Go(func() {
+						kb := &decodeBuf{keep: true}
 						for i := int(next.Add(1) - 1); i < len(blobs); i = int(next.Add(1) - 1) {
-							decode(i)
+							decode(i, kb)
 						}
 					})
 				}
 				wg.Wait()
 			} else {
+				kb := &decodeBuf{keep: true}
 				for i := range blobs {
-					decode(i)
+					decode(i, kb)
 				}
 			}
 			for i := range blobs {
