@@ -492,14 +492,19 @@ func (e *Mackerel) minuteOf(w *metric.Window) (minute time.Time, aggs []metric.A
 		if key < horizon {
 			return minute, nil, 0, false
 		}
-		mw = &minuteWindows{windows: map[int64]*metric.Window{}}
+		mw = newMinuteWindows()
 		e.minutes[key] = mw
 	}
+	start := w.Start.UnixNano()
 	if mw.put(cloneWindow(w)) && e.journal != nil {
-		if err := e.journal.append(key, w); err != nil {
-			e.m.journalFailures.Inc()
-			e.log.Error("sub-minute window not journaled; posting it anyway, but a restart within its minute would post the minute without it",
-				"window", fmtTime(w.Start), "err", err)
+		if rev, done := mw.journaled[start]; !done || rev != w.Revision {
+			if err := e.journal.append(key, w); err != nil {
+				e.m.journalFailures.Inc()
+				e.log.Error("sub-minute window not journaled; posting it anyway, but a restart within its minute would post the minute without it",
+					"window", fmtTime(w.Start), "err", err)
+			} else {
+				mw.journaled[start] = w.Revision
+			}
 		}
 	}
 	for _, s := range mw.sortedStarts() {

@@ -54,6 +54,14 @@ import (
 // minuteWindows holds the windows of one minute, by start.
 type minuteWindows struct {
 	windows map[int64]*metric.Window
+	// journaled is the revision of each window this process appended to the
+	// journal: the outbox retrying a window (Mackerel down) hands it over
+	// again and again, and one record of it is enough.
+	journaled map[int64]int
+}
+
+func newMinuteWindows() *minuteWindows {
+	return &minuteWindows{windows: map[int64]*metric.Window{}, journaled: map[int64]int{}}
 }
 
 // put records w (which the caller no longer changes) as the window starting
@@ -131,7 +139,7 @@ func (j *minuteJournal) load(minutes map[int64]*minuteWindows) (newest int64, er
 		}
 		mw := minutes[m]
 		if mw == nil {
-			mw = &minuteWindows{windows: map[int64]*metric.Window{}}
+			mw = newMinuteWindows()
 			minutes[m] = mw
 		}
 		for _, w := range ws {

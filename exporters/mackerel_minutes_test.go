@@ -136,6 +136,24 @@ func TestMackerelSubMinuteJournalFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Mackerel down: the outbox hands the newest window over again and
+	// again; the journal keeps one record of it.
+	last := filepath.Join(env.dir, "outbox", exp.Name(), strconv.FormatInt(t0.Add(14*time.Minute).Unix(), 10)+minuteSuffix)
+	before, err := os.Stat(last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.fake.FailNext(3, "/api/v0/services/", fakemackerel.Fault{Status: 503})
+	for range 3 {
+		w, _ := latencyWindow(t0.Add(14*time.Minute), 10, false)
+		w.Duration = 30 * time.Second
+		if err := exp.Export(context.Background(), w); err == nil {
+			t.Fatal("want the scripted 503")
+		}
+	}
+	if after, _ := os.Stat(last); after.Size() != before.Size() {
+		t.Errorf("retries grew the journal from %d to %d bytes", before.Size(), after.Size())
+	}
 	files, _ := filepath.Glob(filepath.Join(env.dir, "outbox", exp.Name(), "*.minute"))
 	if len(files) != 11 { // minutes 4..14: the newest and the 10 before it
 		t.Fatalf("%d journal files, want 11: %v", len(files), files)
@@ -178,7 +196,7 @@ func TestMinuteWindowsPut(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			mw := &minuteWindows{windows: map[int64]*metric.Window{}}
+			mw := newMinuteWindows()
 			mw.put(tc.first)
 			if ok := mw.put(tc.second); ok != tc.ok {
 				t.Errorf("put = %v, want %v", ok, tc.ok)
