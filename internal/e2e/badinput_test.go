@@ -377,9 +377,12 @@ exporters: []
 		t.Errorf("valid points sent beside bad ones: stored %v, want %v", got, validSent)
 	}
 	want := l.targets.Totals()
-	if got := sumStat(query(t, e.dataDir, "-metric", "loadgen_request_duration_seconds", "-group-by", "e2e", "-stat", "count", "-from", "2h", "-step", "1d"), "count"); got != float64(want.Observations) {
-		t.Errorf("good target beside bad ones: stored %v observations, want %d", got, want.Observations)
+	goodStored := sumStat(query(t, e.dataDir, "-metric", "loadgen_request_duration_seconds", "-group-by", "e2e", "-stat", "count", "-from", "2h", "-step", "1d"), "count")
+	if goodStored != float64(want.Observations) {
+		t.Errorf("good target beside bad ones: stored %v observations, want %d", goodStored, want.Observations)
 	}
+	lostObs, dupObs := lostDup(float64(want.Observations), goodStored)
+	figures(t, a.counts, lostObs, dupObs, a.peakRSS)
 	// The explosion: every increment kept, in at most limit+1 series per
 	// window (the overflow series takes the rest).
 	rows := query(t, e.dataDir, "-metric", "explode.requests", "-stat", "sum", "-from", "2h", "-step", "1s")

@@ -146,6 +146,8 @@ func TestDiskFull(t *testing.T) {
 	for _, r := range rows {
 		largest = max(largest, r.Value)
 	}
+	lostObs, dupObs := lostDup(float64(want), stored)
+	figures(t, a.counts, lostObs, dupObs, a.peakRSS)
 	if lost := float64(want) - stored; lost > storeErrs2*largest {
 		t.Errorf("lost %v observations, more than the %v failed windows hold (at most %v each): a silent loss", lost, storeErrs2, largest)
 	}

@@ -64,6 +64,8 @@ func TestMackerelOutage(t *testing.T) {
 	if got := sumStat(rows, "count"); got != float64(want.Observations) {
 		t.Errorf("store count %v, want %d", got, want.Observations)
 	}
+	lost, dup := lostDup(float64(want.Observations), sumStat(rows, "count"))
+	figures(t, a.counts, lost, dup, a.peakRSS)
 }
 
 // history records the load's totals over time.
@@ -167,6 +169,7 @@ func TestKill9(t *testing.T) {
 	// slack for a loaded machine: the open windows).
 	var dltOpen uint64
 	var peak int64
+	var counts windowCounts
 	for k := range kills {
 		if k == 0 {
 			// Mackerel is down across the first kill: the windows queued
@@ -182,6 +185,7 @@ func TestKill9(t *testing.T) {
 		killAt := time.Now()
 		a.kill9()
 		peak = max(peak, a.peakRSS)
+		counts = counts.add(a.counts)
 		dltOpen += h.before(killAt).dltAck - h.before(killAt.Add(-4*time.Second)).dltAck
 		gen(time.Second) // the load goes on while the agent is down
 		s0 := l.targets.MinScrapes()
@@ -199,8 +203,15 @@ func TestKill9(t *testing.T) {
 	l.settle(t)
 	end := l.mark()
 	time.Sleep(1500 * time.Millisecond)
+	// The windows queued while Mackerel was down are sent while the agent
+	// runs, not only by the drain at shutdown.
+	waitFor(t, 90*time.Second, "the Mackerel outbox to drain", func() bool {
+		_, _, _, waiting := exporterCounts(a)
+		return waiting == 0
+	})
 	a.stop()
 	peak = max(peak, a.peakRSS)
+	counts = counts.add(a.counts)
 
 	got := sumStat(query(t, e.dataDir, "-metric", "loadgen_request_duration_seconds", "-group-by", "e2e", "-stat", "count", "-from", "2h", "-step", "1d"), "count")
 	otlp := map[string]float64{}
@@ -232,6 +243,12 @@ func TestKill9(t *testing.T) {
 	check("scrape", got, end.scrape.Observations, end.scrape.Observations)
 	check("OTLP cumulative", gotC, end.cumGen, end.cumGen)
 	check("OTLP delta", gotD, end.dltAck-dltOpen, end.dltGen+resent)
+	var lost, dup float64
+	for _, p := range [][2]float64{{float64(end.scrape.Observations), got}, {float64(end.cumGen), gotC}, {float64(end.dltAck), gotD}} {
+		l, d := lostDup(p[0], p[1])
+		lost, dup = lost+l, dup+d
+	}
+	figures(t, counts, lost, dup, peak)
 	if mkGot > float64(end.scrape.Observations) {
 		t.Errorf("Mackerel holds %v, more than the %d generated", mkGot, end.scrape.Observations)
 	}
@@ -332,6 +349,8 @@ func TestReload(t *testing.T) {
 	if got := sumStat(old, "count") + sumStat(renamed, "count"); got != float64(want) {
 		t.Errorf("old + renamed counts = %v, want %d", got, want)
 	}
+	lost, dup := lostDup(float64(want), sumStat(old, "count")+sumStat(renamed, "count"))
+	figures(t, a.counts, lost, dup, a.peakRSS)
 }
 
 func maxTime(a, b time.Time) time.Time {

@@ -99,6 +99,45 @@ type agent struct {
 	// peakRSS is VmHWM in KiB, read just before the process ended (or
 	// on demand with PeakRSS).
 	peakRSS int64
+	// counts are the window counters read just before stop or kill9.
+	counts windowCounts
+}
+
+// windowCounts are an agent's window counters (from /metrics).
+type windowCounts struct {
+	closed, revised, sent, dropped, storeErrs, refused float64
+}
+
+func (a *agent) readCounts() windowCounts {
+	return windowCounts{
+		closed:    a.metricWhere("sabaki_pipeline_windows_total", `emission="first"`),
+		revised:   a.metricWhere("sabaki_pipeline_windows_total", `emission="revision"`),
+		sent:      a.metricWhere("sabaki_exporter_sent_windows_total"),
+		dropped:   a.metricWhere("sabaki_exporter_dropped_windows_total"),
+		storeErrs: a.metricWhere("sabaki_agent_store_write_errors_total"),
+		refused:   a.metricWhere("sabaki_agent_enqueue_errors_total"),
+	}
+}
+
+func (c windowCounts) add(d windowCounts) windowCounts {
+	return windowCounts{c.closed + d.closed, c.revised + d.revised, c.sent + d.sent, c.dropped + d.dropped,
+		c.storeErrs + d.storeErrs, c.refused + d.refused}
+}
+
+// figures logs a scenario's summary in one greppable line (FIGURES): the
+// windows the pipeline closed (and revised), sent to Mackerel, lost (store
+// writes failed, exporter drops, refused enqueues), the observations lost
+// and counted twice end to end, and the peak RSS. Counters are read just
+// before each stop or kill, so windows flushed at shutdown are not in them.
+func figures(t testing.TB, c windowCounts, lostObs, dupObs float64, peakKiB int64) {
+	t.Helper()
+	t.Logf("FIGURES %s: windows closed %v (revised %v), sent to Mackerel %v, lost %v (store writes failed %v, exporter drops %v, refused enqueues %v); observations lost %v, counted twice %v; peak RSS %.1f MiB",
+		t.Name(), c.closed, c.revised, c.sent, c.storeErrs+c.dropped+c.refused, c.storeErrs, c.dropped, c.refused, lostObs, dupObs, float64(peakKiB)/1024)
+}
+
+// lostDup splits got − want into what is missing and what is in excess.
+func lostDup(want, got float64) (lost, dup float64) {
+	return max(want-got, 0), max(got-want, 0)
 }
 
 // env is a scenario's directory and ports.
@@ -218,6 +257,7 @@ func (a *agent) PeakRSS() int64 {
 func (a *agent) stop() {
 	a.t.Helper()
 	a.PeakRSS()
+	a.counts = a.readCounts()
 	a.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-a.done:
@@ -232,6 +272,7 @@ func (a *agent) stop() {
 // kill9 sends SIGKILL and waits for the process to be gone.
 func (a *agent) kill9() {
 	a.PeakRSS()
+	a.counts = a.readCounts()
 	a.cmd.Process.Signal(syscall.SIGKILL)
 	<-a.done
 }

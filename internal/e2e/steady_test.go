@@ -252,4 +252,8 @@ func TestSteadyState(t *testing.T) {
 		t.Errorf("Mackerel: OTLP counter increments %v over %d names, want %d", got, names, jobs)
 	}
 	t.Logf("windows sent to Mackerel before shutdown: %v; peak RSS %d KiB; Mackerel posts %d", sent, a.peakRSS, len(mk.Posts()))
+	stored := sumStat(query(t, e.dataDir, "-metric", "loadgen_request_duration_seconds", "-group-by", "e2e", "-stat", "count", "-from", "2h", "-step", "1d"), "count") +
+		sumStat(query(t, e.dataDir, "-metric", "http.server.request.duration", "-group-by", "service.name", "-stat", "count", "-from", "2h", "-step", "1d"), "count")
+	lost, dup := lostDup(float64(want.Observations+otlpObs), stored)
+	figures(t, a.counts, lost, dup, a.peakRSS)
 }
