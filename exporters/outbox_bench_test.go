@@ -61,3 +61,19 @@ func BenchmarkOutboxEncode10k(b *testing.B) {
 	}
 	b.ReportMetric(float64(n), "bytes/window")
 }
+
+// BenchmarkOutboxDecode10k decodes one minute of 10,000 latency series, as
+// the outbox does before each send.
+func BenchmarkOutboxDecode10k(b *testing.B) {
+	p, err := encodeWindow(realisticWindow(t0, 10000))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		w, err := decodeWindow(p)
+		if err != nil || len(w.Series) != 10000 {
+			b.Fatalf("%v", err)
+		}
+	}
+}
