@@ -190,28 +190,34 @@ func (p *Pipeline) pointIdx(s *metric.Series, pt *metric.Point, now time.Time) i
 	return p.windowIdx(t)
 }
 
+// recBufs holds journal record buffers: a request's record is encoded
+// outside the journal's lock, into a buffer reused across requests.
+var recBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
 // journalBatch appends b's delta series to the journal.
 func (p *Pipeline) journalBatch(b *metric.Batch, now time.Time) {
+	var bufp *[]byte
 	var rec []byte
 	maxIdx := int64(math.MinInt64)
-	n := 0
 	for i := range b.Series {
 		s := &b.Series[i]
 		if !journalled(s) {
 			continue
 		}
-		if rec == nil {
-			rec = make([]byte, 8, 256)
+		if bufp == nil {
+			bufp = recBufs.Get().(*[]byte)
+			rec = append((*bufp)[:0], make([]byte, 8)...)
 			rec = appendString(rec, b.Source)
 		}
-		n++
 		rec = appendSeries(rec, s, now)
 		for j := range s.Points {
 			maxIdx = max(maxIdx, p.pointIdx(s, &s.Points[j], now))
 		}
 	}
-	if n > 0 {
+	if bufp != nil {
 		p.jr.write(rec, maxIdx)
+		*bufp = rec[:0]
+		recBufs.Put(bufp)
 	}
 }
 

@@ -887,7 +887,7 @@ func (p *Pipeline) gc(now time.Time) {
 	stale := p.forgetAfter()
 	// Without a baseline (gauges, deltas) the state is a cache of the rule
 	// output: forgotten sooner.
-	cache := max(2*p.window, time.Minute)
+	cache := max(2*p.window, 10*time.Second)
 	for k, st := range p.raw {
 		silent := time.Duration(int32(uint32(now.Unix())-st.seen)) * time.Second
 		if (silent > stale || (!st.hasBase && silent > cache)) && st.bw == nil {

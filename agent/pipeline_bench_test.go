@@ -23,9 +23,12 @@ func BenchmarkConsume(b *testing.B) {
 		counters, hists int
 		rules           []RuleConfig
 		durable         bool // baselines saved with each window (discarded here)
+		delta           bool // delta series (journalled when durable)
 	}{
 		{name: "2000c+100h/no-rules", counters: 2000, hists: 100},
 		{name: "2000c+100h/durable", counters: 2000, hists: 100, durable: true},
+		{name: "2000c+100h/delta", counters: 2000, hists: 100, delta: true},
+		{name: "2000c+100h/delta-journal", counters: 2000, hists: 100, delta: true, durable: true},
 		{name: "2000c/no-rules", counters: 2000},
 		{name: "100h/no-rules", hists: 100},
 		{name: "2000c+100h/rules", counters: 2000, hists: 100, rules: []RuleConfig{
@@ -40,6 +43,11 @@ func BenchmarkConsume(b *testing.B) {
 			set := Settings{Now: func() time.Time { return now }, StartTime: t0}
 			if tc.durable {
 				set.OnWindowState = func(*metric.Window, StateChange) error { return nil }
+				set.Journal = b.TempDir()
+			}
+			temporality := metric.Cumulative
+			if tc.delta {
+				temporality = metric.Delta
 			}
 			p, err := NewPipeline(PipelineConfig{Window: time.Minute, Lateness: 5 * time.Minute, Rules: tc.rules}, set)
 			if err != nil {
@@ -49,7 +57,7 @@ func BenchmarkConsume(b *testing.B) {
 			batch := metric.Batch{Source: "app", Series: make([]metric.Series, 0, counters+hists)}
 			for i := range counters {
 				batch.Series = append(batch.Series, metric.Series{Name: fmt.Sprintf("http_requests_total_%d", i%50), Kind: metric.Counter,
-					Temporality: metric.Cumulative, Resource: res,
+					Temporality: temporality, Resource: res,
 					Attrs:  attrsOf("http.route", fmt.Sprintf("/api/v1/items/%d", i), "code", "200", "method", "GET"),
 					Points: []metric.Point{{}}})
 			}
@@ -62,7 +70,7 @@ func BenchmarkConsume(b *testing.B) {
 					cum[i].Record(0.001 * float64(j+1))
 				}
 				batch.Series = append(batch.Series, metric.Series{Name: "http.server.request.duration", Kind: metric.Histogram,
-					Temporality: metric.Cumulative, Resource: res,
+					Temporality: temporality, Resource: res,
 					Attrs:  attrsOf("http.route", fmt.Sprintf("/r/%d", i), "http.response.status_code", "200"),
 					Points: []metric.Point{{}}})
 			}
