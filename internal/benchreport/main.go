@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -42,11 +43,12 @@ func main() {
 	measure := flag.Duration("measure", 3*time.Minute, "measured period of the side-by-side run")
 	scales := flag.String("scales", "105k,10k,1k", "side-by-side scales to run, comma-separated (105k, 10k, 1k)")
 	sabakiEnv := flag.String("sabaki-env", "", "extra environment for the sabaki process only, space-separated (e.g. \"GOGC=50\"), to compare runtime settings")
+	baseline := flag.String("baseline", "", "a sabaki source tree (e.g. an older commit's `git archive`) built and run as a third process, sabaki-base, beside sabaki and Prometheus in the same run")
 	profile := flag.String("profile", "", "save sabaki's CPU profile over the measured period and its heap profile at its end into this directory (from the admin server's /debug/pprof/)")
 	flag.Parse()
 	var w bytes.Buffer
 	r := &report{w: &w, quick: *quick, measure: *measure, scales: strings.Split(*scales, ","), profileDir: *profile,
-		sabakiEnv: strings.Fields(*sabakiEnv)}
+		sabakiEnv: strings.Fields(*sabakiEnv), baseline: *baseline}
 	if r.quick {
 		r.measure = 30 * time.Second
 	}
@@ -76,6 +78,8 @@ type report struct {
 	profileDir string
 	// sabakiEnv is added to sabaki's environment (not Prometheus's).
 	sabakiEnv []string
+	// baseline is the source tree of sabaki-base (-baseline).
+	baseline string
 }
 
 func (r *report) printf(format string, args ...any) { fmt.Fprintf(r.w, format, args...) }
@@ -190,6 +194,9 @@ type proc struct {
 	name string
 	cmd  *exec.Cmd
 	log  *bytes.Buffer
+	// sabaki only: its admin address and fake Mackerel.
+	admin string
+	mk    *fakemackerel.Server
 }
 
 // cpuTicks is utime+stime of pid in clock ticks (USER_HZ, 100 on Linux).
@@ -264,6 +271,17 @@ func (r *report) agentVsPrometheus() {
 	if err := build.Run(); err != nil {
 		log.Fatalf("building sabaki: %v", err)
 	}
+	baseBin := ""
+	if r.baseline != "" {
+		baseBin = filepath.Join(dir, "sabaki-base")
+		build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", baseBin, "./cmd/sabaki")
+		build.Dir = r.baseline
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			log.Fatalf("building sabaki-base in %s: %v", r.baseline, err)
+		}
+		r.printf("sabaki-base is built from another source tree (-baseline) and runs beside the others with the same configuration; for both sabaki rows, samples are the points their pipelines received (sabaki_pipeline_points_total) in the measured period, and scrapes that divided by the series per target.\n\n")
+	}
 	promBin, _ := exec.LookPath("prometheus")
 	promVersion := "not installed"
 	if promBin != "" {
@@ -293,7 +311,7 @@ func (r *report) agentVsPrometheus() {
 		if i > 0 {
 			measure = max(measure/3, 30*time.Second)
 		}
-		r.sideBySide(dir, bin, promBin, sc, measure)
+		r.sideBySide(dir, bin, baseBin, promBin, sc, measure)
 	}
 	r.printf("\nThe measured periods: %v for 105k series, a third of it (at least 30 s) for the smaller scales.\n\n", r.measure)
 	for _, n := range r.notes {
@@ -301,7 +319,7 @@ func (r *report) agentVsPrometheus() {
 	}
 }
 
-func (r *report) sideBySide(dir, bin, promBin string, sc scale, measure time.Duration) {
+func (r *report) sideBySide(dir, bin, baseBin, promBin string, sc scale, measure time.Duration) {
 	log.Printf("side by side: %s series, %v", sc.name, measure)
 	tg, err := loadgen.StartTargets(loadgen.TargetsConfig{Targets: sc.targets, Counters: sc.counters, Gauges: sc.gauges, Histograms: sc.hst, Seed: 7})
 	if err != nil {
@@ -329,36 +347,14 @@ func (r *report) sideBySide(dir, bin, promBin string, sc scale, measure time.Dur
 		hostports = append(hostports, strings.TrimSuffix(strings.TrimPrefix(u, "http://"), "/metrics"))
 	}
 
-	// sabaki
-	mk := fakemackerel.New(fakemackerel.Options{Keys: map[string]fakemackerel.Perm{"k": {Read: true, Write: true}}, Services: []string{"bench"}})
-	defer mk.Close()
-	sdir := filepath.Join(dir, "sabaki-"+sc.name)
-	os.MkdirAll(sdir, 0o700)
-	adminAddr := freePort()
-	cfg := fmt.Sprintf(`agent:
-  window: 60s
-  data_dir: %s
-  admin_listen: %s
-sources:
-  - type: prometheus
-    name: bench
-    targets: [%s]
-    interval: 5s
-    timeout: 5s
-exporters:
-  - type: mackerel
-    service: bench
-    api_key: k
-    base_url: %s
-`, filepath.Join(sdir, "data"), adminAddr, strings.Join(tg.URLs(), ", "), mk.URL)
-	cfgPath := filepath.Join(sdir, "sabaki.yaml")
-	os.WriteFile(cfgPath, []byte(cfg), 0o600)
-	sab := &proc{name: "sabaki", log: &bytes.Buffer{}}
-	sab.cmd = exec.Command(bin, "run", "-config", cfgPath)
-	if len(r.sabakiEnv) > 0 {
-		sab.cmd.Env = append(os.Environ(), r.sabakiEnv...)
+	sab := r.newSabaki("sabaki", bin, filepath.Join(dir, "sabaki-"+sc.name), tg.URLs(), r.sabakiEnv)
+	defer sab.mk.Close()
+	adminAddr := sab.admin
+	var base *proc
+	if baseBin != "" {
+		base = r.newSabaki("sabaki-base", baseBin, filepath.Join(dir, "sabaki-base-"+sc.name), tg.URLs(), nil)
+		defer base.mk.Close()
 	}
-	sab.cmd.Stdout, sab.cmd.Stderr = sab.log, sab.log
 
 	// Prometheus
 	var prom *proc
@@ -385,6 +381,9 @@ remote_write:
 		prom.cmd.Stdout, prom.cmd.Stderr = prom.log, prom.log
 	}
 	procs := []*proc{sab}
+	if base != nil {
+		procs = append(procs, base)
+	}
 	if prom != nil {
 		procs = append(procs, prom)
 	}
@@ -417,6 +416,12 @@ remote_write:
 		ticks0[p.name], _ = cpuTicks(p.cmd.Process.Pid)
 	}
 	s0, p0 := sum(tg.Scrapes()), tg.PrometheusScrapes()
+	points0 := map[string]float64{}
+	for _, p := range procs {
+		if p.admin != "" {
+			points0[p.name] = pipelinePoints(p.admin)
+		}
+	}
 	la0 := loadavg()
 	profDone := r.startProfiles(adminAddr, sc.name, measure)
 	time.Sleep(measure)
@@ -435,6 +440,10 @@ remote_write:
 			scrapes = p1 - p0
 		}
 		samples := float64(scrapes) * perTarget
+		if base != nil && p.admin != "" { // two sabakis share the targets' scrape count
+			samples = pipelinePoints(p.admin) - points0[p.name]
+			scrapes = int64(math.Round(samples / (perTarget + 3))) // + up, scrape_duration_seconds, scrape_samples_scraped
+		}
 		cpu := float64(t1-ticks0[p.name]) / 100
 		perSample := "—"
 		if samples > 0 {
@@ -446,8 +455,63 @@ remote_write:
 	if prom != nil {
 		log.Printf("remote-write sink: %d requests, %d bytes", snk.reqs.Load(), snk.bytes.Load())
 	}
-	log.Printf("fake Mackerel: %d posts", len(mk.Posts()))
-	r.notes = append(r.notes, fmt.Sprintf("%s series: sabaki %s; fake Mackerel answered %d posts", sc.name, selfMetrics(adminAddr), len(mk.Posts())))
+	for _, p := range procs {
+		if p.admin != "" {
+			log.Printf("%s: fake Mackerel: %d posts", p.name, len(p.mk.Posts()))
+			r.notes = append(r.notes, fmt.Sprintf("%s series: %s %s; fake Mackerel answered %d posts", sc.name, p.name, selfMetrics(p.admin), len(p.mk.Posts())))
+		}
+	}
+}
+
+// newSabaki prepares a sabaki process (not started) in dir, scraping urls,
+// with its own fake Mackerel and admin address.
+func (r *report) newSabaki(name, bin, dir string, urls []string, env []string) *proc {
+	mk := fakemackerel.New(fakemackerel.Options{Keys: map[string]fakemackerel.Perm{"k": {Read: true, Write: true}}, Services: []string{"bench"}})
+	os.MkdirAll(dir, 0o700)
+	adminAddr := freePort()
+	cfg := fmt.Sprintf(`agent:
+  window: 60s
+  data_dir: %s
+  admin_listen: %s
+sources:
+  - type: prometheus
+    name: bench
+    targets: [%s]
+    interval: 5s
+    timeout: 5s
+exporters:
+  - type: mackerel
+    service: bench
+    api_key: k
+    base_url: %s
+`, filepath.Join(dir, "data"), adminAddr, strings.Join(urls, ", "), mk.URL)
+	cfgPath := filepath.Join(dir, "sabaki.yaml")
+	os.WriteFile(cfgPath, []byte(cfg), 0o600)
+	p := &proc{name: name, log: &bytes.Buffer{}, admin: adminAddr, mk: mk}
+	p.cmd = exec.Command(bin, "run", "-config", cfgPath)
+	if len(env) > 0 {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	return p
+}
+
+// pipelinePoints is sabaki_pipeline_points_total{source="bench"} of the
+// sabaki at admin (0 when unreadable).
+func pipelinePoints(admin string) float64 {
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, `sabaki_pipeline_points_total{source="bench"} `); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
+		}
+	}
+	return 0
 }
 
 // startProfiles fetches sabaki's CPU profile over the next measure (less a
