@@ -284,3 +284,44 @@ func TestRestartReplaysDeltaJournal(t *testing.T) {
 		t.Errorf("delta histogram observations stored = %v, want %v (%+v)", got, wantObs, got-wantObs)
 	}
 }
+
+// TestJournalTornRecord: a record cut short by the crash (the kill hit a
+// write) ends the replay of its segment; the records before it are
+// replayed, and the agent starts.
+func TestJournalTornRecord(t *testing.T) {
+	r := newRestartRig(t)
+	r.now = t0.Add(10 * time.Second)
+	for i, v := range []float64{3, 5} {
+		b := metric.Batch{Source: "otlp", Series: []metric.Series{{Name: "requests", Kind: metric.Counter, Temporality: metric.Delta,
+			Points: []metric.Point{{Time: r.now.Add(time.Duration(i) * time.Second), Value: v}}}}}
+		if err := r.p.Consume(context.Background(), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.p = nil
+	if err := r.st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(r.dir, "journal")
+	segs, err := os.ReadDir(dir)
+	if err != nil || len(segs) != 1 {
+		t.Fatalf("journal segments: %v, %v", segs, err)
+	}
+	path := filepath.Join(dir, segs[0].Name())
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, fi.Size()-3); err != nil {
+		t.Fatal(err)
+	}
+	r.now = t0.Add(20 * time.Second)
+	r.start()
+	r.p.Flush()
+	if got := r.total("requests", "sum"); got != 3 {
+		t.Errorf("stored %v after a torn second record, want the first record's 3", got)
+	}
+	if segs, _ := os.ReadDir(dir); len(segs) != 1 {
+		t.Errorf("%d journal segments after the replay and a flush, want the current one", len(segs))
+	}
+}
