@@ -106,22 +106,43 @@ type agent struct {
 // windowCounts are an agent's window counters (from /metrics).
 type windowCounts struct {
 	closed, revised, sent, dropped, storeErrs, refused float64
+	// pointDrops are the pipeline's dropped points by reason.
+	pointDrops map[string]float64
 }
 
 func (a *agent) readCounts() windowCounts {
 	return windowCounts{
-		closed:    a.metricWhere("sabaki_pipeline_windows_total", `emission="first"`),
-		revised:   a.metricWhere("sabaki_pipeline_windows_total", `emission="revision"`),
-		sent:      a.metricWhere("sabaki_exporter_sent_windows_total"),
-		dropped:   a.metricWhere("sabaki_exporter_dropped_windows_total"),
-		storeErrs: a.metricWhere("sabaki_agent_store_write_errors_total"),
-		refused:   a.metricWhere("sabaki_agent_enqueue_errors_total"),
+		closed:     a.metricWhere("sabaki_pipeline_windows_total", `emission="first"`),
+		revised:    a.metricWhere("sabaki_pipeline_windows_total", `emission="revision"`),
+		sent:       a.metricWhere("sabaki_exporter_sent_windows_total"),
+		dropped:    a.metricWhere("sabaki_exporter_dropped_windows_total"),
+		storeErrs:  a.metricWhere("sabaki_agent_store_write_errors_total"),
+		refused:    a.metricWhere("sabaki_agent_enqueue_errors_total"),
+		pointDrops: a.pointDrops(),
 	}
 }
 
+// pointDrops reads sabaki_pipeline_dropped_points_total by reason (the
+// reasons with a non-zero count).
+func (a *agent) pointDrops() map[string]float64 {
+	m := map[string]float64{}
+	for _, r := range []string{"nan", "too_late", "future", "out_of_order", "negative_delta", "invalid", "series_limit", "max_series"} {
+		if v := a.metricWhere("sabaki_pipeline_dropped_points_total", `reason="`+r+`"`); v > 0 {
+			m[r] = v
+		}
+	}
+	return m
+}
+
 func (c windowCounts) add(d windowCounts) windowCounts {
+	drops := map[string]float64{}
+	for _, m := range []map[string]float64{c.pointDrops, d.pointDrops} {
+		for r, v := range m {
+			drops[r] += v
+		}
+	}
 	return windowCounts{c.closed + d.closed, c.revised + d.revised, c.sent + d.sent, c.dropped + d.dropped,
-		c.storeErrs + d.storeErrs, c.refused + d.refused}
+		c.storeErrs + d.storeErrs, c.refused + d.refused, drops}
 }
 
 // figures logs a scenario's summary in one greppable line (FIGURES): the
@@ -131,8 +152,8 @@ func (c windowCounts) add(d windowCounts) windowCounts {
 // before each stop or kill, so windows flushed at shutdown are not in them.
 func figures(t testing.TB, c windowCounts, lostObs, dupObs float64, peakKiB int64) {
 	t.Helper()
-	t.Logf("FIGURES %s: windows closed %v (revised %v), sent to Mackerel %v, lost %v (store writes failed %v, exporter drops %v, refused enqueues %v); observations lost %v, counted twice %v; peak RSS %.1f MiB",
-		t.Name(), c.closed, c.revised, c.sent, c.storeErrs+c.dropped+c.refused, c.storeErrs, c.dropped, c.refused, lostObs, dupObs, float64(peakKiB)/1024)
+	t.Logf("FIGURES %s: windows closed %v (revised %v), sent to Mackerel %v, lost %v (store writes failed %v, exporter drops %v, refused enqueues %v); observations lost %v, counted twice %v; points dropped by the pipeline %v; peak RSS %.1f MiB",
+		t.Name(), c.closed, c.revised, c.sent, c.storeErrs+c.dropped+c.refused, c.storeErrs, c.dropped, c.refused, lostObs, dupObs, c.pointDrops, float64(peakKiB)/1024)
 }
 
 // lostDup splits got − want into what is missing and what is in excess.
