@@ -430,7 +430,9 @@ const (
 // BenchmarkQueryRollup measures the export path over rolled-up history:
 // 100 latency-histogram series × 60 days of 1-hour points (144,000 stored
 // points, all in closed chunks), read back one row per series and hour, as
-// an export of the 1 h tier does. ns/point and B/point are per stored point.
+// an export of the 1 h tier does (all), counts only (counts), and one hour
+// a day (one_hour_a_day: a day's peak hour, as the capacity report reads
+// it). ns/point and cpu-ns/point are per stored point in the range.
 //
 //	go test ./agent/store -run '^$' -bench QueryRollup -benchmem -count 3
 func BenchmarkQueryRollup(b *testing.B) {
@@ -442,20 +444,38 @@ func BenchmarkQueryRollup(b *testing.B) {
 	}
 	s := rollupBench.s
 	q := Query{Metric: "bench.histogram", From: t0, To: t0.Add(rollupPoints * time.Hour), Step: time.Hour}
-	b.ReportAllocs()
-	b.ResetTimer()
-	cpu0 := cpuTime()
-	for range b.N {
-		rows, err := s.Query(context.Background(), q)
-		if err != nil || len(rows) != rollupSeries*rollupPoints {
-			b.Fatalf("%d rows, %v", len(rows), err)
+	// The reads a long report makes: counts only, and one hour a day with
+	// its histograms (Query.Steps).
+	counts := q
+	counts.CountsOnly = true
+	daily := q
+	daily.Steps = func(map[string]string) []time.Time {
+		var ts []time.Time
+		for d := range rollupPoints / 24 {
+			ts = append(ts, t0.Add(time.Duration(d*24+14)*time.Hour))
 		}
+		return ts
 	}
-	b.StopTimer()
-	pts := float64(rollupSeries * rollupPoints * b.N)
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/pts, "ns/point")
-	// The machine is shared: CPU time (GC included) is steadier than wall time.
-	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/pts, "cpu-ns/point")
+	for _, c := range []struct {
+		name string
+		q    Query
+		rows int
+	}{{"all", q, rollupSeries * rollupPoints}, {"counts", counts, rollupSeries * rollupPoints}, {"one_hour_a_day", daily, rollupSeries * rollupPoints / 24}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			cpu0 := cpuTime()
+			for b.Loop() {
+				rows, err := s.Query(context.Background(), c.q)
+				if err != nil || len(rows) != c.rows {
+					b.Fatalf("%d rows, %v", len(rows), err)
+				}
+			}
+			pts := float64(rollupSeries * rollupPoints * b.N)
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/pts, "ns/point")
+			// The machine is shared: CPU time (GC included) is steadier than wall time.
+			b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/pts, "cpu-ns/point")
+		})
+	}
 }
 
 // buildRollupStore writes the store BenchmarkQueryRollup reads: each hourly
