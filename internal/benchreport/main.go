@@ -567,7 +567,9 @@ func selfMetrics(admin string) string {
 	want := []string{"sabaki_pipeline_windows_total", "sabaki_pipeline_active_series", "sabaki_exporter_enqueued_windows_total",
 		"sabaki_exporter_sent_windows_total", "sabaki_exporter_send_failures_total", "sabaki_exporter_outbox_windows",
 		"sabaki_agent_store_write_errors_total", "go_memstats_heap_inuse_bytes", "go_memstats_heap_sys_bytes",
-		"go_memstats_heap_released_bytes", "go_memstats_next_gc_bytes", "go_memstats_sys_bytes", "process_resident_memory_bytes"}
+		"go_memstats_heap_released_bytes", "go_memstats_next_gc_bytes", "go_memstats_sys_bytes", "process_resident_memory_bytes",
+		"sabaki_source_collect_duration_seconds_sum", "sabaki_source_collect_duration_seconds_count", "sabaki_pipeline_emit_lock_seconds",
+		"sabaki_source_collect_errors_total"}
 	var parts []string
 	for _, l := range strings.Split(string(b), "\n") {
 		for _, w := range want {
