@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -979,5 +981,73 @@ func TestMaxSeriesBoundsRawState(t *testing.T) {
 	}
 	if gauges != 1000 {
 		t.Errorf("%d gauge series aggregated, want 1000", gauges)
+	}
+}
+
+// TestLateUpdatesOfCompactedWindow: an emitted window keeps counters and
+// histograms in a compact form and promotes one back on a late point; its
+// re-emissions carry every series (gauges, counters, histograms, a series
+// first seen late) in identity order with the right values, and the series
+// count drops back to zero when the windows are freed.
+func TestLateUpdatesOfCompactedWindow(t *testing.T) {
+	h := newHarness(t, PipelineConfig{})
+	hist := func(vs ...float64) *histogram.Histogram {
+		x := histogram.New(160, 20)
+		for _, v := range vs {
+			x.Record(v)
+		}
+		return x
+	}
+	series := func(name string, kind metric.Kind, p metric.Point) metric.Series {
+		return metric.Series{Name: name, Kind: kind, Temporality: metric.Delta, Points: []metric.Point{p}}
+	}
+	hp := func(at time.Duration, vs ...float64) metric.Point {
+		return metric.Point{Time: t0.Add(at), Hist: hist(vs...)}
+	}
+	// Names interleave the kinds in identity order.
+	h.consume(series("a.gauge", metric.Gauge, pt(10*time.Second, 4)), series("b.count", metric.Counter, pt(11*time.Second, 2)),
+		series("c.gauge", metric.Gauge, pt(12*time.Second, 7)), series("d.hist", metric.Histogram, hp(13*time.Second, 1, 2)),
+		series("e.count", metric.Counter, pt(14*time.Second, 5)))
+	h.at(70 * time.Second)
+	check := func(rev int, want map[string]float64) {
+		t.Helper()
+		ws := h.take()
+		if len(ws) != 1 || ws[0].Revision != rev {
+			t.Fatalf("emitted %d windows (want 1, revision %d)", len(ws), rev)
+		}
+		got := map[string]float64{}
+		var names []string
+		for _, a := range ws[0].Series {
+			names = append(names, a.Name)
+			switch a.Kind {
+			case metric.Gauge:
+				got[a.Name] = a.Last
+			case metric.Counter:
+				got[a.Name] = a.Sum
+			case metric.Histogram:
+				got[a.Name] = float64(a.Hist.Count())
+			}
+		}
+		if !slices.IsSorted(names) {
+			t.Errorf("revision %d: series not in identity order: %v", rev, names)
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("revision %d: %v, want %v", rev, got, want)
+		}
+	}
+	check(0, map[string]float64{"a.gauge": 4, "b.count": 2, "c.gauge": 7, "d.hist": 2, "e.count": 5})
+	// Late points: a counter, the histogram, a new series, a gauge.
+	h.at(80 * time.Second)
+	h.consume(series("b.count", metric.Counter, pt(20*time.Second, 1)), series("d.hist", metric.Histogram, hp(21*time.Second, 3)),
+		series("bb.count", metric.Counter, pt(22*time.Second, 9)), series("c.gauge", metric.Gauge, pt(23*time.Second, 8)))
+	h.at(81 * time.Second)
+	check(1, map[string]float64{"a.gauge": 4, "b.count": 3, "bb.count": 9, "c.gauge": 8, "d.hist": 3, "e.count": 5})
+	// The promoted counter again, and the other counter.
+	h.consume(series("b.count", metric.Counter, pt(25*time.Second, 10)), series("e.count", metric.Counter, pt(26*time.Second, 1)))
+	h.at(82 * time.Second)
+	check(2, map[string]float64{"a.gauge": 4, "b.count": 13, "bb.count": 9, "c.gauge": 8, "d.hist": 3, "e.count": 6})
+	h.at(20 * time.Minute)
+	if len(h.p.windows) != 0 || h.p.series != 0 {
+		t.Errorf("after the lateness: %d windows, %d series counted", len(h.p.windows), h.p.series)
 	}
 }
