@@ -13,6 +13,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -57,15 +58,23 @@ func TestMain(m *testing.M) {
 // full reports whether the full-length set was asked for (make e2e).
 func full() bool { return os.Getenv("SABAKI_E2E") == "full" }
 
-// freePort returns a loopback port that was free a moment ago.
+// freePort returns a loopback port that was free a moment ago, chosen
+// below the kernel's ephemeral range (32768–60999 by default), so that no
+// listener on port 0 (the load generator's, other tests') and no outgoing
+// connection can be given it before the agent binds it.
 func freePort(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		port := 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return ln.Addr().String()
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no free loopback port in 20000–31999")
+	return ""
 }
 
 // syncBuffer is a bytes.Buffer safe for a process's output and a reader.
@@ -164,6 +173,28 @@ func lostDup(want, got float64) (lost, dup float64) {
 // env is a scenario's directory and ports.
 type env struct {
 	dir, dataDir, admin, otlpHTTP, otlpGRPC string
+	// started is set once an agent of this env has been ready: from then
+	// on its ports are in use by the test's senders and cannot change.
+	started bool
+}
+
+// repick chooses new ports for the env and rewrites them in the config
+// file at cfgPath.
+func (e *env) repick(t testing.TB, cfgPath string) {
+	t.Helper()
+	b, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := string(b)
+	for _, p := range []*string{&e.admin, &e.otlpHTTP, &e.otlpGRPC} {
+		np := freePort(t)
+		cfg = strings.ReplaceAll(cfg, *p, np)
+		*p = np
+	}
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func newEnv(t testing.TB) *env {
@@ -204,7 +235,24 @@ func (e *env) writeConfig(t testing.TB, body string) string {
 }
 
 // start runs `sabaki run -config cfg` and waits for /readyz.
+// A first start that fails because a port was taken between freePort and
+// the agent's bind (another test on the machine) is retried on new ports,
+// up to three times.
 func (e *env) start(t testing.TB, cfgPath string, setup func(*exec.Cmd)) *agent {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		if a := e.startOnce(t, cfgPath, setup, !e.started && attempt <= 3); a != nil {
+			e.started = true
+			return a
+		}
+		t.Logf("a port was taken before the agent bound it; new ports (attempt %d)", attempt)
+		e.repick(t, cfgPath)
+	}
+}
+
+// startOnce is start without the retry: it returns nil (retry allowed)
+// when the agent exited because an address was already in use.
+func (e *env) startOnce(t testing.TB, cfgPath string, setup func(*exec.Cmd), mayRetry bool) *agent {
 	t.Helper()
 	a := &agent{t: t, out: &syncBuffer{}, admin: e.admin, dataDir: e.dataDir, cfgPath: cfgPath, done: make(chan struct{})}
 	a.cmd = exec.Command(binary, "run", "-config", cfgPath)
@@ -234,6 +282,9 @@ func (e *env) start(t testing.TB, cfgPath string, setup func(*exec.Cmd)) *agent 
 	for {
 		select {
 		case <-a.done:
+			if mayRetry && strings.Contains(a.out.String(), "address already in use") {
+				return nil
+			}
 			t.Fatalf("sabaki exited before ready (%v):\n%s", a.err, a.out.String())
 		default:
 		}
