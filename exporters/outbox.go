@@ -145,6 +145,13 @@ type Outbox struct {
 	closed    bool
 	notify    chan struct{} // cap 1: a record was appended or draining began
 
+	// marks: the highest revision accepted per window start and duration,
+	// for Enqueue to drop a window handed over twice and the daemon to find
+	// the windows a crash kept from the outbox (outbox_marks.go).
+	marks      map[markKey]int
+	marksDirty bool // marks holds windows the marks file lacks
+	tracking   bool // the marks file exists: the outbox is not Fresh
+
 	m outboxMetrics
 }
 
@@ -227,6 +234,10 @@ func (o *Outbox) open() error {
 	if err := os.Chmod(o.dir, 0o700); err != nil {
 		return fmt.Errorf("securing outbox directory: %w", err)
 	}
+	if err := o.readMarks(); err != nil {
+		o.log.Warn("outbox marks unreadable; windows a crash kept from this outbox are not re-sent from the store", "err", err)
+		o.marks, o.tracking = map[markKey]int{}, false
+	}
 	cursor, err := o.readCursor()
 	if err != nil {
 		// Starting from the oldest segment re-sends windows that were already
@@ -307,6 +318,10 @@ func (o *Outbox) scan(s *segment, cursor uint64) error {
 				return fmt.Errorf("truncating outbox segment %s: %w", filepath.Base(s.path), err)
 			}
 			break
+		}
+		// Every record on disk, sent or not, is a window the outbox accepted.
+		if k, rev, err := payloadKey(rest[frameHeader : frameHeader+n]); err == nil {
+			o.markLocked(k, rev)
 		}
 		seq := s.base + s.count
 		if seq >= cursor {
@@ -392,6 +407,11 @@ func (o *Outbox) Enqueue(w *metric.Window) error {
 		o.log.Warn("window dropped: older than max_age", "window", fmtTime(w.Start), "max_age", o.cfg.MaxAge, "series", len(w.Series))
 		return nil
 	}
+	key := keyOf(w.Start, w.Duration)
+	if o.Accepted(WindowKey{Start: w.Start, Duration: w.Duration, Revision: w.Revision}) {
+		o.logDuplicate(w)
+		return nil
+	}
 	payload, err := encodeWindow(w)
 	if err != nil {
 		o.m.enqueueFailed()
@@ -413,6 +433,10 @@ func (o *Outbox) Enqueue(w *metric.Window) error {
 		o.log.Warn("window dropped: larger than the outbox max_bytes", "window", fmtTime(w.Start), "bytes", size, "max_bytes", int64(o.cfg.MaxBytes))
 		return fmt.Errorf("outbox of %s: window %s is %d bytes, more than max_bytes", o.name, fmtTime(w.Start), size)
 	}
+	if o.acceptedLocked(key, w.Revision) { // enqueued concurrently
+		o.logDuplicate(w)
+		return nil
+	}
 	o.evictExpiredLocked()
 	for o.qBytes+size > int64(o.cfg.MaxBytes) {
 		i := 0
@@ -431,6 +455,7 @@ func (o *Outbox) Enqueue(w *metric.Window) error {
 		o.m.enqueueFailed()
 		return fmt.Errorf("outbox of %s: writing window %s: %w", o.name, fmtTime(w.Start), err)
 	}
+	o.markLocked(key, w.Revision)
 	o.m.enqueued()
 	select {
 	case o.notify <- struct{}{}:
@@ -519,6 +544,17 @@ func (o *Outbox) gcSegments() {
 	first := o.nextSeq
 	if len(o.q) > 0 {
 		first = o.q[0].seq
+	}
+	// A deleted segment takes the marks of its windows with it: the marks
+	// file must hold them first.
+	for i, s := range o.segs {
+		if s.base+s.count <= first && !(i == len(o.segs)-1 && o.active != nil) {
+			if err := o.writeMarksLocked(); err != nil {
+				o.log.Warn("writing outbox marks failed; keeping sent segments", "err", err)
+				return
+			}
+			break
+		}
 	}
 	keep := o.segs[:0]
 	for i, s := range o.segs {
