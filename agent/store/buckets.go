@@ -520,7 +520,11 @@ func (r *packedReader) read(rec []byte, h *hdata) error {
 				if i >= len(b.counts) {
 					return fmt.Errorf("%w: bucket bitmap", errCorrupt)
 				}
-				b.counts[i] = unpackAt(src, k, w)
+				if pos := k * w; w <= 56 && pos>>3+8 <= len(src) {
+					b.counts[i] = binary.LittleEndian.Uint64(src[pos>>3:]) >> (pos & 7) & (1<<w - 1)
+				} else {
+					b.counts[i] = unpackAt(src, k, w)
+				}
 				k++
 			}
 		}

@@ -174,11 +174,29 @@ func (d *decoder) readFOR(out []int64) {
 		d.fail("bad width %d", width)
 		return
 	}
-	r := bitReader{b: d.bytes((len(out)*width + 7) / 8)}
+	src := d.bytes((len(out)*width + 7) / 8)
 	if d.err != nil {
 		return
 	}
-	for i := range out {
+	if width == 0 {
+		for i := range out {
+			out[i] = lo
+		}
+		return
+	}
+	// Values whose 8 bytes from their first byte are all in src: one
+	// big-endian load each (src holds exactly the bits, checked above).
+	i := 0
+	if width <= 57 {
+		pos := 0
+		for ; i < len(out) && pos>>3+8 <= len(src); i++ {
+			w := binary.BigEndian.Uint64(src[pos>>3:]) << (pos & 7)
+			out[i] = int64(uint64(lo) + w>>(64-width))
+			pos += width
+		}
+	}
+	r := bitReader{b: src, pos: i * width}
+	for ; i < len(out); i++ {
 		u, err := r.readBits(width)
 		if err != nil {
 			d.fail("truncated bit-packed column")

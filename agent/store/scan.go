@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"slices"
 	"sync"
@@ -225,12 +226,25 @@ func queryBlobs(ctx context.Context, stmt *sql.Stmt, args []any, fn func(id int6
 	return rows.Err()
 }
 
-// queryRawBytes is queryBlobs without a copy: data is only valid during fn.
-func queryRawBlobs(ctx context.Context, stmt *sql.Stmt, args []any, fn func(id int64, data sql.RawBytes) error) error {
+// queryRawStmt is queryBlobs without a copy: data is only valid during fn.
+func queryRawStmt(ctx context.Context, stmt *sql.Stmt, args []any, fn func(id int64, data sql.RawBytes) error) error {
 	rows, err := stmt.QueryContext(ctx, args...)
 	if err != nil {
 		return err
 	}
+	return eachRawBlob(rows, fn)
+}
+
+// queryRawBlobs is queryRawStmt for a query string.
+func queryRawBlobs(ctx context.Context, q rowQuerier, query string, args []any, fn func(id int64, data sql.RawBytes) error) error {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	return eachRawBlob(rows, fn)
+}
+
+func eachRawBlob(rows *sql.Rows, fn func(id int64, data sql.RawBytes) error) error {
 	defer rows.Close()
 	for rows.Next() {
 		var id int64
@@ -303,131 +317,188 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 		pts     []point
 		err     error
 	}
-	// fetchAll calls each with the decoded blobs of table, one chunk start
-	// at a time (sts) or, for the head (sts nil), all at once: head rows
-	// are one window each, so they are fetched by one range query.
-	fetchAll := func(table string, sts []int64, each func(blobs []blob) error) error {
-		head := sts == nil
-		if head {
-			sts = []int64{from}
+	col := `data`
+	if prefix > 0 {
+		col = fmt.Sprintf(`substr(data, 1, %d)`, prefix)
+	}
+	var blobs []blob
+	// Chunks decode into memory reused from one start to the next (fold
+	// keeps nothing); head points are kept until the chunks are done.
+	var bufs []*decodeBuf
+	var slab []byte
+	add := func(head bool, id int64, data sql.RawBytes) {
+		if !head {
+			if len(blobs) == len(bufs) {
+				bufs = append(bufs, &decodeBuf{})
+			}
+			buf := bufs[len(blobs)]
+			buf.raw = append(buf.raw[:0], data...)
+			blobs = append(blobs, blob{id: id, data: buf.raw, buf: buf})
+			return
 		}
-		if len(sts) == 0 {
+		// Head rows are small: they share slabs.
+		if cap(slab)-len(slab) < len(data) {
+			slab = make([]byte, 0, max(1<<20, len(data)))
+		}
+		at := len(slab)
+		slab = append(slab, data...)
+		blobs = append(blobs, blob{id: id, data: slab[at:len(slab):len(slab)]})
+	}
+	// process decodes the blobs fetched from table at start st (all of the
+	// head's) on all cores and hands them to each.
+	process := func(table string, st int64, each func(blobs []blob) error) error {
+		defer func() { blobs = blobs[:0] }()
+		if len(blobs) == 0 {
 			return nil
+		}
+		// kb is the worker's memory for head points, which are kept.
+		decode := func(i int, kb *decodeBuf) {
+			b := &blobs[i]
+			var o decodeOptions
+			if opts != nil {
+				o = opts(b.id)
+			}
+			o.buf = b.buf
+			if o.buf == nil {
+				o.buf = kb
+			}
+			b.kind, b.pts, b.err = decodeChunkWith(b.data, o)
+			if b.err != nil && prefix > 0 && len(b.data) == prefix {
+				b.refetch, b.err = true, nil // the prefix was too short
+			}
+			if b.err != nil {
+				b.err = fmt.Errorf("%s %d/%d of series %d: %w", table, tier, st, b.id, b.err)
+			}
+			b.data = nil
+		}
+		if workers := min(runtime.GOMAXPROCS(0), len(blobs)/64); workers > 1 {
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			for range workers {
+				wg.Go(func() {
+					kb := &decodeBuf{keep: true}
+					for i := int(next.Add(1) - 1); i < len(blobs); i = int(next.Add(1) - 1) {
+						decode(i, kb)
+					}
+				})
+			}
+			wg.Wait()
+		} else {
+			kb := &decodeBuf{keep: true}
+			for i := range blobs {
+				decode(i, kb)
+			}
+		}
+		for i := range blobs {
+			b := &blobs[i]
+			if b.err != nil {
+				return b.err
+			}
+			if !b.refetch {
+				continue
+			}
+			var data []byte
+			if err := q.QueryRowContext(ctx, `SELECT data FROM `+table+` WHERE tier = ? AND start = ? AND series = ?`, tier, st, b.id).Scan(&data); err != nil {
+				return err
+			}
+			var o decodeOptions
+			if opts != nil {
+				o = opts(b.id)
+			}
+			if b.kind, b.pts, b.err = decodeChunkWith(data, o); b.err != nil {
+				return fmt.Errorf("%s %d/%d of series %d: %w", table, tier, st, b.id, b.err)
+			}
+		}
+		return each(blobs)
+	}
+	// fetchHead hands each all head rows in range, decoded: they are one
+	// window each, fetched by one range query per part.
+	fetchHead := func(each func(blobs []blob) error) error {
+		for _, p := range parts {
+			if err := queryRawBlobs(ctx, q, `SELECT series, `+col+` FROM head WHERE tier = ? AND start >= ? AND start < ? AND `+p.cond,
+				append([]any{tier, from, to}, p.args...), func(id int64, data sql.RawBytes) error {
+					add(true, id, data)
+					return nil
+				}); err != nil {
+				return err
+			}
+		}
+		return process("head", from, each)
+	}
+	// fetchChunks hands each the chunks one chunk start at a time, decoded.
+	// When the selection is a large share of all series, one scan of the
+	// range skips the unselected rows (cheaper than seeking to each
+	// selected one); otherwise each start is read by seeks per series.
+	fetchChunks := func(each func(blobs []blob) error) error {
+		lo := alignDown(from, ti.span)
+		if sel.ids != nil {
+			var total int
+			if err := q.QueryRowContext(ctx, `SELECT count(*) FROM series`).Scan(&total); err != nil {
+				return err
+			}
+			if 2*len(sel.ids) >= total {
+				want := make(map[int64]struct{}, len(sel.ids))
+				for _, id := range sel.ids {
+					want[id] = struct{}{}
+				}
+				rows, err := q.QueryContext(ctx, `SELECT start, series, `+col+` FROM chunks WHERE tier = ? AND start >= ? AND start < ? ORDER BY start`, tier, lo, to)
+				if err != nil {
+					return err
+				}
+				defer rows.Close()
+				cur := int64(math.MinInt64)
+				for rows.Next() {
+					var st, id int64
+					var data sql.RawBytes
+					if err := rows.Scan(&st, &id, &data); err != nil {
+						return err
+					}
+					if _, ok := want[id]; !ok {
+						continue
+					}
+					if st != cur {
+						if err := process("chunks", cur, each); err != nil {
+							return err
+						}
+						cur = st
+						if err := ctx.Err(); err != nil {
+							return err
+						}
+					}
+					add(false, id, data)
+				}
+				if err := rows.Err(); err != nil {
+					return err
+				}
+				return process("chunks", cur, each)
+			}
+		}
+		sts, err := starts("chunks", lo)
+		if err != nil {
+			return err
 		}
 		stmts := make([]*sql.Stmt, len(parts))
 		for i, p := range parts {
-			cond := `start = ?`
-			if head {
-				cond = `start >= ? AND start < ?`
-			}
-			col := `data`
-			if prefix > 0 {
-				col = fmt.Sprintf(`substr(data, 1, %d)`, prefix)
-			}
-			stmt, err := q.PrepareContext(ctx, `SELECT series, `+col+` FROM `+table+` WHERE tier = ? AND `+cond+` AND `+p.cond)
+			stmt, err := q.PrepareContext(ctx, `SELECT series, `+col+` FROM chunks WHERE tier = ? AND start = ? AND `+p.cond)
 			if err != nil {
 				return err
 			}
 			defer stmt.Close()
 			stmts[i] = stmt
 		}
-		var blobs []blob
-		// Chunks decode into memory reused from one start to the next (fold
-		// keeps nothing); head points are kept until the chunks are done.
-		var bufs []*decodeBuf
-		var slab []byte
 		for _, st := range sts {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			blobs = blobs[:0]
 			for i, p := range parts {
-				args := append([]any{tier, st}, p.args...)
-				if head {
-					args = append([]any{tier, from, to}, p.args...)
-				}
-				if err := queryRawBlobs(ctx, stmts[i], args, func(id int64, data sql.RawBytes) error {
-					var buf *decodeBuf
-					if !head {
-						if len(blobs) == len(bufs) {
-							bufs = append(bufs, &decodeBuf{})
-						}
-						buf = bufs[len(blobs)]
-						buf.raw = append(buf.raw[:0], data...)
-						blobs = append(blobs, blob{id: id, data: buf.raw, buf: buf})
-						return nil
-					}
-					// Head rows are small: they share slabs.
-					if cap(slab)-len(slab) < len(data) {
-						slab = make([]byte, 0, max(1<<20, len(data)))
-					}
-					at := len(slab)
-					slab = append(slab, data...)
-					blobs = append(blobs, blob{id: id, data: slab[at:len(slab):len(slab)]})
+				if err := queryRawStmt(ctx, stmts[i], append([]any{tier, st}, p.args...), func(id int64, data sql.RawBytes) error {
+					add(false, id, data)
 					return nil
 				}); err != nil {
 					return err
 				}
 			}
-			// kb is the worker's memory for head points, which are kept.
-			decode := func(i int, kb *decodeBuf) {
-				b := &blobs[i]
-				var o decodeOptions
-				if opts != nil {
-					o = opts(b.id)
-				}
-				o.buf = b.buf
-				if o.buf == nil {
-					o.buf = kb
-				}
-				b.kind, b.pts, b.err = decodeChunkWith(b.data, o)
-				if b.err != nil && prefix > 0 && len(b.data) == prefix {
-					b.refetch, b.err = true, nil // the prefix was too short
-				}
-				if b.err != nil {
-					b.err = fmt.Errorf("%s %d/%d of series %d: %w", table, tier, st, b.id, b.err)
-				}
-				b.data = nil
-			}
-			if workers := min(runtime.GOMAXPROCS(0), len(blobs)/64); workers > 1 {
-				var next atomic.Int64
-				var wg sync.WaitGroup
-				for range workers {
-					wg.Go(func() {
-						kb := &decodeBuf{keep: true}
-						for i := int(next.Add(1) - 1); i < len(blobs); i = int(next.Add(1) - 1) {
-							decode(i, kb)
-						}
-					})
-				}
-				wg.Wait()
-			} else {
-				kb := &decodeBuf{keep: true}
-				for i := range blobs {
-					decode(i, kb)
-				}
-			}
-			for i := range blobs {
-				b := &blobs[i]
-				if b.err != nil {
-					return b.err
-				}
-				if !b.refetch {
-					continue
-				}
-				var data []byte
-				if err := q.QueryRowContext(ctx, `SELECT data FROM `+table+` WHERE tier = ? AND start = ? AND series = ?`, tier, st, b.id).Scan(&data); err != nil {
-					return err
-				}
-				var o decodeOptions
-				if opts != nil {
-					o = opts(b.id)
-				}
-				if b.kind, b.pts, b.err = decodeChunkWith(data, o); b.err != nil {
-					return fmt.Errorf("%s %d/%d of series %d: %w", table, tier, st, b.id, b.err)
-				}
-			}
-			if err := each(blobs); err != nil {
+			if err := process("chunks", st, each); err != nil {
 				return err
 			}
 		}
@@ -435,6 +506,9 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 	}
 	// inRange is the part of sorted pts that starts in [from, to).
 	inRange := func(pts []point) []point {
+		if len(pts) == 0 || (pts[0].start >= from && pts[len(pts)-1].start < to) {
+			return pts
+		}
 		lo, _ := slices.BinarySearchFunc(pts, from, func(p point, t int64) int { return cmpInt(p.start, t) })
 		hi, _ := slices.BinarySearchFunc(pts, to, func(p point, t int64) int { return cmpInt(p.start, t) })
 		return pts[lo:hi]
@@ -444,7 +518,7 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 		pts  []point
 	}
 	heads := map[int64]*headPoints{}
-	if err := fetchAll("head", nil, func(blobs []blob) error {
+	if err := fetchHead(func(blobs []blob) error {
 		for _, b := range blobs {
 			h := heads[b.id]
 			if h == nil {
@@ -460,11 +534,7 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 	for _, h := range heads {
 		slices.SortStableFunc(h.pts, func(a, b point) int { return cmpInt(a.start, b.start) })
 	}
-	cst, err := starts("chunks", alignDown(from, ti.span))
-	if err != nil {
-		return err
-	}
-	if err := fetchAll("chunks", cst, func(blobs []blob) error {
+	if err := fetchChunks(func(blobs []blob) error {
 		for _, b := range blobs {
 			pts := inRange(b.pts)
 			h := heads[b.id]
