@@ -376,6 +376,7 @@ func (p *Pipeline) claim(st *rawState, kind metric.Kind) {
 	}
 	delete(p.restored, st.sid)
 	st.saved = true // its row exists
+	p.m.baselinesRestored.Inc()
 	if err := st.restoreBaseline(r.value, kind); err != nil {
 		st.start, st.lastTime, st.lastValue, st.lastHist, st.hasBase = 0, 0, 0, nil, false
 		p.log.Warn("ignored a saved baseline", "err", err)

@@ -165,8 +165,11 @@ func TestRestartKeepsCumulativeCounts(t *testing.T) {
 	if got := r.total("latency", "count"); got != wantObs {
 		t.Errorf("histogram observations stored = %v, want %v (%+v)", got, wantObs, got-wantObs)
 	}
-	if r.saved == 0 {
+	if r.saved == 0 || metricValue(r.p.m.baselinesSaved) == 0 {
 		t.Error("no baseline was saved")
+	}
+	if got := metricValue(r.p.m.baselinesRestored); got != counters+1 {
+		t.Errorf("baselines restored after the last crash = %v, want %d", got, counters+1)
 	}
 }
 
@@ -275,6 +278,9 @@ func TestRestartReplaysDeltaJournal(t *testing.T) {
 	segs, _ := os.ReadDir(filepath.Join(r.dir, "journal"))
 	if len(segs) > 3 {
 		t.Errorf("%d journal segments kept, want the current ones only", len(segs))
+	}
+	if metricValue(r.p.m.journalReplayed) == 0 {
+		t.Error("no point replayed after the last crash")
 	}
 	r.p.Flush()
 	if got := r.total("requests", "sum"); got != wantSum {

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sabakiio/sabaki/histogram"
 	"github.com/sabakiio/sabaki/metric"
 )
@@ -51,8 +53,9 @@ var watermarkKey = [16]byte{0xff, 'j', 'o', 'u', 'r', 'n', 'a', 'l', '-', 'w', '
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 type journal struct {
-	dir string
-	log *slog.Logger
+	dir    string
+	log    *slog.Logger
+	errors prometheus.Counter
 
 	mu     sync.Mutex
 	f      *os.File
@@ -70,7 +73,7 @@ type segment struct {
 func segName(seq uint64) string { return fmt.Sprintf("seg-%016x", seq) }
 
 // openJournal creates dir (0700) and lists the existing segments, in order.
-func openJournal(dir string, log *slog.Logger) (*journal, []string, error) {
+func openJournal(dir string, log *slog.Logger, errs prometheus.Counter) (*journal, []string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("creating journal directory: %w", err)
 	}
@@ -78,7 +81,7 @@ func openJournal(dir string, log *slog.Logger) (*journal, []string, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading journal directory: %w", err)
 	}
-	j := &journal{dir: dir, log: log, maxIdx: math.MinInt64}
+	j := &journal{dir: dir, log: log, errors: errs, maxIdx: math.MinInt64}
 	var old []string
 	for _, e := range ents {
 		name := e.Name()
@@ -134,6 +137,7 @@ func (j *journal) write(rec []byte, maxIdx int64) {
 		_, err = j.f.Write(rec)
 	}
 	if err != nil {
+		j.errors.Inc()
 		if !j.failed {
 			j.log.Error("writing the delta journal failed; acknowledged delta points in open windows would not survive a crash", "err", err)
 		}
@@ -404,6 +408,7 @@ func (p *Pipeline) replayJournal(old []string) {
 			p.log.Warn("deleting a replayed journal segment", "segment", name, "err", err)
 		}
 	}
+	p.m.journalReplayed.Add(float64(points))
 	if points+skipped > 0 {
 		p.log.Info("replayed the delta journal", "points", points, "already_stored", skipped)
 	}

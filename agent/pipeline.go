@@ -162,6 +162,11 @@ type pipelineMetrics struct {
 	rawSeries   prometheus.Gauge
 	windowSerie prometheus.Gauge
 	lockHold    prometheus.Gauge
+	// Durability (durable.go, journal.go).
+	baselinesSaved    prometheus.Counter
+	baselinesRestored prometheus.Counter
+	journalReplayed   prometheus.Counter
+	journalErrors     prometheus.Counter
 }
 
 func newPipelineMetrics(reg prometheus.Registerer) (pipelineMetrics, error) {
@@ -194,13 +199,26 @@ func newPipelineMetrics(reg prometheus.Registerer) (pipelineMetrics, error) {
 		lockHold: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sabaki_pipeline_emit_lock_seconds",
 			Help: "How long the last emission held the pipeline lock (Consume waits meanwhile)."}),
+		baselinesSaved: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sabaki_pipeline_baselines_saved_total",
+			Help: "Cumulative baselines saved with the windows (changed ones only)."}),
+		baselinesRestored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sabaki_pipeline_baselines_restored_total",
+			Help: "Saved cumulative baselines a series took up again after a restart."}),
+		journalReplayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sabaki_pipeline_journal_replayed_points_total",
+			Help: "Delta points replayed from the journal at start (windows not stored before a crash)."}),
+		journalErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sabaki_pipeline_journal_write_errors_total",
+			Help: "Requests whose delta points could not be journalled (they would not survive a crash)."}),
 	}
 	for _, r := range dropReasons {
 		m.dropped[r] = dropped.WithLabelValues(r)
 	}
 	m.windows.WithLabelValues("first")
 	m.windows.WithLabelValues("revision")
-	for _, c := range []prometheus.Collector{m.points, dropped, m.overflow, m.rejected, m.windows, m.windowLag, m.rawSeries, m.windowSerie, m.lockHold} {
+	for _, c := range []prometheus.Collector{m.points, dropped, m.overflow, m.rejected, m.windows, m.windowLag, m.rawSeries, m.windowSerie, m.lockHold,
+		m.baselinesSaved, m.baselinesRestored, m.journalReplayed, m.journalErrors} {
 		if err := reg.Register(c); err != nil {
 			return m, fmt.Errorf("register pipeline metrics: %w", err)
 		}
@@ -297,7 +315,7 @@ func NewPipeline(cfg PipelineConfig, set Settings) (*Pipeline, error) {
 		}
 	}
 	if p.durable && set.Journal != "" {
-		jr, old, err := openJournal(set.Journal, p.log)
+		jr, old, err := openJournal(set.Journal, p.log, p.m.journalErrors)
 		if err != nil {
 			return nil, fmt.Errorf("pipeline: %w", err)
 		}
@@ -843,7 +861,9 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 
 	for _, e := range out {
 		if e.state {
-			p.onState(nil, encodeState(e.marks, e.del, noWatermark))
+			if p.onState(nil, encodeState(e.marks, e.del, noWatermark)) == nil {
+				p.m.baselinesSaved.Add(float64(len(e.marks)))
+			}
 			continue
 		}
 		w := &metric.Window{Start: e.start, Duration: p.window, Revision: e.revision, Series: e.series}
@@ -859,7 +879,12 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 			if e.first && p.jr != nil {
 				wm = w.Start.UnixNano() / int64(p.window)
 			}
-			if err := p.onState(w, encodeState(e.marks, e.del, wm)); err == nil && wm != noWatermark {
+			ch := encodeState(e.marks, e.del, wm)
+			err := p.onState(w, ch)
+			if err == nil {
+				p.m.baselinesSaved.Add(float64(len(e.marks)))
+			}
+			if err == nil && wm != noWatermark {
 				p.jr.release(wm)
 			}
 			continue
