@@ -146,6 +146,9 @@ func startDaemon(ctx context.Context, cfg *Config, cfgPath string, opt daemonOpt
 		return nil
 	})
 	d.admin.Handle("GET /api/v1/exemplars", exemplarsHandler(d.store, d.log))
+	// Windows stored but not queued for an exporter (kill -9 between the
+	// two) are queued now, before new ones (replay.go).
+	replayCommitted(d.runCtx, d.store, exps, cfg.Histogram, d.log)
 
 	// 3. pipeline
 	res := detectResource(d.runCtx, cfg.Resource, d.log)
@@ -527,6 +530,9 @@ func (d *daemon) reloadExporters(cfg *Config) error {
 	}
 	d.startExporters(built)
 	d.mu.Lock()
+	// Under d.mu, so that a window stored meanwhile is either replayed or
+	// queued by onWindowState once the new exporters are in d.exps.
+	replayCommitted(d.runCtx, d.store, built, cfg.Histogram, d.log)
 	d.exps = append(d.exps, built...)
 	d.mu.Unlock()
 	if len(stop)+len(built) > 0 {
