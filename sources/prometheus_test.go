@@ -589,6 +589,15 @@ func (r *promRecorder) WriteHeader(int)             {}
 
 func TestPrometheusBadBodies(t *testing.T) {
 	big := strings.Repeat("# filler comment line to make the body large\n", 100) + "x 1\n"
+	// A good family, then garbage: the series converted before the error
+	// must not stay in the batch.
+	pb := promProtoBody(t, newPromApp(t).reg)
+	size, k := protowire.ConsumeVarint(pb)
+	goodThenBad := string(pb[:k+int(size)]) + "\xff\xff\xff"
+	c := promConverter{at: time.Now()}
+	if first, err := c.parseProto(nil, pb[:k+int(size)]); err != nil || len(first) == 0 {
+		t.Fatalf("the first family alone: %d series, %v", len(first), err)
+	}
 	for _, tc := range []struct {
 		name, ct, body string
 		gzip           bool
@@ -599,6 +608,8 @@ func TestPrometheusBadBodies(t *testing.T) {
 		{"malformed text", string(expfmt.FmtText), "metric{a=\"b\" 1\n", false, "parse text exposition"},
 		{"malformed openmetrics", string(expfmt.FmtOpenMetrics_1_0_0), "# TYPE x counter\nx_total 1\n", false, "parse OpenMetrics exposition"},
 		{"malformed protobuf", string(expfmt.FmtProtoDelim), "\xff\xff\xff", false, "parse protobuf exposition"},
+		{"protobuf malformed after a family", string(expfmt.FmtProtoDelim), goodThenBad, false, "parse protobuf exposition"},
+		{"text malformed after samples", string(expfmt.FmtText), "# TYPE a gauge\na 1\na{b=\"c\",d=\"e\"} 2\na{b=\"c\" 3\n", false, "parse text exposition"},
 		{"bad gzip", string(expfmt.FmtText), "not gzip", false, "gzip"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
