@@ -249,7 +249,8 @@ func TestBaselinesOnlyChangedAndForgotten(t *testing.T) {
 func TestRestartReplaysDeltaJournal(t *testing.T) {
 	r := newRestartRig(t)
 	var wantSum, wantObs float64
-	crashAt := map[int]bool{14: true, 25: true, 26: true, 61: true}
+	// 40 and 41: a second crash before the replayed window was stored.
+	crashAt := map[int]bool{14: true, 25: true, 26: true, 40: true, 41: true, 61: true}
 	for step := range 90 { // 5 s steps
 		r.now = t0.Add(time.Duration(step)*5*time.Second + time.Second)
 		if crashAt[step] {

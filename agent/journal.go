@@ -35,9 +35,11 @@ import (
 //     journal's watermark, the last first-emitted window, is saved with that
 //     window's baselines (durable.go), in the same transaction.
 //   - At start the segments are replayed in order: points of windows after
-//     the watermark are consumed again (and so journalled again, in a new
-//     segment); then the old segments are deleted. A torn record at a
-//     segment's end (the crash hit a write) ends its replay.
+//     the watermark are consumed again (not journalled again: the old
+//     segments stay, and are deleted like the others once their windows are
+//     stored, so a crash during or after the replay replays them once
+//     more, never twice). A torn record at a segment's end (the crash hit a
+//     write) ends its replay.
 //   - Not replayed: exemplars, and late points for windows already stored
 //     when the crash came (their revision may be lost).
 //
@@ -97,6 +99,7 @@ func openJournal(dir string, log *slog.Logger, errs prometheus.Counter) (*journa
 		j.seq = max(j.seq, seq)
 	}
 	slices.Sort(old) // fixed-width hex: name order is sequence order
+	// New records go to a new segment, after the old ones.
 	if err := j.rotate(); err != nil {
 		return nil, nil, err
 	}
@@ -359,11 +362,14 @@ func decodeRecord(payload []byte, maxSize int, maxScale int32) (metric.Batch, er
 }
 
 // replayJournal consumes again the journalled points of windows after the
-// watermark, then deletes the old segments. Called by NewPipeline.
+// watermark; the old segments are released with the windows they hold.
+// Called by NewPipeline.
 func (p *Pipeline) replayJournal(old []string) {
 	now := p.now()
 	points, skipped := 0, 0
 	for _, name := range old {
+		seq, _ := strconv.ParseUint(strings.TrimPrefix(name, "seg-"), 16, 64)
+		maxIdx := int64(math.MinInt64)
 		path := filepath.Join(p.jr.dir, name)
 		data, err := os.ReadFile(path)
 		if err != nil {
@@ -389,25 +395,26 @@ func (p *Pipeline) replayJournal(old []string) {
 			for i := range b.Series {
 				s := &b.Series[i]
 				s.Points = slices.DeleteFunc(s.Points, func(pt metric.Point) bool {
-					if p.pointIdx(s, &pt, now) <= p.jwm {
+					idx := p.pointIdx(s, &pt, now)
+					if idx <= p.jwm {
 						skipped++
 						return true
 					}
+					maxIdx = max(maxIdx, idx)
 					points++
 					return false
 				})
 			}
 			b.Series = slices.DeleteFunc(b.Series, func(s metric.Series) bool { return len(s.Points) == 0 })
 			if len(b.Series) > 0 {
-				p.consume(b, now)
+				p.consume(b, now, false)
 			}
 		}
+		p.jr.mu.Lock()
+		p.jr.closed = append(p.jr.closed, segment{seq: seq, maxIdx: maxIdx})
+		p.jr.mu.Unlock()
 	}
-	for _, name := range old {
-		if err := os.Remove(filepath.Join(p.jr.dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			p.log.Warn("deleting a replayed journal segment", "segment", name, "err", err)
-		}
-	}
+	p.jr.release(p.jwm) // those with nothing left to replay
 	p.m.journalReplayed.Add(float64(points))
 	if points+skipped > 0 {
 		p.log.Info("replayed the delta journal", "points", points, "already_stored", skipped)

@@ -385,13 +385,14 @@ func (p *Pipeline) Consume(ctx context.Context, b metric.Batch) error {
 		return fmt.Errorf("pipeline: %w", err)
 	}
 	p.m.points.WithLabelValues(b.Source).Add(float64(n))
-	p.consume(b, p.now())
+	p.consume(b, p.now(), true)
 	return nil
 }
 
-// consume journals b's delta series (when journalling) and aggregates b.
-func (p *Pipeline) consume(b metric.Batch, now time.Time) {
-	if p.jr != nil {
+// consume journals b's delta series (when journalling and journal) and
+// aggregates b.
+func (p *Pipeline) consume(b metric.Batch, now time.Time, journal bool) {
+	if p.jr != nil && journal {
 		p.journalBatch(&b, now)
 	}
 	bufp := keyBufs.Get().(*[]byte)
