@@ -222,6 +222,21 @@ type Prometheus struct {
 	// targets are scraped at once (16), instead of one per target.
 	bufMu sync.Mutex
 	bufs  []*bytes.Buffer
+	// gzips are gzip readers not in use: a new one allocates ~40 KB of
+	// decompressor state, per target per scrape.
+	gzips sync.Pool
+}
+
+// gzipReader returns a gzip reader of r, reusing one from p.gzips.
+func (p *Prometheus) gzipReader(r io.Reader) (*gzip.Reader, error) {
+	if gz, ok := p.gzips.Get().(*gzip.Reader); ok {
+		if err := gz.Reset(r); err != nil {
+			p.gzips.Put(gz)
+			return nil, err
+		}
+		return gz, nil
+	}
+	return gzip.NewReader(r)
 }
 
 // promMaxScrapes bounds the targets of one source scraped at once.
@@ -651,11 +666,11 @@ func (p *Prometheus) fetch(ctx context.Context, t *promTarget, buf *bytes.Buffer
 	}
 	var body io.Reader = resp.Body
 	if strings.EqualFold(resp.Header.Get("Content-Encoding"), "gzip") {
-		gz, err := gzip.NewReader(resp.Body)
+		gz, err := p.gzipReader(resp.Body)
 		if err != nil {
 			return "", fmt.Errorf("read gzip body: %w", err)
 		}
-		defer gz.Close()
+		defer p.gzips.Put(gz)
 		body = gz
 	}
 	limit := int64(p.cfg.BodySizeLimit)
