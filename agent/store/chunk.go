@@ -152,8 +152,10 @@ type decodeOptions struct {
 	// left zero; a histogram's count is in point.count and h is nil.
 	countsOnly bool
 	// want, if set, is asked for each window start (in increasing order)
-	// whether its histogram buckets are needed; the others are marked
-	// summary. Range-coded chunks decode all buckets if any is wanted.
+	// whether its histogram buckets are needed. In a packed chunk the
+	// others get no histogram (h nil, the count in point.count); in a
+	// range-coded one they are marked summary, and all buckets are decoded
+	// if any is wanted.
 	want func(start int64) bool
 	// buf, if set, lends the memory of the decoded points: they are valid
 	// until buf is used again.
@@ -173,7 +175,8 @@ type decodeBuf struct {
 	arena []uint64
 }
 
-// points returns n zeroed points (and histograms when hist).
+// points returns n points (not zeroed: the decoder sets each whole) and,
+// when hist, n zeroed histograms.
 func (b *decodeBuf) points(n int, hist bool) ([]point, []hdata) {
 	if b.keep {
 		if cap(b.pts)-len(b.pts) < n {
@@ -195,7 +198,6 @@ func (b *decodeBuf) points(n int, hist bool) ([]point, []hdata) {
 		b.pts = make([]point, n)
 	}
 	pts := b.pts[:n]
-	clear(pts)
 	if !hist {
 		return pts, nil
 	}
@@ -216,6 +218,9 @@ func countTrue(bs []bool) int {
 	}
 	return n
 }
+
+// wantedMark marks a point whose histogram a selective decode will read.
+var wantedMark hdata
 
 // decodeChunk is the inverse of encodeChunk.
 func decodeChunk(b []byte) (metric.Kind, []point, error) {
@@ -249,13 +254,15 @@ func decodeChunkWith(b []byte, opt decodeOptions) (metric.Kind, []point, error) 
 	base := d.varint()
 	var pts []point
 	var hs []hdata
+	// A packed chunk read for some windows gets histograms for those only.
+	selective := version == chunkPacked && opt.want != nil
 	if opt.buf != nil {
-		pts, hs = opt.buf.points(n, kind == metric.Histogram && !opt.countsOnly)
+		pts, hs = opt.buf.points(n, kind == metric.Histogram && !opt.countsOnly && !selective)
 	} else {
 		pts = make([]point, n)
 	}
 	for i, v := range d.intColumn(n) {
-		pts[i].start = base + v*res
+		pts[i] = point{start: base + v*res}
 	}
 	for i, v := range d.intColumn(n) {
 		pts[i].errTracked = v != 0
@@ -301,6 +308,48 @@ func decodeChunkWith(b []byte, opt decodeOptions) (metric.Kind, []point, error) 
 			// Only the count, kept in the point itself (h stays nil).
 			for i, v := range d.intColumn(n) {
 				pts[i].count = uint64(v)
+			}
+			break
+		}
+		if selective {
+			// Only the wanted windows get a histogram; the others keep
+			// their count in the point (h nil, as with countsOnly).
+			wanted := 0
+			for i, v := range d.intColumn(n) {
+				pts[i].count = uint64(v)
+				if opt.want(pts[i].start) {
+					pts[i].h = &wantedMark // replaced below
+					wanted++
+				}
+			}
+			hs = make([]hdata, wanted)
+			lens := d.intColumn(n)
+			var r packedReader
+			if opt.buf != nil {
+				r.arena = opt.buf.arena[:0]
+				if opt.buf.keep {
+					r.arena = opt.buf.arena
+				}
+				defer func() { opt.buf.arena = r.arena }()
+			}
+			r.expect(wanted)
+			j := 0
+			for i := range pts {
+				if lens[i] < 0 || lens[i] > int64(len(d.b)) {
+					d.fail("truncated bucket record")
+					break
+				}
+				rec := d.bytes(int(lens[i]))
+				if pts[i].h == nil {
+					continue
+				}
+				h := &hs[j]
+				j++
+				h.count = pts[i].count
+				pts[i].h, pts[i].count = h, 0
+				if err := r.read(rec, h); err != nil {
+					return 0, nil, err
+				}
 			}
 			break
 		}

@@ -158,9 +158,13 @@ func TestChunkPartialDecode(t *testing.T) {
 					if p.h.summary || !samePoint(p, pts[i]) {
 						t.Fatalf("res %d point %d: got %+v %+v, want %+v", res, i, p, p.h, pts[i].h)
 					}
+				case res == 3600:
+					// Packed: no histogram, the count in the point.
+					if p.h != nil || p.count != pts[i].h.count {
+						t.Fatalf("res %d point %d: want only the count, got %+v", res, i, p)
+					}
 				default:
-					// Packed summaries hold the count only.
-					if !p.h.summary || p.h.pos.counts != nil || p.h.count != pts[i].h.count || (res == 60 && (p.h.sum != pts[i].h.sum || p.h.max != pts[i].h.max)) {
+					if !p.h.summary || p.h.pos.counts != nil || p.h.count != pts[i].h.count || p.h.sum != pts[i].h.sum || p.h.max != pts[i].h.max {
 						t.Fatalf("res %d point %d: want a summary, got %+v", res, i, p.h)
 					}
 				}
