@@ -39,7 +39,8 @@ func fillDisk(t testing.TB, dir string) func() {
 
 // TestDiskFull: the data directory is a small tmpfs (the test needs root to
 // mount it; without, it falls back to RLIMIT_FSIZE set on the running agent
-// with prlimit, where writes past a file's size fail with EFBIG). While the
+// with prlimit, soft limit only so that it can be raised again without
+// CAP_SYS_RESOURCE; writes past a file's size fail with EFBIG). While the
 // disk is full the agent keeps running and scraping, reports the failed
 // store writes and outbox enqueues in /metrics and its log; when space
 // returns it stores new windows again, and the store passes SQLite's
@@ -54,8 +55,11 @@ func TestDiskFull(t *testing.T) {
 	if err := os.MkdirAll(e.dataDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// SABAKI_E2E_DISKFULL=rlimit tests the fallback as root too.
 	mode := "tmpfs"
-	if err := exec.Command("mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs", e.dataDir).Run(); err != nil {
+	if os.Getenv("SABAKI_E2E_DISKFULL") == "rlimit" {
+		mode = "rlimit"
+	} else if err := exec.Command("mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs", e.dataDir).Run(); err != nil {
 		mode = "rlimit"
 	} else {
 		t.Cleanup(func() { exec.Command("umount", "-l", e.dataDir).Run() })
@@ -73,10 +77,14 @@ func TestDiskFull(t *testing.T) {
 	case "tmpfs":
 		free = fillDisk(t, e.dataDir)
 	case "rlimit":
-		if out, err := exec.Command("prlimit", "--pid", pid, "--fsize=1").CombinedOutput(); err != nil {
+		if out, err := exec.Command("prlimit", "--pid", pid, "--fsize=1:").CombinedOutput(); err != nil {
 			t.Fatalf("prlimit: %v: %s", err, out)
 		}
-		free = func() { exec.Command("prlimit", "--pid", pid, "--fsize=unlimited").Run() }
+		free = func() {
+			if out, err := exec.Command("prlimit", "--pid", pid, "--fsize=unlimited:").CombinedOutput(); err != nil {
+				t.Fatalf("prlimit: %v: %s", err, out)
+			}
+		}
 	}
 	fullAt := time.Now()
 	l.run(4*time.Second, 10)
