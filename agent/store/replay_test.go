@@ -133,18 +133,9 @@ func findAgg(w *metric.Window, a metric.Aggregate) *metric.Aggregate {
 	return nil
 }
 
-// BenchmarkReadWindow reads back a window of 100,000 series (90 % counters,
-// 10 % histograms), what a restart costs per window it replays.
-func BenchmarkReadWindow(b *testing.B) {
-	c := &clock{t: t0.Add(10 * time.Minute)}
-	s, err := Open(b.TempDir(), Options{Now: c.now, Grace: time.Minute})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	ctx := context.Background()
-	const n = 100_000
-	w := win(t0, 0)
+// replayWindow is a window of n series, 90 % counters and 10 % histograms.
+func replayWindow(start time.Time, n int) *metric.Window {
+	w := win(start, 0)
 	for i := range n {
 		route := "/r" + itoa(i)
 		if i%10 == 0 {
@@ -153,7 +144,21 @@ func BenchmarkReadWindow(b *testing.B) {
 			w.Series = append(w.Series, counter(route, float64(i)))
 		}
 	}
-	if err := s.Write(ctx, w); err != nil {
+	return w
+}
+
+// BenchmarkReadWindow reads back a window of 105,000 series, what a restart
+// costs per window it replays.
+func BenchmarkReadWindow(b *testing.B) {
+	c := &clock{t: t0.Add(10 * time.Minute)}
+	s, err := Open(b.TempDir(), Options{Now: c.now, Grace: time.Minute})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	const n = 105_000
+	if err := s.Write(ctx, replayWindow(t0, n)); err != nil {
 		b.Fatal(err)
 	}
 	b.ResetTimer()
@@ -161,6 +166,32 @@ func BenchmarkReadWindow(b *testing.B) {
 		got, err := s.ReadWindow(ctx, t0, ReadOptions{})
 		if err != nil || len(got.Series) != n {
 			b.Fatalf("%d series, %v", len(got.Series), err)
+		}
+	}
+}
+
+// BenchmarkWindowKeys lists the windows of a head table holding 10 windows
+// of 105,000 series: what every start costs, replay or not.
+func BenchmarkWindowKeys(b *testing.B) {
+	c := &clock{t: t0.Add(10 * time.Minute)}
+	s, err := Open(b.TempDir(), Options{Now: c.now, Grace: time.Minute})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	w := replayWindow(t0, 105_000)
+	for i := range 10 {
+		w.Start = t0.Add(time.Duration(i) * time.Minute)
+		if err := s.Write(ctx, w); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		keys, err := s.WindowKeys(ctx, time.Time{})
+		if err != nil || len(keys) != 10 {
+			b.Fatalf("%d keys, %v", len(keys), err)
 		}
 	}
 }
