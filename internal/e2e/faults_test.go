@@ -64,6 +64,7 @@ func TestMackerelOutage(t *testing.T) {
 	if got := sumStat(rows, "count"); got != float64(want.Observations) {
 		t.Errorf("store count %v, want %d", got, want.Observations)
 	}
+	perMinute(t, mk, "loadgen_request_duration_seconds.count.", e.dataDir, "loadgen_request_duration_seconds", "e2e")
 	lost, dup := lostDup(float64(want.Observations), sumStat(rows, "count"))
 	figures(t, a.counts, lost, dup, a.peakRSS)
 }
@@ -269,6 +270,8 @@ func TestKill9(t *testing.T) {
 	if mkGot != got {
 		t.Errorf("Mackerel holds %v scrape observations, the store %v", mkGot, got)
 	}
+	perMinute(t, mk, "loadgen_request_duration_seconds.count.", e.dataDir, "loadgen_request_duration_seconds", "e2e")
+	perMinute(t, mk, "http.server.request.duration.count.", e.dataDir, "http.server.request.duration", "service.name")
 	if mkO, _ := mackerelSum(mk, "http.server.request.duration.count."); mkO != gotC+gotD {
 		t.Errorf("Mackerel holds %v OTLP observations, the store %v", mkO, gotC+gotD)
 	}

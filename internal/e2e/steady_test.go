@@ -50,6 +50,39 @@ func mackerelSum(m *fakemackerel.Server, prefix string) (sum float64, names int)
 	return sum, names
 }
 
+// perMinute compares, minute by minute, what Mackerel holds under names
+// starting with prefix with the store's counts of metric (grouped by
+// groupBy, summed): each minute must be posted once and whole, so the two
+// agree minute by minute, not just in total.
+func perMinute(t testing.TB, m *fakemackerel.Server, prefix, dataDir, metric, groupBy string) {
+	t.Helper()
+	mk := map[int64]float64{}
+	for _, n := range m.Names("e2e") {
+		if strings.HasPrefix(n, prefix) {
+			for _, p := range m.Points("e2e", n) {
+				mk[p.Time] += p.Value
+			}
+		}
+	}
+	st := map[int64]float64{}
+	for _, r := range query(t, dataDir, "-metric", metric, "-group-by", groupBy, "-stat", "count", "-from", "2h", "-step", "1m") {
+		if r.Value != 0 {
+			st[r.Time.Unix()] += r.Value
+		}
+	}
+	for min, v := range st {
+		if mk[min] != v {
+			t.Errorf("minute %s: Mackerel holds %v %s, the store %v", time.Unix(min, 0).UTC().Format("15:04"), mk[min], metric, v)
+		}
+	}
+	for min, v := range mk {
+		if _, ok := st[min]; !ok && v != 0 {
+			t.Errorf("minute %s: Mackerel holds %v %s, the store nothing", time.Unix(min, 0).UTC().Format("15:04"), v, metric)
+		}
+	}
+	t.Logf("%s: compared over %d minute(s)", metric, len(st))
+}
+
 // load is a run of Prometheus targets and OTLP senders against one agent.
 type load struct {
 	targets *loadgen.Targets
@@ -242,6 +275,8 @@ func TestSteadyState(t *testing.T) {
 	if got != float64(otlpObs) {
 		t.Errorf("Mackerel: OTLP histogram count %v over %d names, want %d", got, names, otlpObs)
 	}
+	perMinute(t, mk, "loadgen_request_duration_seconds.count.", e.dataDir, "loadgen_request_duration_seconds", "e2e")
+	perMinute(t, mk, "http.server.request.duration.count.", e.dataDir, "http.server.request.duration", "service.name")
 	// Counters: the count stat of a counter is its increase.
 	got, names = mackerelSum(mk, "loadgen_events_total.count.")
 	if got != want.CounterIncrements {
