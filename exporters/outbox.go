@@ -105,6 +105,8 @@ const (
 //	                         number of the file's first record
 //	cursor                   sequence number of the first unsent record
 //	                         (u64 LE + CRC-32C), replaced atomically
+//	marks                    windows accepted whose segments were deleted
+//	                         (outbox_marks.go), replaced atomically
 //
 // A record is `length u32 LE | CRC-32C(payload) u32 LE | payload`, the payload
 // being one encoded window (see outbox_codec.go). Reopening scans the
