@@ -152,10 +152,9 @@ type decodeOptions struct {
 	// left zero; a histogram's count is in point.count and h is nil.
 	countsOnly bool
 	// want, if set, is asked for each window start (in increasing order)
-	// whether its histogram buckets are needed. In a packed chunk the
-	// others get no histogram (h nil, the count in point.count); in a
-	// range-coded one they are marked summary, and all buckets are decoded
-	// if any is wanted.
+	// whether its histogram buckets are needed. A packed chunk returns the
+	// wanted windows only; in a range-coded one the others are marked
+	// summary, and all buckets are decoded if any is wanted.
 	want func(start int64) bool
 	// buf, if set, lends the memory of the decoded points: they are valid
 	// until buf is used again.
@@ -219,8 +218,60 @@ func countTrue(bs []bool) int {
 	return n
 }
 
-// wantedMark marks a point whose histogram a selective decode will read.
-var wantedMark hdata
+// decodeSelected decodes the windows of a packed histogram chunk that
+// opt.want asks for, and only those (d is past the header).
+func decodeSelected(d *decoder, n int, base, res int64, opt decodeOptions) (metric.Kind, []point, error) {
+	var idx []int
+	var pts []point
+	for i, v := range d.intColumn(n) {
+		if start := base + v*res; opt.want(start) {
+			idx = append(idx, i)
+			pts = append(pts, point{start: start})
+		}
+	}
+	tracked := d.intColumn(n)
+	for k, i := range idx {
+		pts[k].errTracked = tracked[i] != 0
+	}
+	errs := d.intColumn(n)
+	for k, i := range idx {
+		pts[k].errCount = uint64(errs[i])
+	}
+	hs := make([]hdata, len(idx))
+	counts := d.intColumn(n)
+	for k, i := range idx {
+		hs[k].count = uint64(counts[i])
+		pts[k].h = &hs[k]
+	}
+	lens := d.intColumn(n)
+	var r packedReader
+	if opt.buf != nil {
+		r.arena = opt.buf.arena[:0]
+		if opt.buf.keep {
+			r.arena = opt.buf.arena
+		}
+		defer func() { opt.buf.arena = r.arena }()
+	}
+	r.expect(len(idx))
+	k := 0
+	for i := 0; i < n && d.err == nil; i++ {
+		if lens[i] < 0 || lens[i] > int64(len(d.b)) {
+			d.fail("truncated bucket record")
+			break
+		}
+		rec := d.bytes(int(lens[i]))
+		if k < len(idx) && idx[k] == i {
+			if err := r.read(rec, &hs[k]); err != nil {
+				return 0, nil, err
+			}
+			k++
+		}
+	}
+	if d.err != nil {
+		return 0, nil, d.err
+	}
+	return metric.Histogram, pts, nil
+}
 
 // decodeChunk is the inverse of encodeChunk.
 func decodeChunk(b []byte) (metric.Kind, []point, error) {
@@ -252,12 +303,15 @@ func decodeChunkWith(b []byte, opt decodeOptions) (metric.Kind, []point, error) 
 		return kind, nil, nil
 	}
 	base := d.varint()
+	// A packed histogram chunk read for some windows returns those only.
+	selective := version == chunkPacked && opt.want != nil && !opt.countsOnly
+	if selective && kind == metric.Histogram {
+		return decodeSelected(&d, n, base, res, opt)
+	}
 	var pts []point
 	var hs []hdata
-	// A packed chunk read for some windows gets histograms for those only.
-	selective := version == chunkPacked && opt.want != nil
 	if opt.buf != nil {
-		pts, hs = opt.buf.points(n, kind == metric.Histogram && !opt.countsOnly && !selective)
+		pts, hs = opt.buf.points(n, kind == metric.Histogram && !opt.countsOnly)
 	} else {
 		pts = make([]point, n)
 	}
@@ -308,48 +362,6 @@ func decodeChunkWith(b []byte, opt decodeOptions) (metric.Kind, []point, error) 
 			// Only the count, kept in the point itself (h stays nil).
 			for i, v := range d.intColumn(n) {
 				pts[i].count = uint64(v)
-			}
-			break
-		}
-		if selective {
-			// Only the wanted windows get a histogram; the others keep
-			// their count in the point (h nil, as with countsOnly).
-			wanted := 0
-			for i, v := range d.intColumn(n) {
-				pts[i].count = uint64(v)
-				if opt.want(pts[i].start) {
-					pts[i].h = &wantedMark // replaced below
-					wanted++
-				}
-			}
-			hs = make([]hdata, wanted)
-			lens := d.intColumn(n)
-			var r packedReader
-			if opt.buf != nil {
-				r.arena = opt.buf.arena[:0]
-				if opt.buf.keep {
-					r.arena = opt.buf.arena
-				}
-				defer func() { opt.buf.arena = r.arena }()
-			}
-			r.expect(wanted)
-			j := 0
-			for i := range pts {
-				if lens[i] < 0 || lens[i] > int64(len(d.b)) {
-					d.fail("truncated bucket record")
-					break
-				}
-				rec := d.bytes(int(lens[i]))
-				if pts[i].h == nil {
-					continue
-				}
-				h := &hs[j]
-				j++
-				h.count = pts[i].count
-				pts[i].h, pts[i].count = h, 0
-				if err := r.read(rec, h); err != nil {
-					return 0, nil, err
-				}
 			}
 			break
 		}
