@@ -66,9 +66,12 @@ func TestDiskFull(t *testing.T) {
 	}
 	mk := newMackerel(t)
 	l := startLoad(t, e, 2, 0)
-	cfg := e.writeConfig(t, e.agentSection()+"sources:\n"+l.promSource("500ms")+"exporters:\n"+mackerelExporter(mk.URL))
+	cfg := e.writeConfig(t, e.agentSection()+"sources:\n"+e.otlpSource("")+l.promSource("500ms")+"exporters:\n"+mackerelExporter(mk.URL))
 	a := e.start(t, cfg, nil)
 	l.waitBaseline(t)
+	// An OTLP delta sender too: its points go through the delta journal,
+	// on the same full disk.
+	l.startDeltaSenders(t, e, 1)
 	l.run(2*time.Second, 10)
 
 	var free func()
@@ -154,8 +157,24 @@ func TestDiskFull(t *testing.T) {
 	for _, r := range rows {
 		largest = max(largest, r.Value)
 	}
+	// The delta sender: what the agent acknowledged and stored.
+	var dStored, dLargest float64
+	for _, r := range query(t, e.dataDir, "-metric", "http.server.request.duration", "-group-by", "service.instance.id", "-stat", "count", "-from", "2h", "-step", "1s") {
+		dStored += r.Value
+		dLargest = max(dLargest, r.Value)
+	}
+	dGen, _, _ := l.delta.Totals()
+	dAck, dResent := l.delta.Acked(), l.delta.Resent()
+	t.Logf("OTLP delta: generated %d, acknowledged %d (re-sent %d), stored %v (lost %v of the acknowledged)", dGen, dAck, dResent, dStored, float64(dAck)-dStored)
+	if dStored > float64(dGen+dResent) {
+		t.Errorf("OTLP delta: stored %v, more than the %d generated (+%d re-sent)", dStored, dGen, dResent)
+	}
+	if lost := float64(dAck) - dStored; lost > storeErrs2*dLargest {
+		t.Errorf("OTLP delta: lost %v acknowledged observations, more than the %v failed windows hold (at most %v each): a silent loss", lost, storeErrs2, dLargest)
+	}
 	lostObs, dupObs := lostDup(float64(want), stored)
-	figures(t, a.counts, lostObs, dupObs, a.peakRSS)
+	l2, d2 := lostDup(float64(dAck), dStored)
+	figures(t, a.counts, lostObs+l2, dupObs+d2, a.peakRSS)
 	if lost := float64(want) - stored; lost > storeErrs2*largest {
 		t.Errorf("lost %v observations, more than the %v failed windows hold (at most %v each): a silent loss", lost, storeErrs2, largest)
 	}
