@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -303,6 +304,10 @@ func TestReload(t *testing.T) {
 	}
 	if !strings.Contains(a.out.String(), `unknown key \"rulez\" (did you mean \"rules\"?)`) && !strings.Contains(a.out.String(), `unknown key "rulez" (did you mean "rules"?)`) {
 		t.Errorf("the rejection does not name the problem:\n%s", tail(a.out.String(), 5))
+	}
+	// FILE:LINE:COL of the bad key: the line after the good config's.
+	if pos := fmt.Sprintf("sabaki.yaml:%d:1:", strings.Count(base, "\n")+1); !strings.Contains(a.out.String(), pos) {
+		t.Errorf("the rejection does not give the position %s:\n%s", pos, tail(a.out.String(), 5))
 	}
 	l.run(2*time.Second, 5)
 	if w1 := a.metricValue("sabaki_pipeline_windows_total"); w1 <= w0 {
