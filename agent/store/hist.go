@@ -65,6 +65,7 @@ type histAcc struct {
 	sum       float64
 	min, max  float64 // ±Inf while no observation
 	signs     [2]accRange
+	bad       bool // a window's counts did not add up to its count
 }
 
 // accRange is one sign's populated bucket range at the accumulator's scale.
@@ -95,16 +96,31 @@ func (d *hdata) eligible() bool {
 		len(d.pos.counts) > 1<<12 || len(d.neg.counts) > 1<<12 {
 		return false
 	}
-	total := d.zeroCount
+	// Cheap checks only: the whole range within bounds (FromData checks
+	// the populated part), min and max given. That the counts add up to
+	// count is checked by add while it adds them.
+	hasBuckets := false
 	for _, b := range [2]*buckets{&d.pos, &d.neg} {
-		first, last, ok := populated(b)
-		if !ok {
+		if len(b.counts) == 0 {
 			continue
 		}
-		lo, hi := minIndex64(d.scale), maxIndex64(d.scale)
-		if first < lo || last > hi {
+		hasBuckets = true
+		if int64(b.offset) < minIndex64(d.scale) || int64(b.offset)+int64(len(b.counts))-1 > maxIndex64(d.scale) {
 			return false
 		}
+	}
+	if d.count > 0 && (math.IsNaN(d.min) || math.IsNaN(d.max) || d.min > d.max || (d.min == 0 && d.max == 0 && hasBuckets)) {
+		return false
+	}
+	return true
+}
+
+// countsAddUp reports whether the buckets and zero count add up to count
+// without overflowing (what FromData checks), for callers that cannot
+// report histAcc's error later.
+func (d *hdata) countsAddUp() bool {
+	total := d.zeroCount
+	for _, b := range [2]*buckets{&d.pos, &d.neg} {
 		for _, c := range b.counts {
 			t := total + c
 			if t < total {
@@ -113,13 +129,7 @@ func (d *hdata) eligible() bool {
 			total = t
 		}
 	}
-	if total != d.count {
-		return false
-	}
-	if d.count > 0 && (math.IsNaN(d.min) || math.IsNaN(d.max) || d.min > d.max || (d.min == 0 && d.max == 0 && total != d.zeroCount)) {
-		return false
-	}
-	return true
+	return total == d.count
 }
 
 // minIndex64 and maxIndex64 bound the bucket indexes of finite values at
@@ -206,6 +216,7 @@ func (a *histAcc) add(d *hdata, first bool) {
 		}
 		a.scale = s
 	}
+	total := d.zeroCount
 	for i, b := range [2]*buckets{&d.pos, &d.neg} {
 		if rs[i][2] == 0 {
 			continue
@@ -216,7 +227,15 @@ func (a *histAcc) add(d *hdata, first bool) {
 		first := rs[i][0] - int64(b.offset)
 		for j, c := range b.counts[first : rs[i][1]-int64(b.offset)+1] {
 			r.counts[(rs[i][0]+int64(j))>>shift-r.lo] += c
+			t := total + c
+			if t < total {
+				a.bad = true
+			}
+			total = t
 		}
+	}
+	if total != d.count {
+		a.bad = true // FromData would have refused the window
 	}
 }
 
@@ -239,6 +258,9 @@ func (a *histAcc) hdata() hdata {
 
 // histogram builds the merged histogram.
 func (a *histAcc) histogram() (*histogram.Histogram, error) {
+	if a.bad {
+		return nil, fmt.Errorf("%w: histogram: %v", errCorrupt, histogram.ErrCount)
+	}
 	d := a.hdata()
 	h, err := histogram.FromData(histogram.Data{
 		Scale:     d.scale,

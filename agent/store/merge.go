@@ -83,7 +83,9 @@ func (m *merger) addPoint(p *point) error {
 			break
 		}
 		// Merged bucket by bucket until a histogram is needed (result).
-		if a.Hist == nil && p.h.eligible() {
+		// point() cannot report an error: windows FromData would refuse
+		// take the path below, which does.
+		if a.Hist == nil && p.h.eligible() && p.h.countsAddUp() {
 			if a.acc == nil {
 				a.acc = newHistAcc(p.h)
 			} else {

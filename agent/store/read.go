@@ -410,7 +410,11 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 	}
 	// Rows by group key (attrKey of the row's attributes), then time.
 	slices.SortFunc(groups, func(a, b *group) int { return strings.Compare(a.key, b.key) })
-	var rows []Row
+	n := 0
+	for _, g := range groups {
+		g.accs.each(func(int64, *rowAcc) { n++ })
+	}
+	rows := make([]Row, 0, n)
 	for _, g := range groups {
 		g.accs.each(func(i int64, a *rowAcc) {
 			agg, ferr := a.m.finish()
