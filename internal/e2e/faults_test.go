@@ -189,9 +189,18 @@ func TestKill9(t *testing.T) {
 		peak = max(peak, a.peakRSS)
 		counts = counts.add(a.counts)
 		dltOpen += h.before(killAt).dltAck - h.before(killAt.Add(-4*time.Second)).dltAck
+		if k == 0 && !dropLastQueued(t, e.dataDir, "mackerel") {
+			// The newest window (unsent: Mackerel is down) is cut off, as if
+			// the kill came between storing and queueing it: the restarted
+			// agent must queue it from the store, or Mackerel ends short.
+			t.Error("no unsent window in the Mackerel outbox at the first kill")
+		}
 		gen(time.Second) // the load goes on while the agent is down
 		s0 := l.targets.MinScrapes()
 		a = e.start(t, cfg, nil)
+		if k == 0 && !a.waitLog("replayed stored windows the exporter had not received", 10*time.Second) {
+			t.Error("the window cut from the Mackerel outbox was not queued again from the store")
+		}
 		// The senders' exports refused while the agent was down are
 		// retried; wait for them and for a scrape after the restart.
 		waitFor(t, 60*time.Second, "a scrape after the restart", func() bool { return l.targets.MinScrapes() > s0 })
