@@ -6,8 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -275,4 +277,36 @@ func findTrend(t *testing.T, g *Group, measure string) *Trend {
 	}
 	t.Fatalf("%s: no trend of %s", g.Label, measure)
 	return nil
+}
+
+// TestKth checks the quickselect behind the Theil–Sen fits against sorting,
+// with ties and the rank pairs the median and Sen's interval take.
+func TestKth(t *testing.T) {
+	r := rand.New(rand.NewPCG(4, 2))
+	for _, n := range []int{1, 2, 3, 7, 100, 1001} {
+		for range 20 {
+			vs := make([]float64, n)
+			for i := range vs {
+				vs[i] = float64(r.IntN(max(2, n/3))) - float64(n)/6 // many ties
+				if r.IntN(4) == 0 {
+					vs[i] = r.NormFloat64()
+				}
+			}
+			sorted := slices.Clone(vs)
+			slices.Sort(sorted)
+			for _, k := range []int{0, n / 2, (n - 1) / 2, n - 1, r.IntN(n)} {
+				if got := kth(slices.Clone(vs), k); got != sorted[k] {
+					t.Fatalf("n %d: kth(%d) = %v, sorted %v", n, k, got, sorted[k])
+				}
+			}
+			if got, want := quantileSelect(slices.Clone(vs), 0.5), quantileSorted(sorted, 0.5); got != want {
+				t.Fatalf("n %d: median %v, want %v", n, got, want)
+			}
+			l, h := senIntervalOf(n, slices.Clone(vs))
+			wl, wh := senIntervalSorted(n, sorted)
+			if l != wl || h != wh {
+				t.Fatalf("n %d: interval %v %v, want %v %v", n, l, h, wl, wh)
+			}
+		}
+	}
 }

@@ -203,10 +203,9 @@ func fit(xs, ys []float64, days []time.Time) *Trend {
 		}
 	}
 	slopes := pairSlopes(xs, zs)
-	slices.Sort(slopes)
 	t.a, t.b = lineFor(xs, zs, slopes)
 	t.Slope = t.b
-	t.SlopeLow, t.SlopeHigh = senIntervalSorted(len(xs), slopes)
+	t.SlopeLow, t.SlopeHigh = senIntervalOf(len(xs), slopes)
 	return t
 }
 
@@ -274,17 +273,15 @@ func intercept(xs, ys []float64, b, _ float64, t *Trend) float64 {
 
 // theilSen returns the intercept and slope of the Theil–Sen line.
 func theilSen(xs, ys []float64) (a, b float64) {
-	slopes := pairSlopes(xs, ys)
-	slices.Sort(slopes)
-	return lineFor(xs, ys, slopes)
+	return lineFor(xs, ys, pairSlopes(xs, ys))
 }
 
-// lineFor is the Theil–Sen line from the sorted pairwise slopes.
-func lineFor(xs, ys, sorted []float64) (a, b float64) {
-	if len(sorted) == 0 {
+// lineFor is the Theil–Sen line from the pairwise slopes (reordered).
+func lineFor(xs, ys, slopes []float64) (a, b float64) {
+	if len(slopes) == 0 {
 		return median(ys), 0
 	}
-	b = quantileSorted(sorted, 0.5)
+	b = quantileSelect(slopes, 0.5)
 	res := make([]float64, len(ys))
 	for i := range ys {
 		res[i] = ys[i] - b*xs[i]
@@ -314,17 +311,95 @@ func senInterval(xs, ys []float64) (lo, hi float64) {
 }
 
 func senIntervalSorted(points int, s []float64) (lo, hi float64) {
-	if len(s) == 0 {
+	l, u, ok := senRanks(points, len(s))
+	if !ok {
 		return 0, 0
+	}
+	return s[l], s[u]
+}
+
+// senIntervalOf is senIntervalSorted of unsorted slopes (reordered): a
+// year of days has 66,000 pairwise slopes, and selecting two ranks is much
+// cheaper than sorting them.
+func senIntervalOf(points int, s []float64) (lo, hi float64) {
+	l, u, ok := senRanks(points, len(s))
+	if !ok {
+		return 0, 0
+	}
+	return kth(s, l), kth(s, u)
+}
+
+func senRanks(points, slopes int) (l, u int, ok bool) {
+	if slopes == 0 {
+		return 0, 0, false
 	}
 	n := float64(points)
 	c := 1.96 * math.Sqrt(n*(n-1)*(2*n+5)/18)
-	N := float64(len(s))
-	l := int(math.Floor((N - c) / 2))
-	u := int(math.Ceil((N+c)/2)) - 1
-	l = min(max(l, 0), len(s)-1)
-	u = min(max(u, 0), len(s)-1)
-	return s[l], s[u]
+	N := float64(slopes)
+	l = int(math.Floor((N - c) / 2))
+	u = int(math.Ceil((N+c)/2)) - 1
+	l = min(max(l, 0), slopes-1)
+	u = min(max(u, 0), slopes-1)
+	return l, u, true
+}
+
+// quantileSelect is quantileSorted of unsorted values (reordered).
+func quantileSelect(s []float64, q float64) float64 {
+	if len(s) == 0 {
+		return math.NaN()
+	}
+	pos := q * float64(len(s)-1)
+	i := int(pos)
+	if i >= len(s)-1 {
+		return kth(s, len(s)-1)
+	}
+	frac := pos - float64(i)
+	a := kth(s, i)
+	b := kth(s, i+1)
+	return a + frac*(b-a)
+}
+
+// kth returns the k-th smallest value of s (from 0), as s would hold at k
+// once sorted; it reorders s (quickselect, Hoare partition, median of
+// three). The values must not be NaN.
+func kth(s []float64, k int) float64 {
+	lo, hi := 0, len(s)-1
+	for lo < hi {
+		mid := int(uint(lo+hi) >> 1)
+		if s[mid] < s[lo] {
+			s[mid], s[lo] = s[lo], s[mid]
+		}
+		if s[hi] < s[lo] {
+			s[hi], s[lo] = s[lo], s[hi]
+		}
+		if s[hi] < s[mid] {
+			s[hi], s[mid] = s[mid], s[hi]
+		}
+		p := s[mid]
+		i, j := lo, hi
+		for i <= j {
+			for s[i] < p {
+				i++
+			}
+			for s[j] > p {
+				j--
+			}
+			if i <= j {
+				s[i], s[j] = s[j], s[i]
+				i++
+				j--
+			}
+		}
+		switch {
+		case k <= j:
+			hi = j
+		case k >= i:
+			lo = i
+		default:
+			return s[k]
+		}
+	}
+	return s[k]
 }
 
 func median(v []float64) float64 {
