@@ -236,7 +236,7 @@ func TestCorruptStore(t *testing.T) {
 			if !strings.Contains(stderr, db) {
 				t.Errorf("query's error does not name the store file %s: %s", db, stderr)
 			}
-			run := exec.Command(binary, "run", "-config", cfg)
+			run := exec.Command(sabakiBin, "run", "-config", cfg)
 			out, err := run.CombinedOutput()
 			t.Logf("run on a %s store: %v: %s", damage, err, tail(strings.TrimSpace(string(out)), 3))
 			if err == nil {

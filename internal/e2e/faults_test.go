@@ -23,8 +23,9 @@ func exporterCounts(a *agent) (enqueued, sent, dropped, waiting float64) {
 // TestMackerelOutage: fake Mackerel answers 503 for a stretch of windows
 // while load goes on, then recovers. Every window the pipeline closed is
 // sent exactly once (sent = enqueued, none dropped, none waiting) and the
-// per-minute counts in Mackerel add up to what was generated. Short: 3 s
-// outage; full: 15 s.
+// per-minute counts in Mackerel add up to what was generated and equal the
+// store's minute by minute. Short: 3 s outage; full: 15 s, starting at
+// second 45 of a minute.
 func TestMackerelOutage(t *testing.T) {
 	outage := 3 * time.Second
 	if full() {
@@ -37,6 +38,11 @@ func TestMackerelOutage(t *testing.T) {
 	a := e.start(t, cfg, nil)
 	l.waitBaseline(t)
 	l.run(2*time.Second, 10)
+	if full() {
+		// The outage starts at second 45 of a minute, so it spans a minute
+		// boundary: both minutes must reach Mackerel whole.
+		l.run(untilSecond(45), 10)
+	}
 	from := time.Now()
 	mk.FailBetween(from, from.Add(outage), "/api/v0/services/", fakemackerel.Fault{Status: 503})
 	l.run(outage, 10)
@@ -68,6 +74,17 @@ func TestMackerelOutage(t *testing.T) {
 	perMinute(t, mk, "loadgen_request_duration_seconds.count.", e.dataDir, "loadgen_request_duration_seconds", "e2e")
 	lost, dup := lostDup(float64(want.Observations), sumStat(rows, "count"))
 	figures(t, a.counts, lost, dup, a.peakRSS)
+}
+
+// untilSecond returns the time until the wall clock next reads second s of
+// a minute.
+func untilSecond(s int) time.Duration {
+	now := time.Now()
+	next := now.Truncate(time.Minute).Add(time.Duration(s) * time.Second)
+	if !next.After(now) {
+		next = next.Add(time.Minute)
+	}
+	return next.Sub(now)
 }
 
 // history records the load's totals over time.
@@ -172,6 +189,11 @@ func TestKill9(t *testing.T) {
 	var dltOpen uint64
 	var peak int64
 	var counts windowCounts
+	if full() {
+		// The first kill comes at about second 57 of a minute, so a minute
+		// is split by it and by the Mackerel outage around it.
+		gen(untilSecond(52))
+	}
 	for k := range kills {
 		if k == 0 {
 			// Mackerel is down across the first kill: the windows queued

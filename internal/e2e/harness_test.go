@@ -27,14 +27,14 @@ import (
 	"time"
 )
 
-// binary is the sabaki built once for the whole run by TestMain.
-var binary string
+// sabakiBin is the sabaki built once for the whole run by TestMain.
+var sabakiBin string
 
 func TestMain(m *testing.M) {
 	// SABAKI_E2E_BINARY runs a binary built elsewhere (a release build,
 	// or one built from a clean checkout while the tree is mid-edit).
 	if b := os.Getenv("SABAKI_E2E_BINARY"); b != "" {
-		binary = b
+		sabakiBin = b
 		os.Exit(m.Run())
 	}
 	dir, err := os.MkdirTemp("", "sabaki-e2e-bin")
@@ -42,8 +42,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "sabaki")
-	build := exec.Command("go", "build", "-o", binary, "github.com/sabakiio/sabaki/cmd/sabaki")
+	sabakiBin = filepath.Join(dir, "sabaki")
+	build := exec.Command("go", "build", "-o", sabakiBin, "github.com/sabakiio/sabaki/cmd/sabaki")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building sabaki:", err)
@@ -255,7 +255,7 @@ func (e *env) start(t testing.TB, cfgPath string, setup func(*exec.Cmd)) *agent 
 func (e *env) startOnce(t testing.TB, cfgPath string, setup func(*exec.Cmd), mayRetry bool) *agent {
 	t.Helper()
 	a := &agent{t: t, out: &syncBuffer{}, admin: e.admin, dataDir: e.dataDir, cfgPath: cfgPath, done: make(chan struct{})}
-	a.cmd = exec.Command(binary, "run", "-config", cfgPath)
+	a.cmd = exec.Command(sabakiBin, "run", "-config", cfgPath)
 	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
 	if setup != nil {
 		setup(a.cmd)
@@ -475,7 +475,7 @@ func runSabaki(t testing.TB, args ...string) (string, string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd := exec.CommandContext(ctx, sabakiBin, args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
