@@ -25,7 +25,7 @@ func exporterCounts(a *agent) (enqueued, sent, dropped, waiting float64) {
 // sent exactly once (sent = enqueued, none dropped, none waiting) and the
 // per-minute counts in Mackerel add up to what was generated and equal the
 // store's minute by minute. Short: 3 s outage; full: 15 s, starting at
-// second 45 of a minute.
+// second 50 of a minute.
 func TestMackerelOutage(t *testing.T) {
 	outage := 3 * time.Second
 	if full() {
@@ -39,9 +39,9 @@ func TestMackerelOutage(t *testing.T) {
 	l.waitBaseline(t)
 	l.run(2*time.Second, 10)
 	if full() {
-		// The outage starts at second 45 of a minute, so it spans a minute
+		// The outage starts at second 50 of a minute, so it spans a minute
 		// boundary: both minutes must reach Mackerel whole.
-		l.run(untilSecond(45), 10)
+		l.run(untilSecond(50), 10)
 	}
 	from := time.Now()
 	mk.FailBetween(from, from.Add(outage), "/api/v0/services/", fakemackerel.Fault{Status: 503})
