@@ -131,7 +131,12 @@ type benchLine struct {
 	metrics [][2]string // value, unit
 }
 
-var benchRE = regexp.MustCompile(`^(Benchmark\S+)\s+(\d+)\s+(.*)$`)
+var (
+	benchRE = regexp.MustCompile(`^(Benchmark\S+)\s+(\d+)\s+(.*)$`)
+	// A benchmark that logs gets its name and its results on two lines.
+	benchNameRE    = regexp.MustCompile(`^(Benchmark\S+)\s*$`)
+	benchResultsRE = regexp.MustCompile(`^\s*(\d+)\s+(.*ns/op.*)$`)
+)
 
 func runBench(pkg, pattern, benchtime string) ([]benchLine, string, error) {
 	args := []string{"test", "-run", "^$", "-bench", pattern, "-benchmem", "-benchtime", benchtime, "-count", "1", pkg}
@@ -141,8 +146,19 @@ func runBench(pkg, pattern, benchtime string) ([]benchLine, string, error) {
 	err := cmd.Run()
 	var lines []benchLine
 	sc := bufio.NewScanner(&out)
+	pending := ""
 	for sc.Scan() {
 		m := benchRE.FindStringSubmatch(sc.Text())
+		if n := benchNameRE.FindStringSubmatch(sc.Text()); n != nil {
+			pending = n[1]
+			continue
+		}
+		if m == nil && pending != "" {
+			if res := benchResultsRE.FindStringSubmatch(sc.Text()); res != nil {
+				m = []string{"", pending, res[1], res[2]}
+				pending = ""
+			}
+		}
 		if m == nil {
 			continue
 		}
@@ -280,7 +296,6 @@ func (r *report) agentVsPrometheus() {
 		if err := build.Run(); err != nil {
 			log.Fatalf("building sabaki-base in %s: %v", r.baseline, err)
 		}
-		r.printf("sabaki-base is built from another source tree (-baseline) and runs beside the others with the same configuration; for both sabaki rows, samples are the points their pipelines received (sabaki_pipeline_points_total) in the measured period, and scrapes that divided by the series per target.\n\n")
 	}
 	promBin, _ := exec.LookPath("prometheus")
 	promVersion := "not installed"
@@ -294,6 +309,9 @@ func (r *report) agentVsPrometheus() {
 	r.printf("sabaki: the built binary (`go build -trimpath -ldflags '-s -w'`), 60 s windows, the store, and the Mackerel exporter (with its on-disk outbox) posting to an in-process fake Mackerel. ")
 	r.printf("Prometheus: `%s` with `--enable-feature=agent,native-histograms`, remote-writing (`send_native_histograms: true`) to an in-process sink that discards. ", promVersion)
 	r.printf("CPU is utime+stime from /proc/<pid>/stat over the measured period (after a warm-up of two scrape intervals and the first window), divided by the samples scraped in that period (series per scrape × scrapes answered); peak RSS is VmHWM at the end.\n\n")
+	if baseBin != "" {
+		r.printf("sabaki-base is built from another source tree (-baseline %s) and runs beside the others with the same configuration; for both sabaki rows, samples are the points their pipelines received (sabaki_pipeline_points_total) in the measured period, and scrapes that divided by the series per target plus 3 (up, scrape_duration_seconds, scrape_samples_scraped).\n\n", filepath.Base(r.baseline))
+	}
 	r.printf("| series | process | scrapes | samples | CPU s | CPU µs/sample | peak RSS MiB | load avg |\n|---|---|---|---|---|---|---|---|\n")
 
 	scales := []scale{
