@@ -411,9 +411,37 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 		}
 		return each(blobs)
 	}
+	// When the selection is a large share of all series, a scan of the
+	// range that skips the unselected rows is cheaper than seeking to each
+	// selected one (or, for the head, filtering by an IN list per part).
+	var want map[int64]struct{}
+	if sel.ids != nil {
+		var total int
+		if err := q.QueryRowContext(ctx, `SELECT count(*) FROM series`).Scan(&total); err != nil {
+			return err
+		}
+		if 2*len(sel.ids) >= total {
+			want = make(map[int64]struct{}, len(sel.ids))
+			for _, id := range sel.ids {
+				want[id] = struct{}{}
+			}
+		}
+	}
 	// fetchHead hands each all head rows in range, decoded: they are one
-	// window each, fetched by one range query per part.
+	// window each, fetched by one range query (per part).
 	fetchHead := func(each func(blobs []blob) error) error {
+		if want != nil {
+			if err := queryRawBlobs(ctx, q, `SELECT series, `+col+` FROM head WHERE tier = ? AND start >= ? AND start < ?`,
+				[]any{tier, from, to}, func(id int64, data sql.RawBytes) error {
+					if _, ok := want[id]; ok {
+						add(true, id, data)
+					}
+					return nil
+				}); err != nil {
+				return err
+			}
+			return process("head", from, each)
+		}
 		for _, p := range parts {
 			if err := queryRawBlobs(ctx, q, `SELECT series, `+col+` FROM head WHERE tier = ? AND start >= ? AND start < ? AND `+p.cond,
 				append([]any{tier, from, to}, p.args...), func(id int64, data sql.RawBytes) error {
@@ -425,53 +453,41 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 		}
 		return process("head", from, each)
 	}
-	// fetchChunks hands each the chunks one chunk start at a time, decoded.
-	// When the selection is a large share of all series, one scan of the
-	// range skips the unselected rows (cheaper than seeking to each
-	// selected one); otherwise each start is read by seeks per series.
+	// fetchChunks hands each the chunks one chunk start at a time, decoded:
+	// one scan of the range (want), or seeks per series at each start.
 	fetchChunks := func(each func(blobs []blob) error) error {
 		lo := alignDown(from, ti.span)
-		if sel.ids != nil {
-			var total int
-			if err := q.QueryRowContext(ctx, `SELECT count(*) FROM series`).Scan(&total); err != nil {
+		if want != nil {
+			rows, err := q.QueryContext(ctx, `SELECT start, series, `+col+` FROM chunks WHERE tier = ? AND start >= ? AND start < ? ORDER BY start`, tier, lo, to)
+			if err != nil {
 				return err
 			}
-			if 2*len(sel.ids) >= total {
-				want := make(map[int64]struct{}, len(sel.ids))
-				for _, id := range sel.ids {
-					want[id] = struct{}{}
-				}
-				rows, err := q.QueryContext(ctx, `SELECT start, series, `+col+` FROM chunks WHERE tier = ? AND start >= ? AND start < ? ORDER BY start`, tier, lo, to)
-				if err != nil {
+			defer rows.Close()
+			cur := int64(math.MinInt64)
+			for rows.Next() {
+				var st, id int64
+				var data sql.RawBytes
+				if err := rows.Scan(&st, &id, &data); err != nil {
 					return err
 				}
-				defer rows.Close()
-				cur := int64(math.MinInt64)
-				for rows.Next() {
-					var st, id int64
-					var data sql.RawBytes
-					if err := rows.Scan(&st, &id, &data); err != nil {
+				if _, ok := want[id]; !ok {
+					continue
+				}
+				if st != cur {
+					if err := process("chunks", cur, each); err != nil {
 						return err
 					}
-					if _, ok := want[id]; !ok {
-						continue
+					cur = st
+					if err := ctx.Err(); err != nil {
+						return err
 					}
-					if st != cur {
-						if err := process("chunks", cur, each); err != nil {
-							return err
-						}
-						cur = st
-						if err := ctx.Err(); err != nil {
-							return err
-						}
-					}
-					add(false, id, data)
 				}
-				if err := rows.Err(); err != nil {
-					return err
-				}
-				return process("chunks", cur, each)
+				add(false, id, data)
 			}
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			return process("chunks", cur, each)
 		}
 		sts, err := starts("chunks", lo)
 		if err != nil {
