@@ -67,13 +67,29 @@ func BenchmarkBuildYear(b *testing.B) {
 			}
 		}
 	})
-	// The store's share: one hourly query of the latency histogram over the
-	// year, grouped by service, as Build makes it.
+	// The store's share: the three reads Build makes of the latency
+	// histogram, grouped by service (hourly counts; one hour a day with its
+	// histograms, 14:00 UTC standing in for the peak; the days' histograms
+	// from the daily rollups).
+	keys := []string{"service.name", "service_name"}
+	peaks := func(map[string]string) []time.Time {
+		var ts []time.Time
+		for d := o.Start; d.Before(end); d = d.AddDate(0, 0, 1) {
+			ts = append(ts, d.Add(14*time.Hour))
+		}
+		return ts
+	}
 	b.Run("store_query", func(b *testing.B) {
 		for b.Loop() {
-			rows, err := st.Query(context.Background(), store.Query{Metric: "http.server.request.duration", GroupBy: []string{"service.name", "service_name"}, From: o.Start, To: end, Step: time.Hour})
-			if err != nil || len(rows) == 0 {
-				b.Fatalf("%d rows, %v", len(rows), err)
+			for _, q := range []store.Query{
+				{Metric: "http.server.request.duration", GroupBy: keys, From: o.Start, To: end, Step: time.Hour, CountsOnly: true},
+				{Metric: "http.server.request.duration", GroupBy: keys, From: o.Start, To: end, Step: time.Hour, Steps: peaks},
+				{Metric: "http.server.request.duration", GroupBy: keys, From: o.Start, To: end, Step: 24 * time.Hour, Rollups: true},
+			} {
+				rows, err := st.Query(context.Background(), q)
+				if err != nil || len(rows) == 0 {
+					b.Fatalf("%d rows, %v", len(rows), err)
+				}
 			}
 		}
 	})
