@@ -5,11 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math"
 	"os"
 	"path/filepath"
 	"time"
-
-	"github.com/golang/snappy"
 
 	"github.com/sabakiio/sabaki/metric"
 )
@@ -123,33 +122,48 @@ func (o *Outbox) readMarks() error {
 	if err != nil {
 		return err
 	}
-	if len(b) < 5 || b[0] != marksVersion || crc32.Checksum(b[:len(b)-4], castagnoli) != binary.LittleEndian.Uint32(b[len(b)-4:]) {
-		return errors.New("marks file corrupt")
-	}
-	d := b[1 : len(b)-4]
-	n, k := binary.Uvarint(d)
-	if k <= 0 || n > uint64(len(d)) {
-		return errors.New("marks file corrupt")
-	}
-	d = d[k:]
-	for range n {
-		start, k1 := binary.Varint(d)
-		if k1 <= 0 {
-			return errors.New("marks file corrupt")
-		}
-		dur, k2 := binary.Varint(d[k1:])
-		if k2 <= 0 {
-			return errors.New("marks file corrupt")
-		}
-		rev, k3 := binary.Uvarint(d[k1+k2:])
-		if k3 <= 0 {
-			return errors.New("marks file corrupt")
-		}
-		d = d[k1+k2+k3:]
-		o.marks[markKey{start: start, dur: dur}] = int(rev)
+	if o.marks, err = parseMarks(b); err != nil {
+		return err
 	}
 	o.tracking = true
 	return nil
+}
+
+// parseMarks decodes a marks file: version u8, count uvarint, then per
+// window start (Unix ns) varint, duration (ns) varint, revision uvarint, and
+// a CRC-32C of all that, u32 LE.
+func parseMarks(b []byte) (map[markKey]int, error) {
+	bad := errors.New("marks file corrupt")
+	if len(b) < 5 || b[0] != marksVersion || crc32.Checksum(b[:len(b)-4], castagnoli) != binary.LittleEndian.Uint32(b[len(b)-4:]) {
+		return nil, bad
+	}
+	d := b[1 : len(b)-4]
+	n, k := binary.Uvarint(d)
+	if k <= 0 || n > uint64(len(d)) { // each window takes 3 bytes or more
+		return nil, bad
+	}
+	d = d[k:]
+	marks := make(map[markKey]int, n)
+	for range n {
+		start, k1 := binary.Varint(d)
+		if k1 <= 0 {
+			return nil, bad
+		}
+		dur, k2 := binary.Varint(d[k1:])
+		if k2 <= 0 {
+			return nil, bad
+		}
+		rev, k3 := binary.Uvarint(d[k1+k2:])
+		if k3 <= 0 || rev > math.MaxInt32 {
+			return nil, bad
+		}
+		d = d[k1+k2+k3:]
+		marks[markKey{start: start, dur: dur}] = int(rev)
+	}
+	if len(d) != 0 {
+		return nil, bad
+	}
+	return marks, nil
 }
 
 // writeMarksLocked prunes the marks past max_age + marksSlack and replaces
@@ -186,71 +200,86 @@ func (o *Outbox) writeMarksLocked() error {
 
 // payloadKey returns the start, duration and revision of an encoded window
 // without decompressing all of it: the revision and duration open the
-// snappy body, which starts with a literal; otherwise the body is decoded.
+// snappy body, so only its first bytes are decoded.
 func payloadKey(p []byte) (markKey, int, error) {
 	start, err := payloadStart(p)
 	if err != nil {
 		return markKey{}, 0, err
 	}
-	body := p[payloadHeaderSize:]
-	prefix, ok := snappyLiteralPrefix(body)
-	if !ok {
-		if prefix, err = snappy.Decode(nil, body); err != nil {
-			return markKey{}, 0, fmt.Errorf("decompressing window: %w", err)
-		}
-	}
+	prefix := snappyPrefix(p[payloadHeaderSize:], 2*binary.MaxVarintLen64)
 	rev, n := binary.Uvarint(prefix)
 	if n <= 0 {
 		return markKey{}, 0, errors.New("corrupt window header")
 	}
 	dur, m := binary.Varint(prefix[n:])
 	if m <= 0 {
-		if ok { // the literal was too short: decode it all
-			full, err := snappy.Decode(nil, body)
-			if err != nil {
-				return markKey{}, 0, fmt.Errorf("decompressing window: %w", err)
-			}
-			rev, n = binary.Uvarint(full)
-			if n > 0 {
-				dur, m = binary.Varint(full[n:])
-			}
-		}
-		if n <= 0 || m <= 0 {
-			return markKey{}, 0, errors.New("corrupt window header")
-		}
+		return markKey{}, 0, errors.New("corrupt window header")
 	}
 	return markKey{start: unixNanos(start), dur: dur}, int(rev), nil
 }
 
-// snappyLiteralPrefix returns the literal a snappy block starts with.
-func snappyLiteralPrefix(b []byte) ([]byte, bool) {
-	_, n := binary.Uvarint(b) // decoded length
-	if n <= 0 || n >= len(b) {
-		return nil, false
+// snappyPrefix decodes the first n bytes (fewer if the block is shorter or
+// corrupt) of a snappy block: literals and back-references until n bytes
+// are out, whatever the block's size.
+func snappyPrefix(b []byte, n int) []byte {
+	total, k := binary.Uvarint(b)
+	if k <= 0 {
+		return nil
 	}
-	b = b[n:]
-	tag := b[0]
-	if tag&3 != 0 {
-		return nil, false
-	}
-	l := int(tag >> 2)
-	b = b[1:]
-	if l >= 60 {
-		w := l - 59
-		if len(b) < w {
-			return nil, false
+	b = b[k:]
+	out := make([]byte, 0, n)
+	for len(out) < n && uint64(len(out)) < total && len(b) > 0 {
+		tag := b[0]
+		b = b[1:]
+		var length, offset int
+		switch tag & 3 {
+		case 0: // literal
+			length = int(tag>>2) + 1
+			if length > 60 {
+				w := length - 60
+				if len(b) < w {
+					return out
+				}
+				length = 0
+				for i := w - 1; i >= 0; i-- {
+					length = length<<8 | int(b[i])
+				}
+				length++
+				b = b[w:]
+			}
+			if length > len(b) || length <= 0 {
+				return out
+			}
+			out = append(out, b[:min(length, n-len(out))]...)
+			b = b[length:]
+			continue
+		case 1:
+			if len(b) < 1 {
+				return out
+			}
+			length, offset = 4+int(tag>>2)&7, int(tag&0xe0)<<3|int(b[0])
+			b = b[1:]
+		case 2:
+			if len(b) < 2 {
+				return out
+			}
+			length, offset = 1+int(tag>>2), int(binary.LittleEndian.Uint16(b))
+			b = b[2:]
+		case 3:
+			if len(b) < 4 {
+				return out
+			}
+			length, offset = 1+int(tag>>2), int(binary.LittleEndian.Uint32(b))
+			b = b[4:]
 		}
-		l = 0
-		for i := w - 1; i >= 0; i-- {
-			l = l<<8 | int(b[i])
+		if offset <= 0 || offset > len(out) {
+			return out
 		}
-		b = b[w:]
+		for i := 0; i < length && len(out) < n; i++ { // may overlap itself
+			out = append(out, out[len(out)-offset])
+		}
 	}
-	l++
-	if l > len(b) {
-		return nil, false
-	}
-	return b[:l], true
+	return out
 }
 
 // logDuplicate notes a window Enqueue dropped because it had accepted it.

@@ -1,10 +1,13 @@
 package exporters
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/golang/snappy"
 
 	"github.com/sabakiio/sabaki/metric"
 )
@@ -104,6 +107,31 @@ func TestOutboxMarksPruned(t *testing.T) {
 	}
 }
 
+// TestSnappyPrefix: the first bytes of a block, literals and back-references
+// alike, are what the full decoder gives.
+func TestSnappyPrefix(t *testing.T) {
+	long := make([]byte, 5000)
+	for i := range long {
+		long[i] = byte(i * 7 % 251)
+	}
+	for _, in := range [][]byte{
+		{},
+		{1},
+		bytes.Repeat([]byte{5, 6}, 100), // "\x05\x06" then a copy of itself
+		bytes.Repeat([]byte{0}, 70000),
+		long, // a literal longer than 60 bytes
+		append(bytes.Repeat([]byte("abcdefgh"), 9000), long...), // 4-byte offsets
+	} {
+		enc := snappy.Encode(nil, in)
+		for _, n := range []int{1, 4, 20, 100} {
+			want := in[:min(n, len(in))]
+			if got := snappyPrefix(enc, n); !bytes.Equal(got, want) {
+				t.Errorf("snappyPrefix(%d bytes, %d) = %v, want %v", len(in), n, got, want)
+			}
+		}
+	}
+}
+
 func TestPayloadKey(t *testing.T) {
 	for _, w := range []*metric.Window{
 		testWindow(t0, 0),
@@ -140,4 +168,56 @@ func TestOutboxCorruptMarksFile(t *testing.T) {
 	if !o.Fresh() {
 		t.Fatal("an outbox with a corrupt marks file is not Fresh")
 	}
+}
+
+// FuzzPayloadKey: the key read from a record's first bytes is the one the
+// full decoder reads, and no input makes it panic.
+func FuzzPayloadKey(f *testing.F) {
+	for _, w := range []*metric.Window{testWindow(t0, 0), testWindow(t0, 3), {Start: t0, Duration: time.Second, Revision: 1 << 20}} {
+		p, err := encodeWindow(w)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(p)
+		f.Add(p[:payloadHeaderSize+3])
+	}
+	f.Fuzz(func(t *testing.T, p []byte) {
+		k, rev, err := payloadKey(p)
+		w, werr := decodeWindow(p)
+		if werr != nil {
+			return
+		}
+		if err != nil || k != keyOf(w.Start, w.Duration) || rev != w.Revision {
+			t.Fatalf("payloadKey = %v, %d, %v; the decoder reads %v, %d", k, rev, err, keyOf(w.Start, w.Duration), w.Revision)
+		}
+	})
+}
+
+// FuzzParseMarks: a marks file either parses or is refused; what parses
+// writes back the same.
+func FuzzParseMarks(f *testing.F) {
+	o := &Outbox{dir: f.TempDir(), now: func() time.Time { return t0 }, cfg: DefaultOutboxConfig(), tracking: true, marksDirty: true,
+		marks: map[markKey]int{keyOf(t0, time.Minute): 2, keyOf(t0.Add(time.Minute), 10*time.Second): 0}}
+	if err := o.writeMarksLocked(); err != nil {
+		f.Fatal(err)
+	}
+	good, err := os.ReadFile(filepath.Join(o.dir, marksFile))
+	if err != nil {
+		f.Fatal(err)
+	}
+	if m, err := parseMarks(good); err != nil || len(m) != 2 || m[keyOf(t0, time.Minute)] != 2 {
+		f.Fatalf("parseMarks(written) = %v, %v", m, err)
+	}
+	f.Add(good)
+	f.Add([]byte{marksVersion, 0, 0, 0, 0, 0})
+	f.Add([]byte{marksVersion, 1, 2, 3, 4, 5})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		marks, err := parseMarks(b)
+		if err != nil {
+			return
+		}
+		if marks == nil {
+			t.Fatal("nil marks without an error")
+		}
+	})
 }
