@@ -72,11 +72,27 @@ const packedMinRes = 3600
 // The columns a count needs come first, so a query that wants only counts
 // stops reading there (decodeOptions.countsOnly).
 func encodeChunk(dst []byte, kind metric.Kind, res int64, pts []point) []byte {
-	n := len(pts)
-	version := byte(chunkVersion)
 	if kind == metric.Histogram && res >= packedMinRes {
-		version = chunkPacked
+		at := len(dst)
+		dst = encodeChunkVersion(dst, chunkPacked, kind, res, pts)
+		if len(dst)-at <= packedMaxBytes {
+			return dst
+		}
+		dst = dst[:at] // too big to stay in its b-tree page: range-coded
 	}
+	return encodeChunkVersion(dst, chunkVersion, kind, res, pts)
+}
+
+// packedMaxBytes is the largest packed chunk written. SQLite keeps at most
+// ~16 KB of a row of a WITHOUT ROWID table in its 64 KB b-tree page and puts
+// the rest on overflow pages of its own, mostly empty: a 29 KB chunk of
+// dense hourly histograms (12,000 observations, ~160 buckets an hour)
+// would take ~70 KB on disk, against ~11 KB range-coded. Such chunks stay
+// range-coded: compact, but read whole when any window is wanted.
+const packedMaxBytes = 16000
+
+func encodeChunkVersion(dst []byte, version byte, kind metric.Kind, res int64, pts []point) []byte {
+	n := len(pts)
 	dst = append(dst, version, byte(kind))
 	dst = binary.AppendUvarint(dst, uint64(n))
 	dst = binary.AppendUvarint(dst, uint64(res))

@@ -282,3 +282,29 @@ func TestLog2Int(t *testing.T) {
 		check(1 + r.ExpFloat64()*1e4)
 	}
 }
+
+// TestPackedTooBig: a chunk of hourly histograms too big to stay in its
+// SQLite page when packed is written range-coded, and reads back the same.
+func TestPackedTooBig(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 1))
+	pts := make([]point, 120)
+	for i := range pts {
+		pts[i] = point{start: 3600 * int64(1000+i), h: toHData(latencyHist(r, 12000))}
+	}
+	b := encodeChunk(nil, metric.Histogram, 3600, pts)
+	if b[0] != chunkVersion {
+		t.Fatalf("version %d for a %d-byte chunk, want %d (range-coded)", b[0], len(b), chunkVersion)
+	}
+	if packed := encodeChunkVersion(nil, chunkPacked, metric.Histogram, 3600, pts); len(packed) <= packedMaxBytes {
+		t.Fatalf("packed is %d bytes: the test needs a bigger chunk", len(packed))
+	}
+	_, got, err := decodeChunk(b)
+	if err != nil || len(got) != len(pts) {
+		t.Fatalf("%d points, %v", len(got), err)
+	}
+	for i := range got {
+		if !samePoint(got[i], pts[i]) {
+			t.Fatalf("point %d differs", i)
+		}
+	}
+}
