@@ -75,7 +75,7 @@ func encodeChunk(dst []byte, kind metric.Kind, res int64, pts []point) []byte {
 	if kind == metric.Histogram && res >= packedMinRes {
 		at := len(dst)
 		dst = encodeChunkVersion(dst, chunkPacked, kind, res, pts)
-		if len(dst)-at <= packedMaxBytes {
+		if len(dst)-at <= packedMaxBytes || res >= 86400 {
 			return dst
 		}
 		dst = dst[:at] // too big to stay in its b-tree page: range-coded
@@ -87,8 +87,11 @@ func encodeChunk(dst []byte, kind metric.Kind, res int64, pts []point) []byte {
 // ~16 KB of a row of a WITHOUT ROWID table in its 64 KB b-tree page and puts
 // the rest on overflow pages of its own, mostly empty: a 29 KB chunk of
 // dense hourly histograms (12,000 observations, ~160 buckets an hour)
-// would take ~70 KB on disk, against ~11 KB range-coded. Such chunks stay
-// range-coded: compact, but read whole when any window is wanted.
+// would take ~70 KB on disk, against ~11 KB range-coded. Such chunks of
+// the 1 h tier stay range-coded: compact, but read whole when any window is
+// wanted. Daily chunks are packed whatever their size: one per series and
+// 120 days (at most ~64 KB of overflow page each), and a long report reads
+// every one of them.
 const packedMaxBytes = 16000
 
 func encodeChunkVersion(dst []byte, version byte, kind metric.Kind, res int64, pts []point) []byte {

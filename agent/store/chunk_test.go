@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -297,6 +298,14 @@ func TestPackedTooBig(t *testing.T) {
 	}
 	if packed := encodeChunkVersion(nil, chunkPacked, metric.Histogram, 3600, pts); len(packed) <= packedMaxBytes {
 		t.Fatalf("packed is %d bytes: the test needs a bigger chunk", len(packed))
+	}
+	// Daily chunks are packed whatever their size.
+	days := slices.Clone(pts)
+	for i := range days {
+		days[i].start *= 24
+	}
+	if v := encodeChunk(nil, metric.Histogram, 86400, days)[0]; v != chunkPacked {
+		t.Fatalf("daily chunk version %d, want %d", v, chunkPacked)
 	}
 	_, got, err := decodeChunk(b)
 	if err != nil || len(got) != len(pts) {
