@@ -20,6 +20,12 @@ func newBytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
 // registry: 100 native histograms (factor 1.1, as the tests use), 900
 // counters and 1,000 gauges, each with three labels.
 func benchExposition(b testing.TB, format expfmt.Format) []byte {
+	return promExposition(b, format, 100, 2000, 900, 1000)
+}
+
+// promExposition renders hists native histograms of obs observations each,
+// and counters and gauges, each series with three labels.
+func promExposition(b testing.TB, format expfmt.Format, hists, obs, counters, gauges int) []byte {
 	reg := prometheus.NewRegistry()
 	lat := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "http_server_request_duration_seconds", Help: "Latency.", NativeHistogramBucketFactor: 1.1,
@@ -29,16 +35,16 @@ func benchExposition(b testing.TB, format expfmt.Format) []byte {
 	depth := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "queue_depth", Help: "Depth."}, []string{"tenant", "queue", "region"})
 	reg.MustRegister(lat, jobs, depth)
 	rng := rand.New(rand.NewPCG(7, 8))
-	for i := range 100 {
+	for i := range hists {
 		o := lat.WithLabelValues(fmt.Sprintf("/api/r%d", i/4), "GET", fmt.Sprint(200+i%4))
-		for range 2000 {
+		for range obs {
 			o.Observe(math.Exp(math.Log(0.05) + rng.NormFloat64()))
 		}
 	}
-	for i := range 900 {
+	for i := range counters {
 		jobs.WithLabelValues(fmt.Sprintf("t%d", i%50), fmt.Sprintf("q%d", i), "asia-northeast1").Add(float64(i))
 	}
-	for i := range 1000 {
+	for i := range gauges {
 		depth.WithLabelValues(fmt.Sprintf("t%d", i%50), fmt.Sprintf("q%d", i), "asia-northeast1").Set(float64(i))
 	}
 	mfs, err := reg.Gather()

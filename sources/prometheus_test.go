@@ -1306,7 +1306,9 @@ func FuzzOpenMetrics(f *testing.F) {
 func TestPromArena(t *testing.T) {
 	for _, format := range []expfmt.Format{expfmt.FmtProtoDelim, expfmt.FmtText, expfmt.FmtOpenMetrics_1_0_0} {
 		t.Run(string(format), func(t *testing.T) {
-			body := benchExposition(t, format)
+			// 620 series, ~1,900 attributes: the labels slab (1,024 at
+			// first) has to grow on the first scrape.
+			body := promExposition(t, format, 20, 200, 300, 300)
 			res := metric.Attrs{{Key: "instance", Value: "i:1"}, {Key: "job", Value: "j"}}
 			at := time.Unix(1764072060, 0)
 			ref := promConverter{resource: res, at: at, honorTimestamps: true}
