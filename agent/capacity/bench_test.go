@@ -42,13 +42,16 @@ func benchOptions(days int) synth.Options {
 //	go test ./agent/capacity -run '^$' -bench BuildYear -benchtime 3x -benchmem -count 2
 //
 // Measured on 2026-11-26 on the 2 cores shared with five other engineers
-// (load average 3–4.5: about one core for this run): build 4.37–4.63 s/op,
-// 2.3 GB and 3.1 M allocations per op, about 3.9 CPU-seconds per op (CPU
-// profile); store_query (the same three reads, one after the other instead
-// of two time halves at once) 6.3–7.4 s/op. Before (2026-11-25, every hourly
-// histogram decoded): build 171 s/op, 29.8 GB, 88.9 M allocations. The CPU
-// profile now spreads over SQLite reading the chunks (~35 %), decoding the
-// count columns and the wanted windows (~30 %) and merging buckets (~15 %).
+// (load average 3–4.5, so about one core for this process): build 4.37–4.63
+// s/op (7.3 s/op in a run at higher load), 2.3 GB and 3.1 M allocations per
+// op, about 4.0 CPU-seconds per op (CPU profile over 4 builds: 15.9 s);
+// store_query (the same three reads one after the other, where Build runs
+// two halves of the year at once) 6.3–7.4 s/op. Before (2026-11-25, every
+// hourly histogram decoded): build 171 s/op, 29.8 GB, 88.9 M allocations.
+// The 2 s target needs the two cores to itself, and still ~2× less CPU: the
+// profile is decoding chunks (37 %: count columns, the wanted windows'
+// buckets), SQLite reading them (24 %, the modernc driver copying each
+// blob), merging buckets (9 %) and allocation/GC (~15 %).
 func BenchmarkBuildYear(b *testing.B) {
 	days := 365
 	if s := os.Getenv("CAPACITY_BENCH_DAYS"); s != "" {
