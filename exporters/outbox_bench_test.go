@@ -2,6 +2,7 @@ package exporters
 
 import (
 	"testing"
+	"time"
 )
 
 // BenchmarkOutboxEnqueue measures writing (encode, frame, write, fsync) one
@@ -11,12 +12,18 @@ func BenchmarkOutboxEnqueue(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	w := realisticWindow(t0, 1000)
+	// A recent start (the outbox drops windows past max_age), and a new
+	// revision each time (it drops a window it already accepted).
+	w := realisticWindow(time.Now().Truncate(time.Minute), 1000)
 	p, _ := encodeWindow(w)
 	for b.Loop() {
+		w.Revision++
 		if err := o.Enqueue(w); err != nil {
 			b.Fatal(err)
 		}
+	}
+	if o.Depth() != w.Revision {
+		b.Fatalf("%d windows queued of %d enqueued", o.Depth(), w.Revision)
 	}
 	b.ReportMetric(float64(len(p)), "bytes/window")
 }
