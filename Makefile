@@ -21,7 +21,7 @@ FUZZTIME ?= 5s
 PLATFORMS ?= linux/amd64 linux/arm64
 PREFIX   ?= /usr/local
 
-.PHONY: all build run test test-unit test-race fuzz bench lint fmt clean release install e2e bench-report
+.PHONY: all build run test test-unit test-race fuzz bench bench-go lint fmt clean release install e2e bench-report
 
 all: build
 
@@ -62,12 +62,15 @@ e2e:
 	SABAKI_E2E=full $(GO) test -count=1 -v -timeout 30m ./internal/e2e
 
 # The benchmark report (markdown): component benchmarks and the whole agent
-# beside Prometheus in agent mode on the same load. Takes minutes.
+# beside Prometheus in agent mode on the same load. Takes about 20 minutes;
+# needs the prometheus binary (Debian package prometheus).
 BENCH_OUT ?= bench-report.md
-bench-report:
+bench bench-report:
 	$(GO) run ./internal/benchreport -out $(BENCH_OUT)
 
-bench:
+# Every go test benchmark of the tree, raw (BenchmarkBuildYear generates a
+# year-long store once, about 10 minutes, kept in the temp directory).
+bench-go:
 	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=200ms -count=3 ./...
 
 lint:
