@@ -238,7 +238,13 @@ func TestCorruptStore(t *testing.T) {
 			}
 			run := exec.Command(sabakiBin, "run", "-config", cfg)
 			out, err := run.CombinedOutput()
-			t.Logf("run on a %s store: %v: %s", damage, err, tail(strings.TrimSpace(string(out)), 3))
+			errLine := tail(strings.TrimSpace(string(out)), 1)
+			for _, l := range strings.Split(string(out), "\n") {
+				if strings.Contains(l, `"level":"ERROR"`) {
+					errLine = l
+				}
+			}
+			t.Logf("run on a %s store: %v: %s", damage, err, errLine)
 			if err == nil {
 				t.Errorf("run on a %s store exited 0", damage)
 			}
