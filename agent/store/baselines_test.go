@@ -151,8 +151,16 @@ func TestMigrateBaselines(t *testing.T) {
 // a counter baseline encodes to ~20 bytes, a histogram one to ~100):
 //
 //	go test ./agent/store -run '^$' -bench 'Write(WithState)?$' -benchtime=20x -count=3
-func BenchmarkWriteWithState(b *testing.B) {
-	const n = 10_000
+func BenchmarkWriteWithState(b *testing.B) { benchWriteWithState(b, 10_000) }
+
+// BenchmarkWriteWithState105k is BenchmarkWriteWithState at the DESIGN §7
+// scale (50 targets × 2,100 series), where the window write was a quarter
+// of the whole agent's CPU:
+//
+//	go test ./agent/store -run '^$' -bench 'WriteWithState105k$' -benchtime=10x -count=3
+func BenchmarkWriteWithState105k(b *testing.B) { benchWriteWithState(b, 105_000) }
+
+func benchWriteWithState(b *testing.B, n int) {
 	r := rand.New(rand.NewPCG(1, 1))
 	gens := mixGens(r, n)
 	windows := make([]*metric.Window, 4)

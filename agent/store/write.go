@@ -1,10 +1,12 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -58,18 +60,26 @@ const (
 	exemplarBatch = 64  // 7 parameters each
 )
 
-func headInsertSQL(rows int) string {
+// headInsertSQL is a multi-row INSERT of head rows: an upsert, or with
+// ignore a plain INSERT OR IGNORE (see insertHead).
+func headInsertSQL(rows int, ignore bool) string {
 	var b strings.Builder
-	b.WriteString(`INSERT INTO head(tier, start, series, rev, data) VALUES `)
+	if ignore {
+		b.WriteString(`INSERT OR IGNORE INTO head(tier, start, series, rev, data) VALUES `)
+	} else {
+		b.WriteString(`INSERT INTO head(tier, start, series, rev, data) VALUES `)
+	}
 	for i := range rows {
 		if i > 0 {
 			b.WriteByte(',')
 		}
 		b.WriteString(`(?,?,?,?,?)`)
 	}
-	// A re-emitted window replaces the values it carries; an older revision
-	// arriving late never overwrites a newer one.
-	b.WriteString(` ON CONFLICT(tier, start, series) DO UPDATE SET rev = excluded.rev, data = excluded.data WHERE excluded.rev >= head.rev`)
+	if !ignore {
+		// A re-emitted window replaces the values it carries; an older
+		// revision arriving late never overwrites a newer one.
+		b.WriteString(` ON CONFLICT(tier, start, series) DO UPDATE SET rev = excluded.rev, data = excluded.data WHERE excluded.rev >= head.rev`)
+	}
 	return b.String()
 }
 
@@ -149,6 +159,7 @@ func (s *Store) WriteWithState(ctx context.Context, w *metric.Window, put []Stat
 type headRow struct {
 	series int64
 	data   []byte
+	ord    int // position in the window: equal series keep their order
 }
 
 func (s *Store) writeWindow(ctx context.Context, tier int, start int64, w *metric.Window, put []StateRow, del [][]byte) error {
@@ -187,7 +198,7 @@ func (s *Store) writeWindow(ctx context.Context, tier int, start int64, w *metri
 		p := pointOf(a, start)
 		off := len(buf)
 		buf = encodeChunk(buf, a.Kind, ti.res, []point{p})
-		rows = append(rows, headRow{series: id, data: buf[off:len(buf):len(buf)]})
+		rows = append(rows, headRow{series: id, data: buf[off:len(buf):len(buf)], ord: len(rows)})
 		ids = append(ids, id)
 		for _, e := range a.Exemplars {
 			exArgs = append(exArgs, start, id, e.TraceID[:], e.SpanID[:], e.Value, e.Time.UnixNano(), attrsJSON(e.Attrs))
@@ -237,8 +248,59 @@ func (s *Store) writeWindow(ctx context.Context, tier int, start int64, w *metri
 }
 
 // insertHead upserts rows at (tier, start) with multi-row INSERTs.
+//
+// Cost: a multi-row statement that may abort half way (an upsert's UPDATE
+// can) makes SQLite copy every page it touches into an in-memory statement
+// journal first; with 64 KiB pages that copy was over half of a 105k-series
+// window write. So rows go in ascending series order (a window's rows then
+// fill the b-tree left to right, each statement touching a page or two
+// instead of one per row), and a first emission (revision 0) uses INSERT OR
+// IGNORE, which cannot abort and so needs no statement journal. A batch
+// that had rows in its slot already (changes < rows: a window written
+// twice, or after a crash) is then upserted as well; the rows the first
+// statement inserted are replaced by themselves, the others by the upsert's
+// revision rule, so the result is the upsert's. Revisions upsert directly.
+// rows is sorted in place.
 func (s *Store) insertHead(ctx context.Context, tx *sql.Tx, tier int, start, rev int64, rows []headRow) error {
-	var full *sql.Stmt
+	slices.SortFunc(rows, func(a, b headRow) int {
+		if c := cmp.Compare(a.series, b.series); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.ord, b.ord)
+	})
+	var full [2]*sql.Stmt // headBatch rows: upsert, insert or ignore
+	defer func() {
+		for _, st := range full {
+			if st != nil {
+				st.Close()
+			}
+		}
+	}()
+	exec := func(args []any, n int, ignore bool) (int64, error) {
+		if n != headBatch {
+			res, err := tx.ExecContext(ctx, headInsertSQL(n, ignore), args...)
+			if err != nil {
+				return 0, err
+			}
+			return res.RowsAffected()
+		}
+		k := 0
+		if ignore {
+			k = 1
+		}
+		if full[k] == nil {
+			st, err := tx.PrepareContext(ctx, headInsertSQL(headBatch, ignore))
+			if err != nil {
+				return 0, err
+			}
+			full[k] = st
+		}
+		res, err := full[k].ExecContext(ctx, args...)
+		if err != nil {
+			return 0, err
+		}
+		return res.RowsAffected()
+	}
 	args := s.args[:0]
 	for b := 0; b < len(rows); b += headBatch {
 		part := rows[b:min(b+headBatch, len(rows))]
@@ -246,17 +308,10 @@ func (s *Store) insertHead(ctx context.Context, tx *sql.Tx, tier int, start, rev
 		for _, r := range part {
 			args = append(args, tier, start, r.series, rev, r.data)
 		}
-		var err error
-		if len(part) == headBatch {
-			if full == nil {
-				if full, err = tx.PrepareContext(ctx, headInsertSQL(headBatch)); err != nil {
-					return err
-				}
-				defer full.Close()
-			}
-			_, err = full.ExecContext(ctx, args...)
-		} else {
-			_, err = tx.ExecContext(ctx, headInsertSQL(len(part)), args...)
+		ignore := rev == 0
+		n, err := exec(args, len(part), ignore)
+		if err == nil && ignore && n < int64(len(part)) {
+			_, err = exec(args, len(part), false)
 		}
 		if err != nil {
 			return err
