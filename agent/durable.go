@@ -119,7 +119,19 @@ func (p *Pipeline) tracked(st *rawState, w *window, prev baseMark) {
 // collectMarks takes, under p.mu, the baselines that go with w's emission
 // (and, when first, the pipeline's loose marks and deletions).
 func (p *Pipeline) collectMarks(w *window, first bool, del *[][16]byte) []baseMark {
-	var marks []baseMark
+	// Sized exactly: a window of 100k series has as many marks, and growing
+	// the slice by appending allocated about 4× its final size (most of it
+	// garbage at once, during the window's hand-over).
+	n := len(w.closing)
+	for _, st := range w.touched {
+		if st.bw == w {
+			n++
+		}
+	}
+	if first {
+		n += len(p.loose)
+	}
+	marks := make([]baseMark, 0, n)
 	if first {
 		marks = append(marks, p.loose...)
 		p.loose = nil

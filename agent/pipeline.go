@@ -784,8 +784,9 @@ type emission struct {
 }
 
 // emit hands due windows to OnWindow in order. It holds p.mu briefly twice:
-// to pick the due windows and snapshot their new aggregates, then (after
-// sorting those outside the lock) to compact and render the windows. OnWindow
+// to pick the due windows and snapshot their new aggregates (in the
+// previous window's order, window.snapshot), then (after sorting those
+// still unordered outside the lock) to compact and render the windows. OnWindow
 // runs outside p.mu, so Consume is held up by neither the sort nor the store
 // or exporters.
 func (p *Pipeline) emit(now time.Time, all bool) {
@@ -816,18 +817,18 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 	// saved baseline must advance in the order of its windows (durable.go).
 	slices.SortFunc(due, func(a, b *window) int { return int(a.idx - b.idx) })
 	fresh := make([][]*agg, len(due))
+	ordered := make([]int, len(due))
 	for i, w := range due {
-		fresh[i] = make([]*agg, 0, len(w.series))
-		for _, a := range w.series {
-			fresh[i] = append(fresh[i], a)
-		}
+		fresh[i], ordered[i] = w.snapshot(p.windows[w.idx-1])
 	}
 	hold := time.Since(held)
 	p.mu.Unlock()
 
 	// An aggregate's identity never changes: sorting by it needs no lock.
-	for _, f := range fresh {
-		sortAggs(f)
+	for i, f := range fresh {
+		k := ordered[i]
+		sortAggs(f[k:])
+		fresh[i] = mergeAggs(f[:k], f[k:])
 	}
 
 	p.mu.Lock()
@@ -860,7 +861,12 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 		p.m.lockHold.Set(hold.Seconds())
 	}
 
-	for _, e := range out {
+	for i := range out {
+		e := out[i]
+		// What is handed over is released here as soon as the callee
+		// returns, not when the last window of this tick has been handed
+		// over: a tick may emit several windows of 100k series.
+		out[i] = emission{}
 		if e.state {
 			if p.onState(nil, encodeState(e.marks, e.del, noWatermark)) == nil {
 				p.m.baselinesSaved.Add(float64(len(e.marks)))
@@ -881,9 +887,11 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 				wm = w.Start.UnixNano() / int64(p.window)
 			}
 			ch := encodeState(e.marks, e.del, wm)
+			nMarks := len(e.marks)
+			e.marks, e.del = nil, nil // encoded: free them before the store writes
 			err := p.onState(w, ch)
 			if err == nil {
-				p.m.baselinesSaved.Add(float64(len(e.marks)))
+				p.m.baselinesSaved.Add(float64(nMarks))
 			}
 			if err == nil && wm != noWatermark {
 				p.jr.release(wm)
