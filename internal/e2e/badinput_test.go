@@ -417,7 +417,7 @@ exporters: []
 	}
 	// Memory: bounded by max_series, not by the distinct values. The peak
 	// RSS stays under 96 MiB (the agent idles at about 35 MiB; measured
-	// 45–52 MiB with 100,000 routes, 58–64 MiB with 1,000,000; growth 12–18
+	// 45–52 MiB with 100,000 routes, 56–64 MiB with 1,000,000; growth 10–19
 	// MiB; before max_series bounded the raw state: 576–648 MiB), and the last
 	// nine tenths of the routes add at most 32 MiB to the peak reached by
 	// the first tenth.
