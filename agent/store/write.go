@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -56,24 +57,28 @@ func (s *Store) tierFor(d time.Duration) (int, error) {
 }
 
 const (
-	headBatch     = 128 // rows per multi-row INSERT (5 parameters each)
+	headBatch     = 128 // rows per multi-row INSERT (2 parameters each)
 	exemplarBatch = 64  // 7 parameters each
 )
 
-// headInsertSQL is a multi-row INSERT of head rows: an upsert, or with
-// ignore a plain INSERT OR IGNORE (see insertHead).
-func headInsertSQL(rows int, ignore bool) string {
+// headInsertSQL is a multi-row INSERT of head rows at (tier, start) with
+// revision rev: an upsert, or with ignore a plain INSERT OR IGNORE (see
+// insertHead). The three integers every row shares are SQL literals, so a
+// row binds two parameters (series, data).
+func headInsertSQL(rows, tier int, start, rev int64, ignore bool) string {
 	var b strings.Builder
 	if ignore {
 		b.WriteString(`INSERT OR IGNORE INTO head(tier, start, series, rev, data) VALUES `)
 	} else {
 		b.WriteString(`INSERT INTO head(tier, start, series, rev, data) VALUES `)
 	}
+	row := "(" + strconv.Itoa(tier) + "," + strconv.FormatInt(start, 10) + ",?," + strconv.FormatInt(rev, 10) + ",?)"
+	b.Grow(rows*(len(row)+1) + 150)
 	for i := range rows {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		b.WriteString(`(?,?,?,?,?)`)
+		b.WriteString(row)
 	}
 	if !ignore {
 		// A re-emitted window replaces the values it carries; an older
@@ -278,7 +283,7 @@ func (s *Store) insertHead(ctx context.Context, tx *sql.Tx, tier int, start, rev
 	}()
 	exec := func(args []any, n int, ignore bool) (int64, error) {
 		if n != headBatch {
-			res, err := tx.ExecContext(ctx, headInsertSQL(n, ignore), args...)
+			res, err := tx.ExecContext(ctx, headInsertSQL(n, tier, start, rev, ignore), args...)
 			if err != nil {
 				return 0, err
 			}
@@ -289,7 +294,7 @@ func (s *Store) insertHead(ctx context.Context, tx *sql.Tx, tier int, start, rev
 			k = 1
 		}
 		if full[k] == nil {
-			st, err := tx.PrepareContext(ctx, headInsertSQL(headBatch, ignore))
+			st, err := tx.PrepareContext(ctx, headInsertSQL(headBatch, tier, start, rev, ignore))
 			if err != nil {
 				return 0, err
 			}
@@ -306,7 +311,7 @@ func (s *Store) insertHead(ctx context.Context, tx *sql.Tx, tier int, start, rev
 		part := rows[b:min(b+headBatch, len(rows))]
 		args = args[:0]
 		for _, r := range part {
-			args = append(args, tier, start, r.series, rev, r.data)
+			args = append(args, r.series, r.data)
 		}
 		ignore := rev == 0
 		n, err := exec(args, len(part), ignore)
