@@ -784,9 +784,9 @@ type emission struct {
 }
 
 // emit hands due windows to OnWindow in order. It holds p.mu briefly twice:
-// to pick the due windows and snapshot their new aggregates (in the
-// previous window's order, window.snapshot), then (after sorting those
-// still unordered outside the lock) to compact and render the windows. OnWindow
+// to pick the due windows and snapshot their new aggregates, then (after
+// sorting those outside the lock, in the previous window's order where it
+// applies: orderAggs) to compact and render the windows. OnWindow
 // runs outside p.mu, so Consume is held up by neither the sort nor the store
 // or exporters.
 func (p *Pipeline) emit(now time.Time, all bool) {
@@ -817,18 +817,19 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 	// saved baseline must advance in the order of its windows (durable.go).
 	slices.SortFunc(due, func(a, b *window) int { return int(a.idx - b.idx) })
 	fresh := make([][]*agg, len(due))
-	ordered := make([]int, len(due))
+	prevs := make([]*window, len(due))
 	for i, w := range due {
-		fresh[i], ordered[i] = w.snapshot(p.windows[w.idx-1])
+		fresh[i] = w.snapshot()
+		if pw := p.windows[w.idx-1]; !w.emitted && pw != nil && pw.emitted {
+			prevs[i] = pw
+		}
 	}
 	hold := time.Since(held)
 	p.mu.Unlock()
 
 	// An aggregate's identity never changes: sorting by it needs no lock.
-	for i, f := range fresh {
-		k := ordered[i]
-		sortAggs(f[k:])
-		fresh[i] = mergeAggs(f[:k], f[k:])
+	for i := range fresh {
+		fresh[i], _ = orderAggs(fresh[i], prevs[i])
 	}
 
 	p.mu.Lock()

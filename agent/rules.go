@@ -285,6 +285,10 @@ type outSeries struct {
 	kind    metric.Kind
 	// overflowSeries: this is a metric's otel.metric.overflow series.
 	overflowSeries bool
+	// rank is the series' index in the closed (gauges) or closedC slice of
+	// the window that was compacted last with it (window.go, orderAggs);
+	// written by emit, under emitMu.
+	rank uint32
 }
 
 // seriesMeta is the shared part of output series.

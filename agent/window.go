@@ -137,46 +137,73 @@ func mergeAggs(x, y []*agg) []*agg {
 	return append(out, y[j:]...)
 }
 
-// minOrdered is the size from which snapshot orders a window's aggregates
-// after the previous window's: below it sorting them costs little.
+// minOrdered is the size from which orderAggs places a window's aggregates
+// by the previous window's order: below it sorting them costs little.
 const minOrdered = 1024
 
 // snapshot returns, under the pipeline's lock, the aggregates of w.series
-// for an emission, marking them (agg.snap): those of the first k, in
-// identity order, then the others. Sorting 100k aggregates by their long
-// identities was the costliest part of a window's emission; consecutive
-// windows mostly hold the same series, so before its first emission a
-// window's aggregates are taken in the order of the previous, compacted
-// window's (a map lookup each, several times cheaper than the sort), and
-// only the series new in w are left to sort.
-func (w *window) snapshot(prev *window) (all []*agg, k int) {
-	all = make([]*agg, 0, len(w.series))
-	if !w.emitted && prev != nil && prev.emitted && len(w.series) >= minOrdered {
-		take := func(key string) {
-			if a := w.series[key]; a != nil && !a.snap {
-				a.snap = true
-				all = append(all, a)
-			}
-		}
-		i, j := 0, 0
-		for i < len(prev.closed) || j < len(prev.closedC) {
-			if j == len(prev.closedC) || (i < len(prev.closed) && prev.closed[i].out.key < prev.closedC[j].out.key) {
-				take(prev.closed[i].out.key)
-				i++
-			} else {
-				take(prev.closedC[j].out.key) // a moved entry's key too: still in order
-				j++
-			}
-		}
-	}
-	k = len(all)
+// for an emission, marking them (agg.snap).
+func (w *window) snapshot() []*agg {
+	all := make([]*agg, 0, len(w.series))
 	for _, a := range w.series {
-		if !a.snap {
-			a.snap = true
-			all = append(all, a)
+		a.snap = true
+		all = append(all, a)
+	}
+	return all
+}
+
+// orderAggs sorts a window's snapshot by identity, outside the pipeline's
+// lock. Sorting 100k aggregates by their long identities was the costliest
+// part of a window's emission; consecutive windows mostly hold the same
+// series, with the same *outSeries, whose rank is its index in the previous
+// compacted window (prev, nil for none): those still there are put in place
+// by it, without comparing identities, and only the others are sorted and
+// merged in. prev's closed and closedC are read without the lock: emit
+// (under emitMu) is their only writer, and an aggregate's out never
+// changes. placed counts the aggregates put in place by their rank.
+func orderAggs(all []*agg, prev *window) (sorted []*agg, placed int) {
+	if prev == nil || len(all) < minOrdered {
+		sortAggs(all)
+		return all, 0
+	}
+	g := make([]*agg, len(prev.closed))
+	c := make([]*agg, len(prev.closedC))
+	var rest []*agg
+	for _, a := range all {
+		r := int(a.out.rank)
+		switch {
+		case a.out.kind == metric.Gauge && r < len(g) && prev.closed[r].out == a.out && g[r] == nil:
+			g[r] = a
+		case a.out.kind != metric.Gauge && r < len(c) && prev.closedC[r].out == a.out && c[r] == nil:
+			c[r] = a
+		default:
+			rest = append(rest, a)
 		}
 	}
-	return all, k
+	// Merge the two placed runs (holes skipped), both in identity order.
+	ordered := all[:0]
+	i, j := 0, 0
+	for {
+		for i < len(g) && g[i] == nil {
+			i++
+		}
+		for j < len(c) && c[j] == nil {
+			j++
+		}
+		if i == len(g) && j == len(c) {
+			break
+		}
+		if j == len(c) || (i < len(g) && g[i].out.key < c[j].out.key) {
+			ordered = append(ordered, g[i])
+			i++
+		} else {
+			ordered = append(ordered, c[j])
+			j++
+		}
+	}
+	placed = len(ordered)
+	sortAggs(rest)
+	return mergeAggs(ordered, rest), placed
 }
 
 // compact moves the aggregates of w.series into the sorted slice w.closed.
@@ -217,6 +244,9 @@ func (w *window) compact(sorted []*agg) {
 		g = append(g, *a)
 	}
 	g = append(g, w.closed[i:]...)
+	for i := range g {
+		g[i].out.rank = uint32(i)
+	}
 	c := make([]cagg, 0, len(w.closedC)-w.moved+len(sorted)-gauges)
 	i = 0
 	for _, a := range sorted {
@@ -238,6 +268,9 @@ func (w *window) compact(sorted []*agg) {
 		if !w.closedC[i].moved {
 			c = append(c, w.closedC[i])
 		}
+	}
+	for i := range c {
+		c[i].out.rank = uint32(i)
 	}
 	w.closed, w.closedC, w.moved, w.series = g, c, 0, map[string]*agg{}
 	w.gen++

@@ -10,8 +10,8 @@ import (
 	"github.com/sabakiio/sabaki/metric"
 )
 
-// A window's aggregates are snapshot in the previous window's order
-// (window.snapshot), series new in the window and those added between the
+// A window's aggregates are put in the previous window's order by their
+// rank (orderAggs), series new in the window and those added between the
 // snapshot and the compaction sorted in: the compacted window and what is
 // emitted must be in identity order and complete whatever the overlap
 // with the previous window.
@@ -20,13 +20,13 @@ func TestSnapshotOrder(t *testing.T) {
 		name      string
 		prev, cur [2]int // route ranges [from, to) of windows 0 and 1
 		late      [2]int // added to window 1 between snapshot and compaction
-		wantK     int    // counters snapshot in order
+		placed    bool   // window 1 is large enough to be placed by rank
 	}{
-		{name: "same series", prev: [2]int{0, 2000}, cur: [2]int{0, 2000}, wantK: 2000},
-		{name: "half new", prev: [2]int{0, 2000}, cur: [2]int{1000, 3000}, wantK: 1000},
-		{name: "late new and old", prev: [2]int{0, 2000}, cur: [2]int{500, 2500}, late: [2]int{2400, 2700}, wantK: 1500},
-		{name: "small window sorted", prev: [2]int{0, 100}, cur: [2]int{50, 150}, wantK: 0},
-		{name: "no overlap", prev: [2]int{0, 2000}, cur: [2]int{5000, 7000}, wantK: 0},
+		{name: "same series", prev: [2]int{0, 2000}, cur: [2]int{0, 2000}, placed: true},
+		{name: "half new", prev: [2]int{0, 2000}, cur: [2]int{1000, 3000}, placed: true},
+		{name: "late new and old", prev: [2]int{0, 2000}, cur: [2]int{500, 2500}, late: [2]int{2400, 2700}, placed: true},
+		{name: "small window sorted", prev: [2]int{0, 100}, cur: [2]int{50, 150}},
+		{name: "no overlap", prev: [2]int{0, 2000}, cur: [2]int{5000, 7000}, placed: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			now := t0
@@ -61,22 +61,28 @@ func TestSnapshotOrder(t *testing.T) {
 			p.mu.Lock()
 			idx := p.windowIdx(t0.Add(80 * time.Second))
 			w := p.windows[idx]
-			fresh, k := w.snapshot(p.windows[idx-1])
+			fresh := w.snapshot()
+			prev := p.windows[idx-1]
 			p.mu.Unlock()
-			gauges := 0
-			for _, a := range fresh[:k] {
-				if a.out.kind == metric.Gauge {
-					gauges++
+			if tc.late[1] > 0 {
+				send(t0.Add(85*time.Second), tc.late, 3) // after the snapshot
+			}
+			fresh, placed := orderAggs(fresh, prev)
+			// Series of both windows are placed by rank (unless the window
+			// is small enough to sort).
+			wantPlaced := 0
+			for i := max(tc.prev[0], tc.cur[0]); i < min(tc.prev[1], tc.cur[1]); i++ {
+				wantPlaced++ // the counter
+				if i%3 == 0 {
+					wantPlaced++ // and the gauge
 				}
 			}
-			if got := k - gauges; got != tc.wantK {
-				t.Errorf("counters snapshot in order = %d, want %d", got, tc.wantK)
+			if !tc.placed {
+				wantPlaced = 0
 			}
-			if tc.late[1] > 0 {
-				send(t0.Add(85*time.Second), tc.late, 3)
+			if placed != wantPlaced {
+				t.Errorf("aggregates placed by rank = %d, want %d", placed, wantPlaced)
 			}
-			sortAggs(fresh[k:])
-			fresh = mergeAggs(fresh[:k], fresh[k:])
 			p.mu.Lock()
 			w.compact(fresh)
 			out := w.render()
