@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 
 	"github.com/sabakiio/sabaki/histogram"
 	"github.com/sabakiio/sabaki/metric"
@@ -116,72 +115,106 @@ func (p *Pipeline) tracked(st *rawState, w *window, prev baseMark) {
 	st.bw = w
 }
 
-// collectMarks takes, under p.mu, the baselines that go with w's emission
-// (and, when first, the pipeline's loose marks and deletions).
-func (p *Pipeline) collectMarks(w *window, first bool, del *[][16]byte) []baseMark {
-	// Sized exactly: a window of 100k series has as many marks, and growing
-	// the slice by appending allocated about 4× its final size (most of it
-	// garbage at once, during the window's hand-over).
+// collectState takes, under p.mu, the baselines that go with w's emission
+// (and, when first, the pipeline's loose marks and deletions) and encodes
+// them with the journal watermark wm: it returns the StateChange and the
+// number of baselines in it. The baselines are encoded here, under the
+// lock, rather than copied into marks to be encoded after it: a window of
+// 100k series has as many, and the marks were as large again as the rows
+// (the encoding is a few milliseconds for 100k counters).
+func (p *Pipeline) collectState(w *window, first bool, wm int64) (StateChange, int) {
 	n := len(w.closing)
 	for _, st := range w.touched {
 		if st.bw == w {
 			n++
 		}
 	}
+	var del [][16]byte
 	if first {
 		n += len(p.loose)
+		del = p.forget
 	}
-	marks := make([]baseMark, 0, n)
+	enc := newStateEncoder(n, len(del), wm)
 	if first {
-		marks = append(marks, p.loose...)
-		p.loose = nil
-		*del = append(*del, p.forget...)
-		p.forget = nil
+		for i := range p.loose {
+			enc.mark(&p.loose[i])
+		}
+		p.loose, p.forget = nil, nil
 	}
-	marks = append(marks, w.closing...)
+	for i := range w.closing {
+		enc.mark(&w.closing[i])
+	}
 	for _, st := range w.touched {
 		if st.bw == w {
-			marks = append(marks, markOf(st))
+			m := markOf(st)
+			enc.mark(&m)
 			st.bw = nil
 		}
 	}
-	w.closing, w.touched = nil, nil
-	for _, m := range marks {
-		m.st.saved = true
+	for _, sid := range del {
+		enc.del(sid)
 	}
-	return marks
+	w.closing, w.touched = nil, nil
+	return enc.ch, n
 }
 
 // noWatermark: the state change carries no journal watermark.
 const noWatermark int64 = math.MinInt64
 
 // encodeState turns marks, deletions and the journal watermark (window
-// index) into a StateChange (outside p.mu: a mark is a copy, and a series'
-// key never changes).
+// index) into a StateChange.
 func encodeState(marks []baseMark, del [][16]byte, wm int64) StateChange {
-	var ch StateChange
+	enc := newStateEncoder(len(marks), len(del), wm)
+	for i := range marks {
+		enc.mark(&marks[i])
+	}
+	for _, sid := range del {
+		enc.del(sid)
+	}
+	return enc.ch
+}
+
+// stateEncoder builds a StateChange whose rows share one buffer. Marking a
+// baseline encoded also marks its series saved.
+type stateEncoder struct {
+	ch  StateChange
+	buf []byte
+}
+
+func newStateEncoder(marks, dels int, wm int64) *stateEncoder {
+	e := &stateEncoder{}
+	rows := marks
 	if wm != noWatermark {
-		ch.Put = append(ch.Put, StateRow{Key: watermarkKey[:], Value: binary.AppendVarint(nil, wm)})
+		rows++
 	}
-	if len(marks) == 0 && len(del) == 0 {
-		return ch
+	if rows > 0 {
+		e.ch.Put = make([]StateRow, 0, rows)
 	}
-	ch.Put = slices.Grow(ch.Put, len(marks))[:len(ch.Put)+len(marks)]
-	put := ch.Put[len(ch.Put)-len(marks):]
-	ch.Delete = make([][]byte, len(del))
-	buf := make([]byte, 0, len(marks)*48+len(del)*16)
-	for i, m := range marks {
-		off := len(buf)
-		buf = append(buf, m.st.sid[:]...)
-		buf = appendBaseline(buf, &m)
-		put[i] = StateRow{Key: buf[off : off+16 : off+16], Value: buf[off+16 : len(buf) : len(buf)]}
+	if wm != noWatermark {
+		e.ch.Put = append(e.ch.Put, StateRow{Key: watermarkKey[:], Value: binary.AppendVarint(nil, wm)})
 	}
-	for i := range del {
-		off := len(buf)
-		buf = append(buf, del[i][:]...)
-		ch.Delete[i] = buf[off:len(buf):len(buf)]
+	if dels > 0 {
+		e.ch.Delete = make([][]byte, 0, dels)
 	}
-	return ch
+	if marks+dels > 0 {
+		// 48 bytes: a counter's key and value take 43.
+		e.buf = make([]byte, 0, marks*48+dels*16)
+	}
+	return e
+}
+
+func (e *stateEncoder) mark(m *baseMark) {
+	m.st.saved = true
+	off := len(e.buf)
+	e.buf = append(e.buf, m.st.sid[:]...)
+	e.buf = appendBaseline(e.buf, m)
+	e.ch.Put = append(e.ch.Put, StateRow{Key: e.buf[off : off+16 : off+16], Value: e.buf[off+16 : len(e.buf) : len(e.buf)]})
+}
+
+func (e *stateEncoder) del(sid [16]byte) {
+	off := len(e.buf)
+	e.buf = append(e.buf, sid[:]...)
+	e.ch.Delete = append(e.ch.Delete, e.buf[off:len(e.buf):len(e.buf)])
 }
 
 // Baseline encoding: a kind byte (1 counter, 2 histogram), start and point

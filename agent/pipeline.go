@@ -779,8 +779,9 @@ type emission struct {
 	revision int
 	first    bool
 	state    bool // state only, no window (Flush)
-	marks    []baseMark
-	del      [][16]byte
+	ch       StateChange
+	saved    int // baselines in ch
+	wm       int64
 }
 
 // emit hands due windows to OnWindow in order. It holds p.mu briefly twice:
@@ -840,21 +841,20 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 		if w.emitted {
 			w.revision++
 		}
-		e := emission{series: w.render(), start: w.start, revision: w.revision, first: !w.emitted}
+		e := emission{series: w.render(), start: w.start, revision: w.revision, first: !w.emitted, wm: noWatermark}
 		if p.durable {
-			e.marks = p.collectMarks(w, i == 0, &e.del)
+			if e.first && p.jr != nil {
+				e.wm = w.idx // w.start in windows
+			}
+			e.ch, e.saved = p.collectState(w, i == 0, e.wm)
 		}
 		out = append(out, e)
 		w.emitted, w.dirty = true, false
 	}
 	p.gc(now)
 	if p.durable && all && len(out) == 0 && (len(p.loose) > 0 || len(p.forget) > 0) {
-		e := emission{state: true, marks: p.loose, del: p.forget}
-		for _, m := range e.marks {
-			m.st.saved = true
-		}
+		out = append(out, emission{state: true, ch: encodeState(p.loose, p.forget, noWatermark), saved: len(p.loose)})
 		p.loose, p.forget = nil, nil
-		out = append(out, e)
 	}
 	hold += time.Since(held)
 	p.mu.Unlock()
@@ -869,8 +869,8 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 		// over: a tick may emit several windows of 100k series.
 		out[i] = emission{}
 		if e.state {
-			if p.onState(nil, encodeState(e.marks, e.del, noWatermark)) == nil {
-				p.m.baselinesSaved.Add(float64(len(e.marks)))
+			if p.onState(nil, e.ch) == nil {
+				p.m.baselinesSaved.Add(float64(e.saved))
 			}
 			continue
 		}
@@ -883,19 +883,12 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 			p.m.windows.WithLabelValues("revision").Inc()
 		}
 		if p.durable {
-			wm := noWatermark
-			if e.first && p.jr != nil {
-				wm = w.Start.UnixNano() / int64(p.window)
-			}
-			ch := encodeState(e.marks, e.del, wm)
-			nMarks := len(e.marks)
-			e.marks, e.del = nil, nil // encoded: free them before the store writes
-			err := p.onState(w, ch)
+			err := p.onState(w, e.ch)
 			if err == nil {
-				p.m.baselinesSaved.Add(float64(nMarks))
+				p.m.baselinesSaved.Add(float64(e.saved))
 			}
-			if err == nil && wm != noWatermark {
-				p.jr.release(wm)
+			if err == nil && e.wm != noWatermark {
+				p.jr.release(e.wm)
 			}
 			continue
 		}
