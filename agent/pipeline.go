@@ -650,7 +650,7 @@ func (p *Pipeline) aggFor(st *rawState, s *metric.Series, idx int64, drops *drop
 			return nil
 		} else {
 			a = &agg{out: out}
-			w.series[out.key] = a
+			w.add(out.key, a)
 			w.perMetric[out.name()]++
 			p.series++
 		}
@@ -728,7 +728,7 @@ func (p *Pipeline) overflowAgg(w *window, out *outSeries) *agg {
 	a := w.lookup(ov.key)
 	if a == nil {
 		a = &agg{out: ov}
-		w.series[ov.key] = a
+		w.add(ov.key, a)
 		p.series++
 	}
 	return a

@@ -58,6 +58,11 @@ type window struct {
 	touched []*rawState
 	closing []baseMark
 
+	// snapped: an emission took a snapshot of series, not yet compacted;
+	// late holds the aggregates added to series since.
+	snapped bool
+	late    []*agg
+
 	emitted  bool
 	dirty    bool // changed since the last emission
 	revision int
@@ -81,7 +86,7 @@ func (w *window) lookup(key string) *agg {
 			*a = c.value()
 			c.moved = true
 			w.moved++
-			w.series[key] = a
+			w.add(key, a)
 			return a
 		}
 	}
@@ -142,14 +147,22 @@ func mergeAggs(x, y []*agg) []*agg {
 const minOrdered = 1024
 
 // snapshot returns, under the pipeline's lock, the aggregates of w.series
-// for an emission, marking them (agg.snap).
+// for an emission; those added after it are kept in w.late for compact.
 func (w *window) snapshot() []*agg {
 	all := make([]*agg, 0, len(w.series))
 	for _, a := range w.series {
-		a.snap = true
 		all = append(all, a)
 	}
+	w.snapped = true
 	return all
+}
+
+// add puts a new aggregate in w.series.
+func (w *window) add(key string, a *agg) {
+	w.series[key] = a
+	if w.snapped {
+		w.late = append(w.late, a)
+	}
 }
 
 // orderAggs sorts a window's snapshot by identity, outside the pipeline's
@@ -206,23 +219,18 @@ func orderAggs(all []*agg, prev *window) (sorted []*agg, placed int) {
 	return mergeAggs(ordered, rest), placed
 }
 
-// compact moves the aggregates of w.series into the sorted slice w.closed.
-// sorted holds (a snapshot of) w.series' values already sorted by identity
-// (marked snap); aggregates added to w.series since the snapshot are
-// sorted here.
+// compact moves the aggregates of w.series into the sorted slices w.closed
+// and w.closedC, and sets their outSeries' rank. sorted holds the snapshot
+// of w.series' values sorted by identity; those added to w.series since
+// the snapshot (w.late) are sorted here.
 func (w *window) compact(sorted []*agg) {
 	if len(w.series) == 0 {
+		w.snapped, w.late = false, nil
 		return
 	}
-	if len(w.series) != len(sorted) {
-		var late []*agg
-		for _, a := range w.series {
-			if !a.snap {
-				late = append(late, a)
-			}
-		}
-		sortAggs(late)
-		sorted = mergeAggs(sorted, late)
+	if len(w.late) > 0 {
+		sortAggs(w.late)
+		sorted = mergeAggs(sorted, w.late)
 	}
 	// Merge the sorted runs, gauges and the others apart.
 	gauges := 0
@@ -238,14 +246,16 @@ func (w *window) compact(sorted []*agg) {
 			continue
 		}
 		for i < len(w.closed) && w.closed[i].out.key < a.out.key {
+			w.closed[i].out.rank = uint32(len(g))
 			g = append(g, w.closed[i])
 			i++
 		}
+		a.out.rank = uint32(len(g)) // for orderAggs (the line is loaded)
 		g = append(g, *a)
 	}
-	g = append(g, w.closed[i:]...)
-	for i := range g {
-		g[i].out.rank = uint32(i)
+	for ; i < len(w.closed); i++ {
+		w.closed[i].out.rank = uint32(len(g))
+		g = append(g, w.closed[i])
 	}
 	c := make([]cagg, 0, len(w.closedC)-w.moved+len(sorted)-gauges)
 	i = 0
@@ -255,6 +265,7 @@ func (w *window) compact(sorted []*agg) {
 		}
 		for i < len(w.closedC) && w.closedC[i].out.key < a.out.key {
 			if !w.closedC[i].moved {
+				w.closedC[i].out.rank = uint32(len(c))
 				c = append(c, w.closedC[i])
 			}
 			i++
@@ -262,17 +273,17 @@ func (w *window) compact(sorted []*agg) {
 		if i < len(w.closedC) && w.closedC[i].out.key == a.out.key {
 			i++ // the promoted entry (moved) replaced by a
 		}
+		a.out.rank = uint32(len(c))
 		c = append(c, caggOf(a))
 	}
 	for ; i < len(w.closedC); i++ {
 		if !w.closedC[i].moved {
+			w.closedC[i].out.rank = uint32(len(c))
 			c = append(c, w.closedC[i])
 		}
 	}
-	for i := range c {
-		c[i].out.rank = uint32(i)
-	}
 	w.closed, w.closedC, w.moved, w.series = g, c, 0, map[string]*agg{}
+	w.snapped, w.late = false, nil
 	w.gen++
 }
 
@@ -291,9 +302,6 @@ type agg struct {
 	count uint32
 	// errTracked: some contributing series carried a status attribute.
 	errTracked bool
-	// snap: the aggregate is in the emission's snapshot (window.snapshot);
-	// compact sorts in those added to the window after it.
-	snap bool
 }
 
 func (a *agg) inc() {
