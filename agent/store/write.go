@@ -173,11 +173,10 @@ func (s *Store) writeWindow(ctx context.Context, tier int, start int64, w *metri
 		return err
 	}
 	defer tx.Rollback()
-	var seriesStmt *sql.Stmt
 	ti := s.tiers[tier]
 	rows := s.rows[:0] // reused, like buf: a window's rows are 5 MB at 105k series
 	var exArgs []any
-	var added []int64 // series rows this window adds
+	var added []newSeries // series rows this window adds
 	buf := s.buf[:0]
 	skipped := 0
 	for i := range w.Series {
@@ -188,18 +187,7 @@ func (s *Store) writeWindow(ctx context.Context, tier int, start int64, w *metri
 		}
 		id := seriesID(a.Name, a.Kind, a.Resource, a.Attrs)
 		if _, ok := s.known[id]; !ok {
-			if seriesStmt == nil {
-				seriesStmt, err = tx.PrepareContext(ctx, `INSERT INTO series(id, name, kind, unit, description, resource, attrs) VALUES(?,?,?,?,?,?,?)
-					ON CONFLICT(id) DO UPDATE SET unit = excluded.unit, description = excluded.description`)
-				if err != nil {
-					return err
-				}
-				defer seriesStmt.Close()
-			}
-			if _, err := seriesStmt.ExecContext(ctx, id, a.Name, int(a.Kind), a.Unit, a.Description, attrsJSON(a.Resource), attrsJSON(a.Attrs)); err != nil {
-				return fmt.Errorf("adding series %s: %w", a.Name, err)
-			}
-			added = append(added, id)
+			added = append(added, newSeries{id: id, a: a, ord: len(added)})
 		}
 		p := pointOf(a, start)
 		off := len(buf)
@@ -212,6 +200,9 @@ func (s *Store) writeWindow(ctx context.Context, tier int, start int64, w *metri
 	// Slices of buf stay valid: buf may have grown (reallocated) meanwhile,
 	// but each row points into the array it was written to.
 	s.buf, s.rows = buf, rows
+	if err := insertSeries(ctx, tx, added); err != nil {
+		return err
+	}
 	if err := s.insertHead(ctx, tx, tier, start, int64(w.Revision), rows); err != nil {
 		return err
 	}
@@ -243,11 +234,95 @@ func (s *Store) writeWindow(ctx context.Context, tier int, start int64, w *metri
 	if err := tx.Commit(); err != nil {
 		return err
 	}
-	for _, id := range added {
-		s.known[id] = struct{}{}
+	for _, n := range added {
+		s.known[n.id] = struct{}{}
 	}
 	if skipped > 0 {
 		s.log.Warn("store skipped aggregates with no name or an unknown kind", "window", w.Start, "skipped", skipped)
+	}
+	return nil
+}
+
+// newSeries is a series row to add: a series not in s.known, which is
+// therefore not in the table (known is loaded at Open and grows only after
+// a commit) unless the window carries it twice.
+type newSeries struct {
+	id  int64
+	a   *metric.Aggregate
+	ord int
+}
+
+const seriesBatch = 64 // rows per multi-row INSERT (7 parameters each)
+
+func seriesInsertSQL(rows int, ignore bool) string {
+	var b strings.Builder
+	if ignore {
+		b.WriteString(`INSERT OR IGNORE INTO series(id, name, kind, unit, description, resource, attrs) VALUES `)
+	} else {
+		b.WriteString(`INSERT INTO series(id, name, kind, unit, description, resource, attrs) VALUES `)
+	}
+	for i := range rows {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(`(?,?,?,?,?,?,?)`)
+	}
+	if !ignore {
+		b.WriteString(` ON CONFLICT(id) DO UPDATE SET unit = excluded.unit, description = excluded.description`)
+	}
+	return b.String()
+}
+
+// insertSeries adds series rows like insertHead adds head rows, for the same
+// reason: in id order, by INSERT OR IGNORE (no statement journal), a batch
+// re-run as the upsert when a series came twice (the later one's unit and
+// description win, as with the upsert alone). add is sorted in place.
+func insertSeries(ctx context.Context, tx *sql.Tx, add []newSeries) error {
+	if len(add) == 0 {
+		return nil
+	}
+	slices.SortFunc(add, func(a, b newSeries) int {
+		if c := cmp.Compare(a.id, b.id); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.ord, b.ord)
+	})
+	var full *sql.Stmt
+	defer func() {
+		if full != nil {
+			full.Close()
+		}
+	}()
+	args := make([]any, 0, 7*min(len(add), seriesBatch))
+	for b := 0; b < len(add); b += seriesBatch {
+		part := add[b:min(b+seriesBatch, len(add))]
+		args = args[:0]
+		for _, n := range part {
+			a := n.a
+			args = append(args, n.id, a.Name, int(a.Kind), a.Unit, a.Description, attrsJSON(a.Resource), attrsJSON(a.Attrs))
+		}
+		var res sql.Result
+		var err error
+		if len(part) == seriesBatch {
+			if full == nil {
+				if full, err = tx.PrepareContext(ctx, seriesInsertSQL(seriesBatch, true)); err != nil {
+					return fmt.Errorf("adding series: %w", err)
+				}
+			}
+			res, err = full.ExecContext(ctx, args...)
+		} else {
+			res, err = tx.ExecContext(ctx, seriesInsertSQL(len(part), true), args...)
+		}
+		var n int64
+		if err == nil {
+			n, err = res.RowsAffected()
+		}
+		if err == nil && n < int64(len(part)) {
+			_, err = tx.ExecContext(ctx, seriesInsertSQL(len(part), false), args...)
+		}
+		if err != nil {
+			return fmt.Errorf("adding %d series (%s, ...): %w", len(part), part[0].a.Name, err)
+		}
 	}
 	return nil
 }

@@ -82,3 +82,37 @@ func TestWriteSlotConflicts(t *testing.T) {
 		})
 	}
 }
+
+// TestWriteSeriesTwice: new series go in by INSERT OR IGNORE (insertSeries);
+// a series a window carries twice keeps the later unit, as the upsert did,
+// in a short batch and in a full one.
+func TestWriteSeriesTwice(t *testing.T) {
+	for _, n := range []int{1, seriesBatch + 10} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			s := open(t, t.TempDir(), &clock{t: t0.Add(5 * time.Minute)})
+			var aggs []metric.Aggregate
+			for i := range n {
+				aggs = append(aggs, counter(fmt.Sprintf("/r%d", i), 1))
+			}
+			again := counter("/r0", 2)
+			again.Unit = "{call}"
+			write(t, s, win(t0, 0, append(aggs, again)...))
+			rows := query(t, s, Query{Metric: "http.requests", From: t0, To: t0.Add(time.Minute)})
+			if len(rows) != n {
+				t.Fatalf("%d series, want %d", len(rows), n)
+			}
+			for _, r := range rows {
+				want := "{request}"
+				if r.Attributes["http.route"] == "/r0" {
+					want = "{call}"
+					if r.Agg.Sum != 2 {
+						t.Errorf("/r0 sum = %v, want 2", r.Agg.Sum)
+					}
+				}
+				if r.Unit != want {
+					t.Errorf("%s unit = %q, want %q", r.Attributes["http.route"], r.Unit, want)
+				}
+			}
+		})
+	}
+}
