@@ -67,6 +67,10 @@ type Settings struct {
 	// goroutine at a time (Run's or Flush's caller). It owns the window,
 	// except that the window's histograms, attributes and exemplars must not
 	// be modified (a re-emission may share them). It must not call Flush.
+	// The pipeline keeps no reference to the window or its Series and does
+	// not reuse them (the daemon's in-memory exporter queues hold windows
+	// after the call): a window's memory is released when its last holder
+	// drops it.
 	OnWindow func(*metric.Window)
 	// StartTime is the agent's start: a cumulative series first seen with a
 	// Start not before it counts from zero (see normalize.go).
@@ -75,7 +79,9 @@ type Settings struct {
 	// with the cumulative baselines that advance with the window (see
 	// durable.go). The callee must store the window and the change in one
 	// transaction, and return an error when it could not. w is nil when
-	// Flush has only state to save.
+	// Flush has only state to save. The change's keys and values are slices
+	// of one buffer; the callee copies what it keeps beyond the call (the
+	// store encodes the rows into its own record).
 	OnWindowState func(w *metric.Window, change StateChange) error
 	// LoadBaselines, when set with OnWindowState, is called once by
 	// NewPipeline to read back what OnWindowState saved: fn for every
