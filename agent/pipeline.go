@@ -843,7 +843,13 @@ func (p *Pipeline) emit(now time.Time, all bool) {
 	held = time.Now()
 	out := make([]emission, 0, len(due))
 	for i, w := range due {
-		w.compact(fresh[i])
+		newest := true // no later window emitted: w is the next one's previous
+		for idx, o := range p.windows {
+			if idx > w.idx && o.emitted {
+				newest = false
+			}
+		}
+		w.compact(fresh[i], newest)
 		if w.emitted {
 			w.revision++
 		}

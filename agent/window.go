@@ -220,10 +220,12 @@ func orderAggs(all []*agg, prev *window) (sorted []*agg, placed int) {
 }
 
 // compact moves the aggregates of w.series into the sorted slices w.closed
-// and w.closedC, and sets their outSeries' rank. sorted holds the snapshot
+// and w.closedC, and with rank sets their outSeries' rank: only for the
+// newest emitted window, the next one's previous (a re-emission of an
+// older window would move the ranks of most series away from it). sorted holds the snapshot
 // of w.series' values sorted by identity; those added to w.series since
 // the snapshot (w.late) are sorted here.
-func (w *window) compact(sorted []*agg) {
+func (w *window) compact(sorted []*agg, rank bool) {
 	if len(w.series) == 0 {
 		w.snapped, w.late = false, nil
 		return
@@ -246,15 +248,21 @@ func (w *window) compact(sorted []*agg) {
 			continue
 		}
 		for i < len(w.closed) && w.closed[i].out.key < a.out.key {
-			w.closed[i].out.rank = uint32(len(g))
+			if rank {
+				w.closed[i].out.rank = uint32(len(g))
+			}
 			g = append(g, w.closed[i])
 			i++
 		}
-		a.out.rank = uint32(len(g)) // for orderAggs (the line is loaded)
+		if rank {
+			a.out.rank = uint32(len(g)) // for orderAggs (the line is loaded)
+		}
 		g = append(g, *a)
 	}
 	for ; i < len(w.closed); i++ {
-		w.closed[i].out.rank = uint32(len(g))
+		if rank {
+			w.closed[i].out.rank = uint32(len(g))
+		}
 		g = append(g, w.closed[i])
 	}
 	c := make([]cagg, 0, len(w.closedC)-w.moved+len(sorted)-gauges)
@@ -265,7 +273,9 @@ func (w *window) compact(sorted []*agg) {
 		}
 		for i < len(w.closedC) && w.closedC[i].out.key < a.out.key {
 			if !w.closedC[i].moved {
-				w.closedC[i].out.rank = uint32(len(c))
+				if rank {
+					w.closedC[i].out.rank = uint32(len(c))
+				}
 				c = append(c, w.closedC[i])
 			}
 			i++
@@ -273,12 +283,16 @@ func (w *window) compact(sorted []*agg) {
 		if i < len(w.closedC) && w.closedC[i].out.key == a.out.key {
 			i++ // the promoted entry (moved) replaced by a
 		}
-		a.out.rank = uint32(len(c))
+		if rank {
+			a.out.rank = uint32(len(c))
+		}
 		c = append(c, caggOf(a))
 	}
 	for ; i < len(w.closedC); i++ {
 		if !w.closedC[i].moved {
-			w.closedC[i].out.rank = uint32(len(c))
+			if rank {
+				w.closedC[i].out.rank = uint32(len(c))
+			}
 			c = append(c, w.closedC[i])
 		}
 	}

@@ -84,7 +84,7 @@ func TestSnapshotOrder(t *testing.T) {
 				t.Errorf("aggregates placed by rank = %d, want %d", placed, wantPlaced)
 			}
 			p.mu.Lock()
-			w.compact(fresh)
+			w.compact(fresh, true)
 			out := w.render()
 			p.mu.Unlock()
 
@@ -129,5 +129,47 @@ func TestSnapshotOrder(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A re-emission of an older window, whose series sit at other ranks,
+// leaves the ranks of the newest emitted window alone: the next window is
+// still placed by them.
+func TestRankAfterRevision(t *testing.T) {
+	now := t0
+	p, err := NewPipeline(PipelineConfig{Window: time.Minute, Lateness: 3 * time.Minute},
+		Settings{Now: func() time.Time { return now }, StartTime: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(at time.Time, n int) {
+		var b metric.Batch
+		for i := range n {
+			b.Series = append(b.Series, metric.Series{Name: "requests", Kind: metric.Counter, Temporality: metric.Delta,
+				Attrs: attrsOf("route", fmt.Sprintf("/r/%d", (i*7919)%100000)), Points: []metric.Point{{Time: at, Value: 1}}})
+		}
+		if err := p.Consume(context.Background(), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for m := range 2 { // windows 0 (with 500 more series) and 1 emitted
+		send(t0.Add(time.Duration(m)*time.Minute+10*time.Second), 2500-500*m)
+		now = t0.Add(time.Duration(m)*time.Minute + 70*time.Second)
+		p.tick(now)
+	}
+	send(t0.Add(20*time.Second), 2500) // late for window 0, re-emitted
+	send(t0.Add(2*time.Minute+10*time.Second), 2000)
+	now = t0.Add(2*time.Minute + 30*time.Second)
+	p.tick(now)
+	if got := metricValue(p.m.windows.WithLabelValues("revision")); got != 1 {
+		t.Fatalf("revisions = %v, want 1", got)
+	}
+	idx := p.windowIdx(now)
+	p.mu.Lock()
+	fresh := p.windows[idx].snapshot()
+	prev := p.windows[idx-1]
+	p.mu.Unlock()
+	if _, placed := orderAggs(fresh, prev); placed != 2000 {
+		t.Errorf("placed by rank %d of 2000 after an older window's revision", placed)
 	}
 }
