@@ -119,8 +119,14 @@ type Pipeline struct {
 	onState  func(*metric.Window, StateChange) error
 	jr       *journal // nil without Settings.Journal
 	jwm      int64    // journal watermark: windows up to it are stored
-	durable  bool     // onState is set: baselines are saved (durable.go)
-	startNs  int64    // agent start, UnixNano
+	// storedUpTo is the journal watermark found at start: the windows up
+	// to it were emitted by an earlier process. This one does not know
+	// what they hold, so a late point for one of them is too late (emitted
+	// again, as revision 0 with only the late points, it would replace the
+	// stored values).
+	storedUpTo int64
+	durable    bool  // onState is set: baselines are saved (durable.go)
+	startNs    int64 // agent start, UnixNano
 
 	window     time.Duration
 	grace      time.Duration
@@ -320,6 +326,7 @@ func NewPipeline(cfg PipelineConfig, set Settings) (*Pipeline, error) {
 			return nil, err
 		}
 	}
+	p.storedUpTo = p.jwm
 	if p.durable && set.Journal != "" {
 		jr, old, err := openJournal(set.Journal, p.log, p.m.journalErrors)
 		if err != nil {
@@ -502,7 +509,7 @@ func (p *Pipeline) consumeSeries(id rawID, key []byte, s *metric.Series, now tim
 			at = pt.Time.Add(-1)
 		}
 		idx := p.windowIdx(at)
-		tooLate := (idx+1)*int64(p.window) < cutoff
+		tooLate := (idx+1)*int64(p.window) < cutoff || idx <= p.storedUpTo
 		if cumulative && st.hasBase && pt.Time.UnixNano() <= st.lastTime {
 			drops[idxOutOfOrder]++
 			continue
