@@ -28,8 +28,12 @@ func toHData(h *histogram.Histogram) *hdata {
 // larger when the stored one needs it (a config with a bigger max_size), so
 // nothing is downscaled on the way out.
 func (d *hdata) histogram() (*histogram.Histogram, error) {
-	size := max(histogram.DefaultMaxSize, len(d.pos.counts), len(d.neg.counts))
-	scale := max(int32(histogram.DefaultMaxScale), d.scale)
+	return d.histogramSized(histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+}
+
+// histogramSized rebuilds the histogram with limits of at least maxSize and
+// maxScale, raised to what the stored one needs.
+func (d *hdata) histogramSized(maxSize int, maxScale int32) (*histogram.Histogram, error) {
 	h, err := histogram.FromData(histogram.Data{
 		Scale:         d.scale,
 		ZeroThreshold: d.zeroThreshold,
@@ -40,7 +44,7 @@ func (d *hdata) histogram() (*histogram.Histogram, error) {
 		Sum:           d.sum,
 		Min:           d.min,
 		Max:           d.max,
-	}, size, scale)
+	}, max(maxSize, len(d.pos.counts), len(d.neg.counts)), max(maxScale, d.scale))
 	if err != nil {
 		return nil, fmt.Errorf("%w: histogram: %v", errCorrupt, err)
 	}

@@ -229,15 +229,7 @@ func (s *Store) rollupSlot(ctx context.Context, tier int, t int64) error {
 func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	if err := fn(tx); err != nil {
-		return err
-	}
-	return tx.Commit()
+	return s.inTxLocked(ctx, fn)
 }
 
 func (s *Store) compactTier(ctx context.Context, tier int, now int64) error {

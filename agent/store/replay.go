@@ -218,7 +218,6 @@ func fillAggregate(a *metric.Aggregate, p *point, opt ReadOptions) error {
 		if p.h == nil {
 			return fmt.Errorf("%w: histogram point without buckets", errCorrupt)
 		}
-		d := p.h
 		size := opt.HistMaxSize
 		if size <= 0 {
 			size = histogram.DefaultMaxSize
@@ -227,19 +226,9 @@ func fillAggregate(a *metric.Aggregate, p *point, opt ReadOptions) error {
 		if scale == 0 {
 			scale = histogram.DefaultMaxScale
 		}
-		h, err := histogram.FromData(histogram.Data{
-			Scale:         d.scale,
-			ZeroThreshold: d.zeroThreshold,
-			ZeroCount:     d.zeroCount,
-			Positive:      histogram.Buckets{Offset: d.pos.offset, Counts: d.pos.counts},
-			Negative:      histogram.Buckets{Offset: d.neg.offset, Counts: d.neg.counts},
-			Count:         d.count,
-			Sum:           d.sum,
-			Min:           d.min,
-			Max:           d.max,
-		}, max(size, len(d.pos.counts), len(d.neg.counts)), max(scale, d.scale))
+		h, err := p.h.histogramSized(size, scale)
 		if err != nil {
-			return fmt.Errorf("%w: histogram: %v", errCorrupt, err)
+			return err
 		}
 		a.Hist = h
 	}

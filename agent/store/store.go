@@ -20,7 +20,10 @@
 //   - chunks: closed chunks, one row per (tier, chunk start, series) holding
 //     up to chunkPoints points compressed column by column (chunk.go):
 //     delta-encoded window indexes, bit-packed integers, exact decimal floats
-//     or Gorilla XOR floats, Rice-coded histogram buckets.
+//     or Gorilla XOR floats; histogram buckets range-coded against a model
+//     learnt from the chunk's earlier windows (version 1), or, for the 1 h
+//     and coarser tiers, bit-packed per window so that one window decodes
+//     without the ones before it (version 2, see buckets.go and chunk.go).
 //   - exemplars, state (source cursors), dirty (rollup slots to redo), meta
 //     (magic, schema version, rollup progress).
 //   - baselines: the pipeline's cumulative baselines, a log of changes
