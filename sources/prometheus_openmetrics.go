@@ -626,10 +626,18 @@ func omUnescape(b []byte, quoted bool) (string, bool) {
 		}
 		return string(b), true
 	}
+	return resolveEscapes(b, false)
+}
+
+// resolveEscapes resolves the escapes \\, \" and \n that the Prometheus text
+// format and OpenMetrics share; any other escape, a trailing backslash, or
+// (unless bareQuote) an unescaped double quote fails, and the caller sends
+// the body to the strict parser.
+func resolveEscapes(b []byte, bareQuote bool) (string, bool) {
 	var sb strings.Builder
 	for i := 0; i < len(b); i++ {
 		ch := b[i]
-		if ch == '"' {
+		if ch == '"' && !bareQuote {
 			return "", false
 		}
 		if ch != '\\' {

@@ -162,28 +162,7 @@ func textUnescapeHelp(b []byte) (string, bool) {
 	if bytes.IndexByte(b, '\\') < 0 {
 		return string(b), true
 	}
-	var sb strings.Builder
-	for i := 0; i < len(b); i++ {
-		if b[i] != '\\' {
-			sb.WriteByte(b[i])
-			continue
-		}
-		i++
-		if i == len(b) {
-			return "", false
-		}
-		switch b[i] {
-		case '\\':
-			sb.WriteByte('\\')
-		case 'n':
-			sb.WriteByte('\n')
-		case '"':
-			sb.WriteByte('"')
-		default:
-			return "", false
-		}
-	}
-	return sb.String(), true
+	return resolveEscapes(b, true)
 }
 
 func (p *textParser) role(name []byte) (omRole, bool) {
