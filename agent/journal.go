@@ -127,7 +127,7 @@ func (j *journal) rotate() error {
 
 // write appends one record holding payload (which starts with 8 bytes of
 // room for the header), whose points reach window maxIdx.
-func (j *journal) write(rec []byte, maxIdx int64) {
+func (j *journal) write(rec []byte, maxIdx int64) error {
 	binary.LittleEndian.PutUint32(rec, uint32(len(rec)-8))
 	binary.LittleEndian.PutUint32(rec[4:], crc32.Checksum(rec[8:], castagnoli))
 	j.mu.Lock()
@@ -141,14 +141,28 @@ func (j *journal) write(rec []byte, maxIdx int64) {
 	}
 	if err != nil {
 		j.errors.Inc()
+		if j.f != nil {
+			// The failed write may have left part of the record: end the
+			// segment here (replay stops at a torn last record) and start
+			// the next write in a new one, or the records after it would
+			// never be replayed.
+			j.f.Close()
+			j.f = nil
+			if j.maxIdx != math.MinInt64 {
+				j.closed = append(j.closed, segment{seq: j.seq, maxIdx: j.maxIdx})
+			} else {
+				os.Remove(filepath.Join(j.dir, segName(j.seq)))
+			}
+		}
 		if !j.failed {
-			j.log.Error("writing the delta journal failed; acknowledged delta points in open windows would not survive a crash", "err", err)
+			j.log.Error("writing the delta journal failed; batches with delta points are refused (senders retry them) until it works again", "err", err)
 		}
 		j.failed = true
-		return
+		return err
 	}
 	j.failed = false
 	j.maxIdx = max(j.maxIdx, maxIdx)
+	return nil
 }
 
 // release deletes the closed segments whose points all belong to windows up
@@ -201,8 +215,11 @@ func (p *Pipeline) pointIdx(s *metric.Series, pt *metric.Point, now time.Time) i
 // outside the journal's lock, into a buffer reused across requests.
 var recBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// journalBatch appends b's delta series to the journal.
-func (p *Pipeline) journalBatch(b *metric.Batch, now time.Time) {
+// journalBatch appends b's delta series to the journal. An error means
+// they are not journalled (the disk is full, say): Consume then refuses the
+// batch, so the sender keeps it and retries, rather than acknowledging
+// points a crash would lose.
+func (p *Pipeline) journalBatch(b *metric.Batch, now time.Time) error {
 	var bufp *[]byte
 	var rec []byte
 	maxIdx := int64(math.MinInt64)
@@ -221,11 +238,13 @@ func (p *Pipeline) journalBatch(b *metric.Batch, now time.Time) {
 			maxIdx = max(maxIdx, p.pointIdx(s, &s.Points[j], now))
 		}
 	}
-	if bufp != nil {
-		p.jr.write(rec, maxIdx)
-		*bufp = rec[:0]
-		recBufs.Put(bufp)
+	if bufp == nil {
+		return nil
 	}
+	err := p.jr.write(rec, maxIdx)
+	*bufp = rec[:0]
+	recBufs.Put(bufp)
+	return err
 }
 
 func appendString(b []byte, s string) []byte {
@@ -407,7 +426,7 @@ func (p *Pipeline) replayJournal(old []string) {
 			}
 			b.Series = slices.DeleteFunc(b.Series, func(s metric.Series) bool { return len(s.Points) == 0 })
 			if len(b.Series) > 0 {
-				p.consume(b, now, false)
+				p.consume(b, now)
 			}
 		}
 		p.jr.mu.Lock()

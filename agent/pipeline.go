@@ -397,17 +397,20 @@ func (p *Pipeline) Consume(ctx context.Context, b metric.Batch) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("pipeline: %w", err)
 	}
+	now := p.now()
+	if p.jr != nil {
+		if err := p.journalBatch(&b, now); err != nil {
+			p.m.rejected.Inc()
+			return fmt.Errorf("pipeline: batch from %q refused: journalling its delta points: %v: %w", b.Source, err, metric.ErrFull)
+		}
+	}
 	p.m.points.WithLabelValues(b.Source).Add(float64(n))
-	p.consume(b, p.now(), true)
+	p.consume(b, now)
 	return nil
 }
 
-// consume journals b's delta series (when journalling and journal) and
-// aggregates b.
-func (p *Pipeline) consume(b metric.Batch, now time.Time, journal bool) {
-	if p.jr != nil && journal {
-		p.journalBatch(&b, now)
-	}
+// consume aggregates b (already journalled, or replayed from the journal).
+func (p *Pipeline) consume(b metric.Batch, now time.Time) {
 	bufp := keyBufs.Get().(*[]byte)
 	var drops dropCounts
 	for i := range b.Series {

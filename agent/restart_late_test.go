@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -59,5 +60,57 @@ func TestRestartLatePointForStoredWindow(t *testing.T) {
 	}
 	if got := metricValue(r.p.m.dropped[DropTooLate]); got != 1 {
 		t.Errorf("too_late drops = %v, want 1", got)
+	}
+}
+
+// TestJournalFailureRefusesDeltaBatch: when the delta journal cannot be
+// written (a full disk), a batch with delta points is refused with
+// metric.ErrFull, so the OTLP receiver answers "retry later" instead of
+// acknowledging points a crash would lose; batches without delta points go
+// on. The next write starts a new segment (the failed one may end in a torn
+// record), and after a crash everything acknowledged is replayed.
+func TestJournalFailureRefusesDeltaBatch(t *testing.T) {
+	r := newRestartRig(t)
+	ctx := context.Background()
+	delta := func(v float64) metric.Batch {
+		return metric.Batch{Source: "otlp", Series: []metric.Series{
+			{Name: "requests", Kind: metric.Counter, Temporality: metric.Delta,
+				Points: []metric.Point{{Start: r.now.Add(-time.Second), Time: r.now, Value: v}}},
+		}}
+	}
+	r.now = t0.Add(10 * time.Second)
+	if err := r.p.Consume(ctx, delta(1)); err != nil {
+		t.Fatal(err)
+	}
+	// The journal's file fails under it.
+	r.p.jr.mu.Lock()
+	r.p.jr.f.Close()
+	r.p.jr.mu.Unlock()
+	r.now = t0.Add(20 * time.Second)
+	err := r.p.Consume(ctx, delta(10))
+	if !errors.Is(err, metric.ErrFull) {
+		t.Fatalf("Consume with a failing journal = %v, want metric.ErrFull", err)
+	}
+	gauge := metric.Batch{Source: "prom", Series: []metric.Series{
+		{Name: "temp", Kind: metric.Gauge, Points: []metric.Point{{Time: r.now, Value: 3}}},
+	}}
+	if err := r.p.Consume(ctx, gauge); err != nil {
+		t.Errorf("a batch without delta points refused: %v", err)
+	}
+	r.now = t0.Add(30 * time.Second)
+	if err := r.p.Consume(ctx, delta(100)); err != nil {
+		t.Fatalf("the journal did not recover: %v", err)
+	}
+	if got := metricValue(r.p.m.journalErrors); got != 1 {
+		t.Errorf("journal write errors = %v, want 1", got)
+	}
+	r.crash()
+	for s := 35; s <= 120; s += 5 {
+		r.now = t0.Add(time.Duration(s) * time.Second)
+		r.p.tick(r.now)
+	}
+	r.p.Flush()
+	if got := r.total("requests", "sum"); got != 101 {
+		t.Errorf("stored %v after the crash, want 101: the acknowledged 1 and 100, not the refused 10", got)
 	}
 }
