@@ -64,6 +64,16 @@ func (s *Store) appendBaselines(ctx context.Context, tx *sql.Tx, put []StateRow,
 	if _, err := tx.ExecContext(ctx, `INSERT INTO baselines(data) VALUES(?)`, b); err != nil {
 		return fmt.Errorf("saving baselines: %w", err)
 	}
+	if s.baseLog == 0 {
+		// The first row of an empty log counts as its snapshot, as
+		// readBaselineSizes counts it after a restart. Otherwise the first
+		// window's baselines (2.7 MB at 105k series) are past the 1 MiB
+		// slack at once and folded right away, only to be rewritten as they
+		// are: a whole-table read, map and copy at the first window's close,
+		// the close that already adds every series row (it set the agent's
+		// peak RSS).
+		s.baseSnap = int64(len(b))
+	}
 	s.baseLog += int64(len(b))
 	return nil
 }
@@ -82,10 +92,23 @@ func (s *Store) readBaselineSizes(ctx context.Context, q queryer) error {
 	return nil
 }
 
-// maybeCompactBaselines folds the log into one snapshot row when it has
-// grown enough. Called with s.mu held.
-func (s *Store) maybeCompactBaselines(ctx context.Context) error {
-	if !s.baseRead || s.baseLog <= 2*s.baseSnap+1<<20 {
+// Fold thresholds, in multiples of the snapshot (plus 1 MiB). Maintain,
+// once a minute and so mostly away from a window's close, folds past twice
+// the snapshot; a write folds only past four times, as a backstop for a
+// store nobody maintains. A fold holds the log, a map of every baseline and
+// the new snapshot at once (about 40 MB at 105k series): done by the write,
+// it landed on the window's close, where the pipeline's rendered window,
+// the store write and the exporters' copies are live too, and set the
+// agent's peak RSS.
+const (
+	foldOnMaintain = 2
+	foldOnWrite    = 4
+)
+
+// maybeCompactBaselines folds the log into one snapshot row when it is past
+// factor times the snapshot plus 1 MiB. Called with s.mu held.
+func (s *Store) maybeCompactBaselines(ctx context.Context, factor int64) error {
+	if !s.baseRead || s.baseLog <= factor*s.baseSnap+1<<20 {
 		return nil
 	}
 	return s.inTxLocked(ctx, func(tx *sql.Tx) error {

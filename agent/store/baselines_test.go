@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/binary"
@@ -116,6 +117,81 @@ func TestBaselinesCompacted(t *testing.T) {
 	}
 	if !maps.Equal(got, want) {
 		t.Errorf("%d baselines read, want %d", len(got), len(want))
+	}
+}
+
+// TestFirstBaselinesKept: the first row of an empty log counts as the
+// snapshot, so a first write past the 1 MiB slack is stored as written, not
+// folded and rewritten right away (which at 105k series was a whole-table
+// read at the first window's close). A fold would rewrite the row in map
+// order, so the row equal to the write's own encoding proves there was none.
+func TestFirstBaselinesKept(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, t.TempDir(), &clock{t: t0})
+	var put []StateRow
+	var want []byte
+	for i := range 20000 { // ~1.5 MB
+		r := StateRow{Key: []byte(key(i)), Value: fmt.Appendf(nil, "%060d", i)}
+		put = append(put, r)
+		want = append(want, r.Key...)
+		want = binary.AppendUvarint(want, uint64(len(r.Value))+1)
+		want = append(want, r.Value...)
+	}
+	if err := s.WriteWithState(ctx, win(t0, 0, counter("/a", 1)), put, nil); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	if err := s.db.QueryRow(`SELECT data FROM baselines`).Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("the first baselines row (%d bytes) is not the write as made (%d bytes): it was folded", len(got), len(want))
+	}
+}
+
+// TestBaselinesFoldedByMaintain: a log past twice its snapshot (plus 1 MiB)
+// is left to Maintain by the writes, which fold only past four times (so
+// the fold is not on a window's close), and Maintain folds it, reading the
+// same.
+func TestBaselinesFoldedByMaintain(t *testing.T) {
+	ctx := context.Background()
+	c := &clock{t: t0}
+	s := open(t, t.TempDir(), c)
+	want := map[string]string{}
+	for w := range 3 { // ~1.5 MB each: 4.5 MB, past 2×1.5+1 MiB, not 4×
+		var put []StateRow
+		for i := range 20000 {
+			v := fmt.Sprintf("%060d", w*100000+i)
+			put = append(put, StateRow{Key: []byte(key(i)), Value: []byte(v)})
+			want[key(i)] = v
+		}
+		if err := s.WriteWithState(ctx, win(t0.Add(time.Duration(w)*time.Minute), 0, counter("/a", 1)), put, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func() int {
+		t.Helper()
+		var n int
+		if err := s.db.QueryRow(`SELECT count(*) FROM baselines`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(); n != 3 {
+		t.Fatalf("%d rows in the baselines log after 3 writes, want 3 (not folded by a write)", n)
+	}
+	if err := s.Maintain(ctx, t0.Add(3*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 1 {
+		t.Errorf("%d rows in the baselines log after Maintain, want 1 (folded)", n)
+	}
+	got := map[string]string{}
+	if err := s.ScanBaselines(ctx, func(k, v []byte) error { got[string(k)] = string(v); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("%d baselines read after the fold, want %d", len(got), len(want))
 	}
 }
 

@@ -23,6 +23,8 @@ import (
 //     late window arrived after it was compacted).
 //  3. Retention: chunks and head rows wholly older than a tier's keep are
 //     deleted, and exemplars with the first tier.
+//  4. Baselines: the log of baseline changes is folded into one snapshot
+//     row once past twice the last snapshot plus 1 MiB (see baselines.go).
 func (s *Store) Maintain(ctx context.Context, now time.Time) error {
 	if s.readOnly {
 		return errReadOnly
@@ -41,7 +43,10 @@ func (s *Store) Maintain(ctx context.Context, now time.Time) error {
 	if err := s.expire(ctx, n); err != nil {
 		return s.wrap("expiring old data", err)
 	}
-	return nil
+	s.mu.Lock()
+	err := s.maybeCompactBaselines(ctx, foldOnMaintain)
+	s.mu.Unlock()
+	return s.wrap("compacting baselines", err)
 }
 
 // partitions splits the series ID space into ranges of about 512 known

@@ -141,7 +141,7 @@ func (s *Store) WriteWithState(ctx context.Context, w *metric.Window, put []Stat
 		defer s.mu.Unlock()
 		err := s.inTxLocked(ctx, func(tx *sql.Tx) error { return s.appendBaselines(ctx, tx, put, del) })
 		if err == nil {
-			err = s.maybeCompactBaselines(ctx)
+			err = s.maybeCompactBaselines(ctx, foldOnWrite)
 		}
 		return s.wrap("writing baselines", err)
 	}
@@ -158,7 +158,7 @@ func (s *Store) WriteWithState(ctx context.Context, w *metric.Window, put []Stat
 	if err := s.writeWindow(ctx, tier, start, w, put, del); err != nil {
 		return s.wrap(fmt.Sprintf("writing window %s", w.Start.UTC().Format(time.RFC3339)), err)
 	}
-	return s.wrap("compacting baselines", s.maybeCompactBaselines(ctx))
+	return s.wrap("compacting baselines", s.maybeCompactBaselines(ctx, foldOnWrite))
 }
 
 type headRow struct {
