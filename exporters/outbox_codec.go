@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"math"
 	"time"
 
@@ -35,8 +36,42 @@ const codecVersion = 1
 // payloadHeaderSize is the uncompressed prefix: version and start time.
 const payloadHeaderSize = 1 + 8
 
+// encodeWindow returns the payload of a record holding w.
 func encodeWindow(w *metric.Window) ([]byte, error) {
-	b := make([]byte, 0, 256+len(w.Series)*128)
+	rec, err := appendRecord(nil, w)
+	if err != nil {
+		return nil, err
+	}
+	return rec[frameHeader:], nil
+}
+
+// snappyBlock is the block size of snappy's block format: snappy.Encode
+// compresses its input in independent blocks of this size.
+const snappyBlock = 64 << 10
+
+// maxBodyLenSize is the room kept for the body's length (a uvarint at the
+// head of the snappy block) while the body is compressed: 5 bytes hold any
+// length up to 32 GiB, far above maxRecordSize.
+const maxBodyLenSize = 5
+
+// appendRecord appends to dst a whole outbox record for w: the frame header
+// (payload length and CRC-32C, see Outbox) and the payload.
+//
+// The body is compressed 64 KiB at a time while it is encoded, so a window
+// never exists uncompressed as a whole (26 MB at 105k series, on top of the
+// compressed copy, its frame copy and the rendered window, at every window
+// close). Each 64 KiB piece is compressed by snappy.Encode and loses its own
+// length header; snappy.Encode of the whole body compresses the same 64 KiB
+// blocks independently, so the result is byte for byte what it gives
+// (TestAppendRecordMatchesWholeEncode): records stay readable by every
+// version.
+func appendRecord(dst []byte, w *metric.Window) ([]byte, error) {
+	base := len(dst)
+	dst = append(dst, make([]byte, frameHeader+payloadHeaderSize+maxBodyLenSize)...)
+	dst[base+frameHeader] = codecVersion
+	binary.LittleEndian.PutUint64(dst[base+frameHeader+1:], uint64(unixNanos(w.Start)))
+	c := chunkCompressor{out: dst, piece: make([]byte, 0, snappyBlock+4096)}
+	b := c.piece
 	b = binary.AppendUvarint(b, uint64(max(w.Revision, 0)))
 	b = binary.AppendVarint(b, int64(w.Duration))
 	b = binary.AppendUvarint(b, uint64(len(w.Series)))
@@ -76,12 +111,54 @@ func encodeWindow(w *metric.Window) ([]byte, error) {
 			b = binary.AppendVarint(b, unixNanos(e.Time))
 			b = appendAttrs(b, e.Attrs)
 		}
+		if len(b) >= snappyBlock {
+			b = c.compress(b, false)
+		}
 	}
-	out := make([]byte, payloadHeaderSize, payloadHeaderSize+snappy.MaxEncodedLen(len(b)))
-	out[0] = codecVersion
-	binary.LittleEndian.PutUint64(out[1:], uint64(unixNanos(w.Start)))
-	out = out[:payloadHeaderSize+len(snappy.Encode(out[payloadHeaderSize:cap(out)], b))]
+	c.compress(b, true)
+	if c.n > maxRecordSize {
+		return nil, fmt.Errorf("window of %d bytes uncompressed is too large for a record", c.n)
+	}
+	// The body's length heads the snappy block: put it in the room kept
+	// for it and close the gap.
+	var lb [binary.MaxVarintLen64]byte
+	ln := binary.PutUvarint(lb[:], c.n)
+	at := base + frameHeader + payloadHeaderSize
+	out := c.out
+	copy(out[at+ln:], out[at+maxBodyLenSize:])
+	out = out[:len(out)-(maxBodyLenSize-ln)]
+	copy(out[at:], lb[:ln])
+	payload := out[base+frameHeader:]
+	binary.LittleEndian.PutUint32(out[base:], uint32(len(payload)))
+	binary.LittleEndian.PutUint32(out[base+4:], crc32.Checksum(payload, castagnoli))
 	return out, nil
+}
+
+// chunkCompressor appends the snappy block of a body given piece by piece
+// to out, without the block's length header.
+type chunkCompressor struct {
+	out   []byte
+	piece []byte // the body not yet compressed (its array is reused)
+	tmp   []byte // snappy.Encode's output for one 64 KiB block
+	n     uint64 // body bytes compressed
+}
+
+// compress compresses the full 64 KiB blocks of b (all of it when final)
+// and returns the rest, moved to the start of b's array.
+func (c *chunkCompressor) compress(b []byte, final bool) []byte {
+	if c.tmp == nil {
+		c.tmp = make([]byte, snappy.MaxEncodedLen(snappyBlock))
+	}
+	done := 0
+	for len(b)-done >= snappyBlock || (final && done < len(b)) {
+		p := b[done:min(done+snappyBlock, len(b))]
+		enc := snappy.Encode(c.tmp, p)
+		_, k := binary.Uvarint(enc) // the piece's own length header
+		c.out = append(c.out, enc[k:]...)
+		c.n += uint64(len(p))
+		done += len(p)
+	}
+	return b[:copy(b, b[done:])]
 }
 
 // payloadStart returns the window start stored in a payload's header.
