@@ -163,8 +163,8 @@ func (s *Store) WriteWithState(ctx context.Context, w *metric.Window, put []Stat
 
 type headRow struct {
 	series int64
-	data   []byte
-	ord    int // position in the window: equal series keep their order
+	data   []byte // nil: encoded by insertHead's encode from the window's aggregate ord
+	ord    int    // position in the window: equal series keep their order
 }
 
 func (s *Store) writeWindow(ctx context.Context, tier int, start int64, w *metric.Window, put []StateRow, del [][]byte) error {
@@ -174,11 +174,13 @@ func (s *Store) writeWindow(ctx context.Context, tier int, start int64, w *metri
 	}
 	defer tx.Rollback()
 	ti := s.tiers[tier]
-	rows := s.rows[:0] // reused, like buf: a window's rows are 5 MB at 105k series
-	var exArgs []any
+	// A row holds the series id and its aggregate's index: its point is
+	// encoded a batch at a time by insertHead, and its exemplars' row
+	// values by insertExemplars, so no encoding of the whole window is
+	// held (they were 25 MB at 105k series, alive through the write).
+	rows := s.rows[:0]    // reused: 1.7 MB at 105k series
 	var added []newSeries // series rows this window adds
-	buf := s.buf[:0]
-	skipped := 0
+	skipped, exemplars := 0, 0
 	for i := range w.Series {
 		a := &w.Series[i]
 		if a.Kind < metric.Gauge || a.Kind > metric.Histogram || a.Name == "" {
@@ -189,21 +191,17 @@ func (s *Store) writeWindow(ctx context.Context, tier int, start int64, w *metri
 		if _, ok := s.known[id]; !ok {
 			added = append(added, newSeries{id: id, a: a, ord: len(added)})
 		}
-		p := pointOf(a, start)
-		off := len(buf)
-		buf = encodeChunk(buf, a.Kind, ti.res, []point{p})
-		rows = append(rows, headRow{series: id, data: buf[off:len(buf):len(buf)], ord: len(rows)})
-		for _, e := range a.Exemplars {
-			exArgs = append(exArgs, start, id, e.TraceID[:], e.SpanID[:], e.Value, e.Time.UnixNano(), attrsJSON(e.Attrs))
-		}
+		rows = append(rows, headRow{series: id, ord: i})
+		exemplars += len(a.Exemplars)
 	}
-	// Slices of buf stay valid: buf may have grown (reallocated) meanwhile,
-	// but each row points into the array it was written to.
-	s.buf, s.rows = buf, rows
+	s.rows = rows
 	if err := insertSeries(ctx, tx, added); err != nil {
 		return err
 	}
-	if err := s.insertHead(ctx, tx, tier, start, int64(w.Revision), rows); err != nil {
+	encode := func(b []byte, r *headRow) []byte {
+		return encodeChunk(b, w.Series[r.ord].Kind, ti.res, []point{pointOf(&w.Series[r.ord], start)})
+	}
+	if err := s.insertHeadWith(ctx, tx, tier, start, int64(w.Revision), rows, encode); err != nil {
 		return err
 	}
 	if w.Revision > 0 && tier == 0 {
@@ -218,8 +216,8 @@ func (s *Store) writeWindow(ctx context.Context, tier int, start int64, w *metri
 			}
 		}
 	}
-	if tier == 0 {
-		if err := insertExemplars(ctx, tx, exArgs); err != nil {
+	if tier == 0 && exemplars > 0 {
+		if err := insertExemplars(ctx, tx, start, w, rows); err != nil {
 			return err
 		}
 	}
@@ -294,12 +292,34 @@ func insertSeries(ctx context.Context, tx *sql.Tx, add []newSeries) error {
 		}
 	}()
 	args := make([]any, 0, 7*min(len(add), seriesBatch))
+	// The series of one target share their resource attributes (one
+	// array): each is encoded once.
+	type attrsRef struct {
+		p *metric.Attr
+		n int
+	}
+	resources := map[attrsRef]string{}
+	var buf []byte
 	for b := 0; b < len(add); b += seriesBatch {
 		part := add[b:min(b+seriesBatch, len(add))]
 		args = args[:0]
 		for _, n := range part {
 			a := n.a
-			args = append(args, n.id, a.Name, int(a.Kind), a.Unit, a.Description, attrsJSON(a.Resource), attrsJSON(a.Attrs))
+			res := "{}"
+			if len(a.Resource) > 0 {
+				ref := attrsRef{&a.Resource[0], len(a.Resource)}
+				var ok bool
+				if res, ok = resources[ref]; !ok {
+					res = attrsJSON(a.Resource)
+					resources[ref] = res
+				}
+			}
+			attrs := "{}"
+			if len(a.Attrs) > 0 {
+				buf = appendAttrsJSON(buf[:0], a.Attrs)
+				attrs = string(buf)
+			}
+			args = append(args, n.id, a.Name, int(a.Kind), a.Unit, a.Description, res, attrs)
 		}
 		var res sql.Result
 		var err error
@@ -342,6 +362,13 @@ func insertSeries(ctx context.Context, tx *sql.Tx, add []newSeries) error {
 // revision rule, so the result is the upsert's. Revisions upsert directly.
 // rows is sorted in place.
 func (s *Store) insertHead(ctx context.Context, tx *sql.Tx, tier int, start, rev int64, rows []headRow) error {
+	return s.insertHeadWith(ctx, tx, tier, start, rev, rows, nil)
+}
+
+// insertHeadWith is insertHead for rows whose data is encoded a batch at a
+// time, by encode (appending a row's chunk to b), into a buffer reused
+// across batches and windows.
+func (s *Store) insertHeadWith(ctx context.Context, tx *sql.Tx, tier int, start, rev int64, rows []headRow, encode func(b []byte, r *headRow) []byte) error {
 	slices.SortFunc(rows, func(a, b headRow) int {
 		if c := cmp.Compare(a.series, b.series); c != 0 {
 			return c
@@ -382,11 +409,22 @@ func (s *Store) insertHead(ctx context.Context, tx *sql.Tx, tier int, start, rev
 		return res.RowsAffected()
 	}
 	args := s.args[:0]
+	buf := s.buf[:0]
 	for b := 0; b < len(rows); b += headBatch {
 		part := rows[b:min(b+headBatch, len(rows))]
 		args = args[:0]
-		for _, r := range part {
-			args = append(args, r.series, r.data)
+		buf = buf[:0]
+		for i := range part {
+			r := &part[i]
+			data := r.data
+			if encode != nil {
+				// A slice of buf stays valid if buf grows (it points
+				// into the array it was written to).
+				off := len(buf)
+				buf = encode(buf, r)
+				data = buf[off:len(buf):len(buf)]
+			}
+			args = append(args, r.series, data)
 		}
 		ignore := rev == 0
 		n, err := exec(args, len(part), ignore)
@@ -398,19 +436,34 @@ func (s *Store) insertHead(ctx context.Context, tx *sql.Tx, tier int, start, rev
 		}
 	}
 	clear(args)
-	s.args = args[:0]
+	s.args, s.buf = args[:0], buf[:0]
 	return nil
 }
 
-func insertExemplars(ctx context.Context, tx *sql.Tx, args []any) error {
+// insertExemplars inserts the exemplars of the window's rows, exemplarBatch
+// at a time.
+func insertExemplars(ctx context.Context, tx *sql.Tx, start int64, w *metric.Window, rows []headRow) error {
 	const cols = 7
-	for b := 0; b < len(args); b += exemplarBatch * cols {
-		part := args[b:min(b+exemplarBatch*cols, len(args))]
-		if _, err := tx.ExecContext(ctx, exemplarInsertSQL(len(part)/cols), part...); err != nil {
-			return err
+	args := make([]any, 0, exemplarBatch*cols)
+	flush := func() error {
+		if len(args) == 0 {
+			return nil
+		}
+		_, err := tx.ExecContext(ctx, exemplarInsertSQL(len(args)/cols), args...)
+		args = args[:0]
+		return err
+	}
+	for _, r := range rows {
+		for _, e := range w.Series[r.ord].Exemplars {
+			args = append(args, start, r.series, e.TraceID[:], e.SpanID[:], e.Value, e.Time.UnixNano(), attrsJSON(e.Attrs))
+			if len(args) == exemplarBatch*cols {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
 		}
 	}
-	return nil
+	return flush()
 }
 
 func placeholders(n int) string {
@@ -434,12 +487,55 @@ func pointOf(a *metric.Aggregate, start int64) point {
 	return p
 }
 
+// attrsJSON is the JSON object of a's pairs, as series and exemplar rows
+// store them: byte for byte what json.Marshal(a.Map()) gives (parseAttrsFast
+// reads that form).
 func attrsJSON(a metric.Attrs) string {
 	if len(a) == 0 {
 		return "{}"
 	}
-	b, _ := json.Marshal(a.Map())
-	return string(b)
+	var buf [256]byte
+	return string(appendAttrsJSON(buf[:0], a))
+}
+
+// appendAttrsJSON appends attrsJSON(a) to b without a map or reflection:
+// json.Marshal of a map was most of the 83 MB a window of 105k new series
+// allocated. Attrs are sorted by key with unique keys, which is the order
+// json.Marshal sorts a map's keys in; a set that is not (built by hand) and
+// strings json.Marshal would escape take json.Marshal, so the result is
+// the same in every case.
+func appendAttrsJSON(b []byte, a metric.Attrs) []byte {
+	for i := range a {
+		if (i > 0 && a[i-1].Key >= a[i].Key) || !plainJSON(a[i].Key) || !plainJSON(a[i].Value) {
+			m, _ := json.Marshal(a.Map())
+			return append(b, m...)
+		}
+	}
+	b = append(b, '{')
+	for i, kv := range a {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = append(b, kv.Key...)
+		b = append(b, '"', ':', '"')
+		b = append(b, kv.Value...)
+		b = append(b, '"')
+	}
+	return append(b, '}')
+}
+
+// plainJSON reports whether json.Marshal writes s between quotes unchanged:
+// printable ASCII other than the quote, the backslash and the characters it
+// escapes for HTML.
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20 || c > 0x7e, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
 }
 
 func parseAttrs(s string) (metric.Attrs, error) {
