@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -40,9 +41,15 @@ import (
 //     taken out of it when their series is first seen again; those not seen
 //     within the forget time are deleted.
 //
-// Delta points held in an open window are not journalled: a delta sender
-// whose request was acknowledged before a crash does not resend it, so the
-// open windows' delta points are lost with the process.
+// Delta points (OTLP delta), which a sender does not send again once
+// acknowledged, are journalled until their window is stored (journal.go).
+//
+// OnWindowState returning an error means the window is not stored: the
+// pipeline then keeps the journal for it (it releases segments only for a
+// stored watermark). The daemon keeps such a window and writes it again
+// later, in order, every later window waiting behind it so that saved
+// baselines only move forward (cmd/sabaki/storeretry.go); when it stores
+// one late it calls Pipeline.ReleaseJournal with StateChange.Watermark.
 
 // StateRow is one saved baseline: a 16-byte key and an opaque value.
 type StateRow struct {
@@ -57,6 +64,21 @@ type StateChange struct {
 }
 
 func (c *StateChange) empty() bool { return len(c.Put) == 0 && len(c.Delete) == 0 }
+
+// Watermark returns the delta journal's watermark the change carries (a
+// window's first emission with Settings.Journal does): once the change is
+// stored, Pipeline.ReleaseJournal(wm) may delete the journal segments it
+// covers. A callee that stores a window after OnWindowState returned an
+// error for it (a retry) calls that itself; on a nil return the pipeline
+// does.
+func (c *StateChange) Watermark() (wm int64, ok bool) {
+	// The first row, when present (newStateEncoder).
+	if len(c.Put) == 0 || !bytes.Equal(c.Put[0].Key, watermarkKey[:]) {
+		return 0, false
+	}
+	v, n := binary.Varint(c.Put[0].Value)
+	return v, n > 0
+}
 
 // baseMark is a baseline as of some moment: the value saved for st.
 type baseMark struct {

@@ -183,6 +183,17 @@ func (j *journal) release(stored int64) {
 	j.closed = keep
 }
 
+// ReleaseJournal deletes the delta journal's segments whose points all
+// belong to windows up to wm, a StateChange.Watermark the caller has
+// stored after OnWindowState returned an error for its window (see
+// durable.go). Without Settings.Journal it does nothing. Safe to call
+// concurrently with Consume and emission.
+func (p *Pipeline) ReleaseJournal(wm int64) {
+	if p.jr != nil {
+		p.jr.release(wm)
+	}
+}
+
 func (j *journal) close() {
 	j.mu.Lock()
 	defer j.mu.Unlock()

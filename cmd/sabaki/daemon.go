@@ -47,6 +47,9 @@ type daemon struct {
 	admin *admin.Server
 	store *store.Store
 	pipe  *agent.Pipeline
+	// writes holds windows whose store write failed and writes them again
+	// (storeretry.go).
+	writes *storeRetry
 
 	runCtx    context.Context
 	runCancel context.CancelFunc
@@ -77,7 +80,6 @@ type runningExporter struct {
 
 type daemonMetrics struct {
 	reloads      *prometheus.CounterVec
-	storeErrors  prometheus.Counter
 	enqueueFails *prometheus.CounterVec
 }
 
@@ -139,12 +141,18 @@ func startDaemon(ctx context.Context, cfg *Config, cfgPath string, opt daemonOpt
 	if d.store, err = store.Open(store.Dir(dataDir), store.Options{Tiers: store.Tiers(cfg.Retention), Logger: d.log.With("component", "store")}); err != nil {
 		return nil, fmt.Errorf("opening the store in %s: %w", dataDir, err)
 	}
-	d.admin.AddCheck("store", func() error {
-		if d.store == nil {
-			return errors.New("store not open")
+	// Windows whose store write fails wait in memory and are written again;
+	// /readyz shows how many (storeretry.go).
+	var keep time.Duration
+	if len(cfg.Retention) > 0 {
+		keep = cfg.Retention[0].Keep.D()
+	}
+	d.writes = newStoreRetry(d.store, d.log.With("component", "store"), d.reg, keep, func(wm int64) {
+		if d.pipe != nil {
+			d.pipe.ReleaseJournal(wm)
 		}
-		return nil
 	})
+	d.admin.AddStatus("store", d.writes.status)
 	d.admin.Handle("GET /api/v1/exemplars", exemplarsHandler(d.store, d.log))
 	// Windows stored but not queued for an exporter (kill -9 between the
 	// two) are queued now, before new ones (replay.go).
@@ -167,6 +175,7 @@ func startDaemon(ctx context.Context, cfg *Config, cfgPath string, opt daemonOpt
 	}
 	d.bg.Go(func() { d.pipe.Run(d.runCtx) })
 	d.bg.Go(d.maintain)
+	d.bg.Go(func() { d.writes.run(d.runCtx) })
 
 	// 4. sources
 	if err := srcs.start(d.runCtx, d.pipe); err != nil {
@@ -215,40 +224,25 @@ func (d *daemon) registerSelfMetrics() {
 	d.m = daemonMetrics{
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sabaki_agent_config_reloads_total", Help: "SIGHUP config reloads, by result (ok, rejected)."}, []string{"result"}),
-		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sabaki_agent_store_write_errors_total", Help: "Closed windows the store failed to write."}),
 		enqueueFails: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sabaki_agent_enqueue_errors_total", Help: "Closed windows an exporter's queue refused."}, []string{"exporter"}),
 	}
 	d.m.reloads.WithLabelValues("ok")
 	d.m.reloads.WithLabelValues("rejected")
-	d.reg.MustRegister(build, d.m.reloads, d.m.storeErrors, d.m.enqueueFails)
+	d.reg.MustRegister(build, d.m.reloads, d.m.enqueueFails)
 }
 
 // onWindowState receives every closed (or re-emitted) window from the
 // pipeline: it goes to the store with the baselines that advance with it
-// (one transaction), then to every exporter's queue. A failed store write
-// leaves the saved baselines where they were (after a crash, that window's
-// increments are counted again after the restart rather than lost) and is
-// returned, so the pipeline keeps the window's delta journal.
+// (one transaction), then to every exporter's queue. A window the store
+// does not take (a full disk) waits in memory and is written again, in
+// order, every later window behind it (storeretry.go); the error is
+// returned so that the pipeline keeps the window's delta journal until
+// then. The exporters get the window now, once, whatever the store did.
 func (d *daemon) onWindowState(w *metric.Window, ch agent.StateChange) error {
-	ctx, cancel := context.WithTimeout(d.runCtx, 30*time.Second)
-	defer cancel()
-	put := make([]store.StateRow, len(ch.Put))
-	for i, r := range ch.Put {
-		put[i] = store.StateRow{Key: r.Key, Value: r.Value}
-	}
+	storeErr := d.writes.Write(w, ch)
 	if w == nil {
-		err := d.store.WriteWithState(ctx, nil, put, ch.Delete)
-		if err != nil {
-			d.log.Error("saving baselines failed", "baselines", len(put), "err", err)
-		}
-		return err
-	}
-	storeErr := d.store.WriteWithState(ctx, w, put, ch.Delete)
-	if storeErr != nil {
-		d.m.storeErrors.Inc()
-		d.log.Error("storing window failed", "window", w.Start, "series", len(w.Series), "err", storeErr)
+		return storeErr
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -383,7 +377,9 @@ func (d *daemon) shutdown() error {
 	srcs.stop(ctx)
 
 	d.pipe.Flush()
-	d.runCancel() // stops pipeline Run and maintenance; Flush already emitted
+	d.runCancel() // stops pipeline Run, maintenance and store retries; Flush already emitted
+	// A last try for windows still waiting for the store (a full disk).
+	d.writes.finish(ctx)
 	d.mu.Lock()
 	exps := d.exps
 	d.exps = nil
