@@ -114,7 +114,9 @@ type agent struct {
 
 // windowCounts are an agent's window counters (from /metrics).
 type windowCounts struct {
-	closed, revised, sent, dropped, storeErrs, refused float64
+	// storeErrs are windows the store did not take when handed over
+	// (they wait and are written again); storeLost those given up.
+	closed, revised, sent, dropped, storeErrs, storeLost, refused float64
 	// pointDrops are the pipeline's dropped points by reason.
 	pointDrops map[string]float64
 }
@@ -126,6 +128,7 @@ func (a *agent) readCounts() windowCounts {
 		sent:       a.metricWhere("sabaki_exporter_sent_windows_total"),
 		dropped:    a.metricWhere("sabaki_exporter_dropped_windows_total"),
 		storeErrs:  a.metricWhere("sabaki_agent_store_write_errors_total"),
+		storeLost:  a.metricWhere("sabaki_agent_store_windows_abandoned_total"),
 		refused:    a.metricWhere("sabaki_agent_enqueue_errors_total"),
 		pointDrops: a.pointDrops(),
 	}
@@ -151,18 +154,19 @@ func (c windowCounts) add(d windowCounts) windowCounts {
 		}
 	}
 	return windowCounts{c.closed + d.closed, c.revised + d.revised, c.sent + d.sent, c.dropped + d.dropped,
-		c.storeErrs + d.storeErrs, c.refused + d.refused, drops}
+		c.storeErrs + d.storeErrs, c.storeLost + d.storeLost, c.refused + d.refused, drops}
 }
 
 // figures logs a scenario's summary in one greppable line (FIGURES): the
 // windows the pipeline closed (and revised), sent to Mackerel, lost (store
-// writes failed, exporter drops, refused enqueues), the observations lost
+// writes given up, exporter drops, refused enqueues; and the store writes
+// that failed and were retried), the observations lost
 // and counted twice end to end, and the peak RSS. Counters are read just
 // before each stop or kill, so windows flushed at shutdown are not in them.
 func figures(t testing.TB, c windowCounts, lostObs, dupObs float64, peakKiB int64) {
 	t.Helper()
-	t.Logf("FIGURES %s: windows closed %v (revised %v), sent to Mackerel %v, lost %v (store writes failed %v, exporter drops %v, refused enqueues %v); observations lost %v, counted twice %v; points dropped by the pipeline %v; peak RSS %.1f MiB",
-		t.Name(), c.closed, c.revised, c.sent, c.storeErrs+c.dropped+c.refused, c.storeErrs, c.dropped, c.refused, lostObs, dupObs, c.pointDrops, float64(peakKiB)/1024)
+	t.Logf("FIGURES %s: windows closed %v (revised %v), sent to Mackerel %v, lost %v (store writes given up %v of %v failed, exporter drops %v, refused enqueues %v); observations lost %v, counted twice %v; points dropped by the pipeline %v; peak RSS %.1f MiB",
+		t.Name(), c.closed, c.revised, c.sent, c.storeLost+c.dropped+c.refused, c.storeLost, c.storeErrs, c.dropped, c.refused, lostObs, dupObs, c.pointDrops, float64(peakKiB)/1024)
 }
 
 // lostDup splits got − want into what is missing and what is in excess.
