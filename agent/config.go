@@ -27,7 +27,17 @@ type AgentConfig struct {
 	AdminListen string `yaml:"admin_listen"`
 	// ShutdownTimeout bounds the flush and drain on SIGTERM.
 	ShutdownTimeout config.Duration `yaml:"shutdown_timeout"`
+	// MaxRawSeries bounds the raw series (before rules) the pipeline keeps
+	// state for (PipelineConfig.MaxRawSeries): beyond it, points of new
+	// cumulative series are dropped (reason="max_series") and new gauge and
+	// delta series are aggregated without keeping state. It bounds the
+	// pipeline's memory (about 700 bytes per cumulative series).
+	MaxRawSeries int `yaml:"max_raw_series"`
 }
+
+// maxRawSeriesLimit is the largest agent.max_raw_series accepted: beyond
+// it the pipeline's per-series state alone would need tens of GB.
+const maxRawSeriesLimit = 100_000_000
 
 // DefaultAgentConfig returns the defaults of the `agent:` section.
 func DefaultAgentConfig() AgentConfig {
@@ -37,6 +47,7 @@ func DefaultAgentConfig() AgentConfig {
 		DataDir:         "./data",
 		AdminListen:     "127.0.0.1:9469",
 		ShutdownTimeout: config.Duration(30 * time.Second),
+		MaxRawSeries:    1_000_000,
 	}
 }
 
@@ -56,6 +67,9 @@ func (c *AgentConfig) Validate() error {
 	}
 	if c.ShutdownTimeout.D() <= 0 {
 		errs = append(errs, config.Field("shutdown_timeout", "must be positive"))
+	}
+	if c.MaxRawSeries < 1 || c.MaxRawSeries > maxRawSeriesLimit {
+		errs = append(errs, config.Field("max_raw_series", "must be between 1 and %d, got %d", maxRawSeriesLimit, c.MaxRawSeries))
 	}
 	return errors.Join(errs...)
 }

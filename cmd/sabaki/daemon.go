@@ -207,6 +207,8 @@ func pipelineConfig(cfg *Config, res metric.Attrs) agent.PipelineConfig {
 		Rules:    cfg.Rules,
 		MaxSize:  cfg.Histogram.MaxSize,
 		MaxScale: cfg.Histogram.MaxScale,
+
+		MaxRawSeries: cfg.Agent.MaxRawSeries,
 	}
 }
 
