@@ -105,7 +105,6 @@ type Store struct {
 	rolled []atomic.Int64 // rolled[i]: tier i holds rollups of every slot before this (Unix s)
 	parsed sync.Map       // series id → *storedSeries, attributes parsed once (read.go)
 	buf    []byte         // encoded head points of one insert batch (write.go)
-	rows   []headRow      // the last window's head rows (series id and index)
 	args   []any
 	// The baselines log (baselines.go): bytes in it, and in its oldest
 	// row (the last compaction's snapshot); baseRead once they are known.
