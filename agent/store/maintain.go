@@ -23,6 +23,8 @@ import (
 //     late window arrived after it was compacted).
 //  3. Retention: chunks and head rows wholly older than a tier's keep are
 //     deleted, and exemplars with the first tier.
+//     Series rows no data references any more are deleted once a day
+//     (retention_series.go).
 //  4. Baselines: the log of baseline changes is folded into one snapshot
 //     row once past twice the last snapshot plus 1 MiB (see baselines.go).
 func (s *Store) Maintain(ctx context.Context, now time.Time) error {
@@ -42,6 +44,9 @@ func (s *Store) Maintain(ctx context.Context, now time.Time) error {
 	}
 	if err := s.expire(ctx, n); err != nil {
 		return s.wrap("expiring old data", err)
+	}
+	if _, err := s.deleteExpiredSeries(ctx, n); err != nil { // retention_series.go
+		return s.wrap("deleting series past retention", err)
 	}
 	s.mu.Lock()
 	err := s.maybeCompactBaselines(ctx, foldOnMaintain)
