@@ -131,7 +131,10 @@ func (s *Store) Write(ctx context.Context, w *metric.Window) error {
 // WriteWithState is Write, and in the same transaction records the
 // pipeline's baseline changes (see baselines.go): after a crash the window is
 // stored if and only if the baselines moved with it. w may be nil (state
-// only).
+// only). An error means nothing was stored: a failed fold of the baselines
+// log after the commit (a full disk) is logged, not returned, since a caller
+// retrying the write would store the window's exemplars twice (Maintain
+// folds the log too).
 func (s *Store) WriteWithState(ctx context.Context, w *metric.Window, put []StateRow, del [][]byte) error {
 	if s.readOnly {
 		return errReadOnly
@@ -141,7 +144,7 @@ func (s *Store) WriteWithState(ctx context.Context, w *metric.Window, put []Stat
 		defer s.mu.Unlock()
 		err := s.inTxLocked(ctx, func(tx *sql.Tx) error { return s.appendBaselines(ctx, tx, put, del) })
 		if err == nil {
-			err = s.maybeCompactBaselines(ctx, foldOnWrite)
+			s.foldAfterWrite(ctx)
 		}
 		return s.wrap("writing baselines", err)
 	}
@@ -158,7 +161,17 @@ func (s *Store) WriteWithState(ctx context.Context, w *metric.Window, put []Stat
 	if err := s.writeWindow(ctx, tier, start, w, put, del); err != nil {
 		return s.wrap(fmt.Sprintf("writing window %s", w.Start.UTC().Format(time.RFC3339)), err)
 	}
-	return s.wrap("compacting baselines", s.maybeCompactBaselines(ctx, foldOnWrite))
+	s.foldAfterWrite(ctx)
+	return nil
+}
+
+// foldAfterWrite folds the baselines log when it has grown past the write
+// threshold; a failure is logged (see WriteWithState). Called with s.mu
+// held.
+func (s *Store) foldAfterWrite(ctx context.Context) {
+	if err := s.maybeCompactBaselines(ctx, foldOnWrite); err != nil {
+		s.log.Warn("folding the baselines log failed; the next Maintain tries again", "err", s.wrap("compacting baselines", err))
+	}
 }
 
 type headRow struct {
