@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -85,6 +86,10 @@ type storeRetry struct {
 
 	maxWindows int
 	maxBytes   int64
+
+	// The queue's size for /readyz and /metrics, which must not wait for
+	// mu while a write holds it (publishLocked).
+	nPending, bPending, oldest atomic.Int64
 
 	mu      sync.Mutex
 	q       []pendingWrite
@@ -245,6 +250,7 @@ func (s *storeRetry) enqueueLocked(w *metric.Window, ch agent.StateChange, wm in
 		}
 	}
 	s.boundLocked()
+	s.publishLocked()
 }
 
 // windowBytes estimates the memory a window keeps alive: an aggregate,
@@ -292,6 +298,7 @@ func (s *storeRetry) abandonLocked(reason string) {
 	s.q[0] = pendingWrite{}
 	s.q = s.q[1:]
 	s.bytes -= p.bytes
+	s.publishLocked()
 	s.m.abandoned.WithLabelValues(reason).Inc()
 	series := 0
 	if p.w != nil {
@@ -333,6 +340,7 @@ func (s *storeRetry) drainLocked(ctx context.Context) bool {
 		s.bytes -= p.bytes
 		s.q[0] = pendingWrite{}
 		s.q = s.q[1:]
+		s.publishLocked()
 	}
 	s.q = nil // drop the drained backing array
 	s.backoff = retryMinBackoff
@@ -386,15 +394,23 @@ func (s *storeRetry) finish(ctx context.Context) {
 	s.log.Error("windows still not stored at shutdown; their cumulative increments are counted again and their delta points replayed from the journal at the next start", "windows", n)
 }
 
+// publishLocked makes the queue's size readable without mu.
+func (s *storeRetry) publishLocked() {
+	s.nPending.Store(int64(len(s.q)))
+	s.bPending.Store(s.bytes)
+	if len(s.q) > 0 {
+		s.oldest.Store(s.q[0].failedAt.UnixNano())
+	}
+}
+
 // pendingStats returns the waiting windows, their estimated bytes and the
-// oldest one's first failure.
+// oldest one's first failure, without waiting for a write in progress.
 func (s *storeRetry) pendingStats() (int, int64, time.Time) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.q) == 0 {
+	n := s.nPending.Load()
+	if n == 0 {
 		return 0, 0, time.Time{}
 	}
-	return len(s.q), s.bytes, s.q[0].failedAt
+	return int(n), s.bPending.Load(), time.Unix(0, s.oldest.Load())
 }
 
 // status is the store's /readyz line: ready unless the waiting windows are
