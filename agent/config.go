@@ -33,7 +33,20 @@ type AgentConfig struct {
 	// delta series are aggregated without keeping state. It bounds the
 	// pipeline's memory (about 700 bytes per cumulative series).
 	MaxRawSeries int `yaml:"max_raw_series"`
+	// MemoryLimit, when not 0, is a soft limit on the memory of the Go
+	// runtime (runtime/debug.SetMemoryLimit, what GOMEMLIMIT sets; that
+	// variable wins when both are set): nearing it, the garbage collector
+	// runs more often, trading CPU for a lower peak. Without it the heap
+	// may grow to twice what is live, and what is live peaks while a
+	// window closes. It is soft: live data above it is not refused (the
+	// collector then limits itself to about half the CPU). 0, the default,
+	// keeps the runtime's default (no limit).
+	MemoryLimit config.Bytes `yaml:"memory_limit"`
 }
+
+// minMemoryLimit is the smallest agent.memory_limit accepted: below it the
+// collector would run nearly all the time even for a few series.
+const minMemoryLimit = 32 << 20
 
 // maxRawSeriesLimit is the largest agent.max_raw_series accepted: beyond
 // it the pipeline's per-series state alone would need tens of GB.
@@ -70,6 +83,9 @@ func (c *AgentConfig) Validate() error {
 	}
 	if c.MaxRawSeries < 1 || c.MaxRawSeries > maxRawSeriesLimit {
 		errs = append(errs, config.Field("max_raw_series", "must be between 1 and %d, got %d", maxRawSeriesLimit, c.MaxRawSeries))
+	}
+	if c.MemoryLimit != 0 && c.MemoryLimit < minMemoryLimit {
+		errs = append(errs, config.Field("memory_limit", "must be 0 (no limit) or at least 32MiB, got %d bytes", int64(c.MemoryLimit)))
 	}
 	return errors.Join(errs...)
 }

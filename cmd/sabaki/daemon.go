@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -99,6 +100,7 @@ func startDaemon(ctx context.Context, cfg *Config, cfgPath string, opt daemonOpt
 		}
 	}()
 	d.registerSelfMetrics()
+	applyMemoryLimit(int64(cfg.Agent.MemoryLimit), os.Getenv, d.log)
 
 	dataDir := cfg.Agent.DataDir
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
@@ -232,6 +234,21 @@ func (d *daemon) registerSelfMetrics() {
 	d.m.reloads.WithLabelValues("ok")
 	d.m.reloads.WithLabelValues("rejected")
 	d.reg.MustRegister(build, d.m.reloads, d.m.enqueueFails)
+}
+
+// applyMemoryLimit makes agent.memory_limit the Go runtime's soft memory
+// limit, unless it is 0 or GOMEMLIMIT is set (the environment wins, as
+// SABAKI_DATA_DIR does over data_dir). It returns the limit in effect.
+func applyMemoryLimit(limit int64, getenv func(string) string, log *slog.Logger) int64 {
+	if limit <= 0 {
+		return debug.SetMemoryLimit(-1)
+	}
+	if v := getenv("GOMEMLIMIT"); v != "" {
+		log.Info("agent.memory_limit not applied: GOMEMLIMIT is set", "GOMEMLIMIT", v, "memory_limit", limit)
+		return debug.SetMemoryLimit(-1)
+	}
+	debug.SetMemoryLimit(limit)
+	return limit
 }
 
 // onWindowState receives every closed (or re-emitted) window from the
