@@ -434,6 +434,20 @@ func (b *builder) query(ctx context.Context, q store.Query) ([]store.Row, error)
 	return rows, nil
 }
 
+// groupKey identifies a store group (a row's group-by values).
+func groupKey(keys []string, attrs map[string]string) string {
+	var sb strings.Builder
+	for _, k := range keys {
+		if v, ok := attrs[k]; ok {
+			sb.WriteString(k)
+			sb.WriteByte(0)
+			sb.WriteString(v)
+		}
+		sb.WriteByte(0)
+	}
+	return sb.String()
+}
+
 func (b *builder) step() {
 	b.done++
 	if b.opts.Progress != nil {
@@ -559,8 +573,28 @@ type hourAcc struct {
 func (b *builder) requests(ctx context.Context, f family, info store.MetricInfo) error {
 	names := b.names(f)
 	keys := queryKeys(names)
-	rows, err := b.query(ctx, store.Query{Metric: info.Name, GroupBy: keys, From: b.from, To: b.to, Step: time.Hour, CountsOnly: true})
+	// One read of the hourly tier: every hour's count, and the histogram
+	// of each store group's busiest hour of each day (store.Query.Peak).
+	// The days' histograms (the daily tier) are read at the same time:
+	// neither read keeps both cores busy all the time on its own.
+	q := store.Query{Metric: info.Name, GroupBy: keys, From: b.from, To: b.to, Step: time.Hour, CountsOnly: true}
+	type result struct {
+		rows []store.Row
+		err  error
+	}
+	daysRead := make(chan result, 1)
+	if info.Kind == metric.Histogram {
+		q.Peak = 24 * time.Hour
+		go func() {
+			rows, err := b.query(ctx, store.Query{Metric: info.Name, GroupBy: keys, From: b.from, To: b.to, Step: 24 * time.Hour, Rollups: true})
+			daysRead <- result{rows, err}
+		}()
+	}
+	rows, err := b.query(ctx, q)
 	if err != nil {
+		if info.Kind == metric.Histogram {
+			<-daysRead
+		}
 		return err
 	}
 	b.step()
@@ -571,10 +605,22 @@ func (b *builder) requests(ctx context.Context, f family, info store.MetricInfo)
 	hours := map[gkey]*hourAcc{}
 	var order []gkey
 	labels := map[string]map[string]string{}
+	// A label is one store group unless series spell its key differently
+	// (service.name and service_name): then the store's busiest hour of
+	// each group is not the label's, and its hours are read again below.
+	storeGroups := map[string]map[string]bool{}
+	peakHist := map[gkey]*histogram.Histogram{}
 	for i := range rows {
 		r := &rows[i]
 		label, attrs := b.label(f, names, r.Attributes)
 		labels[label] = attrs
+		if storeGroups[label] == nil {
+			storeGroups[label] = map[string]bool{}
+		}
+		storeGroups[label][groupKey(keys, r.Attributes)] = true
+		if r.Agg.Hist != nil {
+			peakHist[gkey{label, r.Time.Unix()}] = r.Agg.Hist
+		}
 		k := gkey{label, r.Time.Unix()}
 		h := hours[k]
 		if h == nil {
@@ -625,13 +671,29 @@ func (b *builder) requests(ctx context.Context, f family, info store.MetricInfo)
 		}
 	}
 	// Latency: the peak hours' histograms, and the days' (weeks merge days).
-	peakHist := map[gkey]*histogram.Histogram{}
 	dayHist := map[gkey]*histogram.Histogram{}
 	if info.Kind == metric.Histogram {
+		// Peak hours whose histogram the first read did not bring: of
+		// labels made of several store groups, or (should a store group's
+		// busiest hour differ from what the rows add up to) any other.
 		peaks := map[string][]time.Time{}
 		for label, ds := range days {
+			multi := len(storeGroups[label]) > 1
 			for _, d := range ds {
-				peaks[label] = append(peaks[label], d.peak.t)
+				k := gkey{label, d.peak.t.Unix()}
+				if multi {
+					delete(peakHist, k)
+				}
+				if peakHist[k] == nil {
+					peaks[label] = append(peaks[label], d.peak.t)
+				}
+			}
+			if multi {
+				for k := range peakHist {
+					if k.label == label {
+						delete(peakHist, k)
+					}
+				}
 			}
 		}
 		merge := func(into map[gkey]*histogram.Histogram, rows []store.Row) {
@@ -649,20 +711,22 @@ func (b *builder) requests(ctx context.Context, f family, info store.MetricInfo)
 				}
 			}
 		}
-		rows, err = b.query(ctx, store.Query{Metric: info.Name, GroupBy: keys, From: b.from, To: b.to, Step: time.Hour,
-			Steps: func(attrs map[string]string) []time.Time {
-				label, _ := b.labelOf(names, attrs)
-				return peaks[label]
-			}})
-		if err != nil {
-			return err
+		if len(peaks) > 0 {
+			rows, err = b.query(ctx, store.Query{Metric: info.Name, GroupBy: keys, From: b.from, To: b.to, Step: time.Hour,
+				Steps: func(attrs map[string]string) []time.Time {
+					label, _ := b.labelOf(names, attrs)
+					return peaks[label]
+				}})
+			if err != nil {
+				return err
+			}
+			merge(peakHist, rows)
 		}
-		merge(peakHist, rows)
-		rows, err = b.query(ctx, store.Query{Metric: info.Name, GroupBy: keys, From: b.from, To: b.to, Step: 24 * time.Hour, Rollups: true})
-		if err != nil {
-			return err
+		days := <-daysRead
+		if days.err != nil {
+			return days.err
 		}
-		merge(dayHist, rows)
+		merge(dayHist, days.rows)
 		rows = nil
 	}
 	unit := info.Unit

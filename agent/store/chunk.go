@@ -186,6 +186,7 @@ type decodeOptions struct {
 type decodeBuf struct {
 	keep  bool
 	raw   []byte // the blob, for the caller
+	idx   []int  // decodeSelected's wanted windows
 	pts   []point
 	hs    []hdata
 	ints  []int64
@@ -241,12 +242,25 @@ func countTrue(bs []bool) int {
 // opt.want asks for, and only those (d is past the header).
 func decodeSelected(d *decoder, n int, base, res int64, opt decodeOptions) (metric.Kind, []point, error) {
 	var idx []int
-	var pts []point
-	for i, v := range d.intColumn(n) {
-		if start := base + v*res; opt.want(start) {
+	if opt.buf != nil {
+		idx = opt.buf.idx[:0]
+		defer func() { opt.buf.idx = idx[:0] }()
+	}
+	starts := d.intColumn(n)
+	for i, v := range starts {
+		if opt.want(base + v*res) {
 			idx = append(idx, i)
-			pts = append(pts, point{start: start})
 		}
+	}
+	var pts []point
+	var hs []hdata
+	if opt.buf != nil {
+		pts, hs = opt.buf.points(len(idx), true)
+	} else {
+		pts, hs = make([]point, len(idx)), make([]hdata, len(idx))
+	}
+	for k, i := range idx {
+		pts[k] = point{start: base + starts[i]*res}
 	}
 	tracked := d.intColumn(n)
 	for k, i := range idx {
@@ -256,7 +270,6 @@ func decodeSelected(d *decoder, n int, base, res int64, opt decodeOptions) (metr
 	for k, i := range idx {
 		pts[k].errCount = uint64(errs[i])
 	}
-	hs := make([]hdata, len(idx))
 	counts := d.intColumn(n)
 	for k, i := range idx {
 		hs[k].count = uint64(counts[i])

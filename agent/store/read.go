@@ -79,6 +79,20 @@ type Query struct {
 	// Maintain, read from far fewer points: a 1 d step over a year reads
 	// 365 daily points per series instead of 8,760 hourly ones.
 	Rollups bool
+	// Peak, with CountsOnly, also finds each group's busiest step (the
+	// highest Count, the earliest of equal ones) in every Peak-long period
+	// (aligned to the Unix epoch, UTC) of a histogram metric: that step's
+	// row carries its whole aggregate, histogram included, as a query
+	// without CountsOnly would return it; the other rows carry counts only.
+	// Where a tier's chunks span whole periods and the step is the tier's
+	// resolution (a day's busiest hour, read from the 1 h tier), each chunk
+	// is fetched once for both: the counts are folded, the busiest steps
+	// chosen, and their buckets decoded from the chunk already in memory,
+	// which halves what a long report reads compared with a CountsOnly
+	// query followed by a Steps query. Other periods (in a finer tier, or
+	// holding head rows) are read again for their busiest steps only.
+	// Peak must be a whole number of steps; it cannot be combined with Steps.
+	Peak time.Duration
 }
 
 // Row is one step of one series (or group).
@@ -119,11 +133,11 @@ func (ss *storedSeries) identity() map[string]string {
 }
 
 // selectSeries loads the series of q.Metric matching q.Where.
-func (s *Store) selectSeries(ctx context.Context, q Query) ([]storedSeries, error) {
+func (s *Store) selectSeries(ctx context.Context, db rowQuerier, q Query) ([]storedSeries, error) {
 	if q.Metric == "" {
 		return nil, fmt.Errorf("query: no metric given")
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT id, kind, unit, resource, attrs FROM series WHERE name = ? ORDER BY id`, q.Metric)
+	rows, err := db.QueryContext(ctx, `SELECT id, kind, unit, resource, attrs FROM series WHERE name = ? ORDER BY id`, q.Metric)
 	if err != nil {
 		return nil, s.wrap("reading series", err)
 	}
@@ -245,7 +259,20 @@ func (s *Store) rollupSegments(from, to, step int64) []segment {
 // window starts in the step, reading each time from the finest tier that
 // still holds it. Rows are ordered by attributes, then time.
 func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
-	series, err := s.selectSeries(ctx, q)
+	// One read transaction: a consistent snapshot even while Maintain moves
+	// head rows into chunks.
+	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, s.wrap("querying "+q.Metric, err)
+	}
+	defer tx.Rollback()
+	return s.query(ctx, tx, q)
+}
+
+func (s *Store) query(ctx context.Context, tx *sql.Tx, q Query) ([]Row, error) {
+	// In the transaction: a query holds one connection at a time, so
+	// concurrent queries never wait for each other's.
+	series, err := s.selectSeries(ctx, tx, q)
 	if err != nil {
 		return nil, err
 	}
@@ -256,6 +283,10 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 	stepS := int64(step / time.Second)
 	if stepS < 1 || step%time.Second != 0 {
 		return nil, fmt.Errorf("query: step %s must be a whole number of seconds", step)
+	}
+	peakS := int64(q.Peak / time.Second)
+	if q.Peak != 0 && (!q.CountsOnly || q.Steps != nil || q.Peak%time.Second != 0 || peakS < stepS || peakS%stepS != 0) {
+		return nil, fmt.Errorf("query: peak %s needs CountsOnly, no Steps, and a whole number of %s steps", q.Peak, step)
 	}
 	from, to := alignDown(q.From.Unix(), stepS), q.To.Unix()
 	if q.To.Nanosecond() > 0 {
@@ -269,6 +300,10 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 		attrs map[string]string
 		steps []int64 // with q.Steps: the wanted step starts, sorted
 		accs  stepTable
+		// With q.Peak: the busiest steps' whole merges by step index, and
+		// the periods whose busiest step is settled.
+		peaks map[int64]*merger
+		done  map[int64]bool
 	}
 	var groups []*group
 	byKey := map[string]*group{}
@@ -292,6 +327,9 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 				slices.Sort(g.steps)
 				g.steps = slices.Compact(g.steps)
 			}
+			if peakS > 0 {
+				g.peaks, g.done = map[int64]*merger{}, map[int64]bool{}
+			}
 			byKey[key] = g
 			groups = append(groups, g)
 		}
@@ -314,13 +352,15 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 		}
 		return o
 	}
-	// One read transaction: a consistent snapshot even while Maintain moves
-	// head rows into chunks.
-	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
-	if err != nil {
-		return nil, s.wrap("querying "+q.Metric, err)
+	// Groups fold on all cores, each by one goroutine (stream).
+	var partition func(id int64) int
+	if len(groups) > 1 {
+		index := make(map[*group]int, len(groups))
+		for i, g := range groups {
+			index[g] = i
+		}
+		partition = func(id int64) int { return index[groupOfID[id]] }
 	}
-	defer tx.Rollback()
 	segs := s.segments(from, to)
 	if q.Rollups {
 		segs = s.rollupSegments(from, to, stepS)
@@ -396,16 +436,98 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 		for _, st := range states {
 			st.steps = st.g.steps
 		}
-		single = stepS <= s.tiers[seg.tier].res
+		ti := s.tiers[seg.tier]
+		single = stepS <= ti.res
+		// fused: each chunk spans whole periods and holds one point per
+		// series and step, so a period's row counts are final once its
+		// chunk start has been folded (peak.go).
+		fused := peakS > 0 && stepS == ti.res && ti.span%peakS == 0
 		prefix := 0
-		if q.CountsOnly {
+		if q.CountsOnly && !fused {
 			prefix = countsPrefix
 		}
-		if err := s.stream(ctx, tx, seg.tier, seg.from, seg.to, selection{ids: ids}, prefix, opts, fold); err != nil {
+		var post func(start, end int64, raw func(id int64) []byte) error
+		if fused {
+			pr, err := s.newPeakReader(ctx, tx, seg, from, stepS, peakS)
+			if err != nil {
+				return nil, s.wrap("querying "+q.Metric, err)
+			}
+			post = func(start, end int64, raw func(id int64) []byte) error {
+				var want []peakWant
+				for p := alignUp(max(start, seg.from, from), peakS); p+peakS <= min(end, seg.to, to); p += peakS {
+					if pr.headed[p] {
+						continue // a head row may still add to it: read again below
+					}
+					for _, g := range groups {
+						g.done[p] = true
+						if t, ok := busiest(&g.accs, p, peakS, from, stepS); ok {
+							want = append(want, peakWant{key: g.key, step: t})
+						}
+					}
+				}
+				return pr.read(ids, func(id int64) (string, metric.Kind) {
+					st := states[id]
+					return st.g.key, st.ss.kind
+				}, want, raw, func(key string, idx int64, p *point) error {
+					g := byKey[key]
+					m := g.peaks[idx]
+					if m == nil {
+						m = newMerger(metric.Histogram)
+						g.peaks[idx] = m
+					}
+					return m.addSingle(p, metric.Histogram)
+				})
+			}
+		}
+		if err := s.stream(ctx, tx, seg.tier, seg.from, seg.to, selection{ids: ids}, prefix, opts, fold, post, partition); err != nil {
 			return nil, s.wrap("querying "+q.Metric, err)
 		}
 		for _, st := range states {
 			flush(st)
+		}
+	}
+	// Periods not settled above: their busiest steps are read again, in one
+	// query per run of consecutive periods.
+	var peakRows map[string]map[int64]Agg
+	if peakS > 0 {
+		wanted := map[string][]time.Time{}
+		var periods []int64
+		for _, g := range groups {
+			g.accs.each(func(i int64, a *rowAcc) {
+				p := alignDown(from+i*stepS, peakS)
+				if g.done[p] || a.m.kind != metric.Histogram {
+					return
+				}
+				g.done[p] = true
+				if t, ok := busiest(&g.accs, p, peakS, from, stepS); ok {
+					wanted[g.key] = append(wanted[g.key], time.Unix(t, 0))
+					periods = append(periods, p)
+				}
+			})
+		}
+		slices.Sort(periods)
+		periods = slices.Compact(periods)
+		peakRows = map[string]map[int64]Agg{}
+		for i := 0; i < len(periods); {
+			j := i + 1
+			for j < len(periods) && periods[j] == periods[j-1]+peakS {
+				j++
+			}
+			sub := Query{Metric: q.Metric, Where: q.Where, GroupBy: q.GroupBy, Step: step, Rollups: q.Rollups,
+				From: time.Unix(max(periods[i], from), 0), To: time.Unix(min(periods[j-1]+peakS, to), 0),
+				Steps: func(attrs map[string]string) []time.Time { return wanted[attrKey(attrs)] }}
+			rows, err := s.query(ctx, tx, sub)
+			if err != nil {
+				return nil, err
+			}
+			for _, r := range rows {
+				k := attrKey(r.Attributes)
+				if peakRows[k] == nil {
+					peakRows[k] = map[int64]Agg{}
+				}
+				peakRows[k][(r.Time.Unix()-from)/stepS] = r.Agg
+			}
+			i = j
 		}
 	}
 	// Rows by group key (attrKey of the row's attributes), then time.
@@ -418,6 +540,11 @@ func (s *Store) Query(ctx context.Context, q Query) ([]Row, error) {
 	for _, g := range groups {
 		g.accs.each(func(i int64, a *rowAcc) {
 			agg, ferr := a.m.finish()
+			if m := g.peaks[i]; m != nil {
+				agg, ferr = m.finish()
+			} else if pa, ok := peakRows[g.key][i]; ok {
+				agg = pa
+			}
 			if ferr != nil && err == nil {
 				err = ferr
 			}
@@ -467,6 +594,17 @@ func (t *stepTable) get(i int64) *rowAcc {
 		t.sparse[i] = a
 	}
 	return a
+}
+
+// peek returns row i, or nil if there is none (without making one).
+func (t *stepTable) peek(i int64) *rowAcc {
+	if t.dense != nil {
+		if i < 0 || i >= int64(len(t.dense)) {
+			return nil
+		}
+		return t.dense[i]
+	}
+	return t.sparse[i]
 }
 
 // each calls fn for the rows in step order.
@@ -541,7 +679,7 @@ func (e ExemplarRow) SpanIDHex() string { return hex.EncodeToString(e.Exemplar.S
 // that start in [From, To), ordered by time then value (largest first).
 // Exemplars are kept as long as the first tier's points.
 func (s *Store) Exemplars(ctx context.Context, q Query) ([]ExemplarRow, error) {
-	series, err := s.selectSeries(ctx, q)
+	series, err := s.selectSeries(ctx, s.db, q)
 	if err != nil {
 		return nil, err
 	}

@@ -282,7 +282,19 @@ var errReadOnly = errors.New("store opened read-only")
 // prefix > 0 fetches only the first prefix bytes of each chunk (enough for
 // the count columns, decodeOptions.countsOnly), and the whole chunk only
 // when that is not enough.
-func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int64, sel selection, prefix int, opts func(id int64) decodeOptions, fold func(id int64, kind metric.Kind, pts []point) error) error {
+//
+// post, if set, is called after each closed chunk start's points have gone
+// to fold, with the start, the end of its span and the whole encoded chunk
+// of each series fetched there (nil for another; valid during the call
+// only): a caller that has seen all of a span can read more of it without
+// fetching it again. It needs prefix 0.
+//
+// partition, if set, puts each series in a partition (a query's group):
+// with whole chunks (prefix 0), the partitions of a chunk start are decoded
+// and folded on all cores, each partition's series in order by one
+// goroutine, so fold may touch a partition's state without a lock and sums
+// add up in the same order whatever the number of cores.
+func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int64, sel selection, prefix int, opts func(id int64) decodeOptions, fold func(id int64, kind metric.Kind, pts []point) error, post func(start, end int64, raw func(id int64) []byte) error, partition func(id int64) int) error {
 	if from >= to || (sel.ids != nil && len(sel.ids) == 0) {
 		return nil
 	}
@@ -311,7 +323,7 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 	type blob struct {
 		id      int64
 		data    []byte
-		buf     *decodeBuf
+		head    bool
 		refetch bool
 		kind    metric.Kind
 		pts     []point
@@ -322,18 +334,13 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 		col = fmt.Sprintf(`substr(data, 1, %d)`, prefix)
 	}
 	var blobs []blob
-	// Chunks decode into memory reused from one start to the next (fold
-	// keeps nothing); head points are kept until the chunks are done.
-	var bufs []*decodeBuf
 	var slab []byte
 	add := func(head bool, id int64, data sql.RawBytes) {
 		if !head {
-			if len(blobs) == len(bufs) {
-				bufs = append(bufs, &decodeBuf{})
-			}
-			buf := bufs[len(blobs)]
-			buf.raw = append(buf.raw[:0], data...)
-			blobs = append(blobs, blob{id: id, data: buf.raw, buf: buf})
+			// The driver hands each row's blob in memory of its own
+			// (modernc.org/sqlite copies it out of SQLite for every row;
+			// TestRawBlobsOwned checks it): kept as it is, not copied again.
+			blobs = append(blobs, blob{id: id, data: data})
 			return
 		}
 		// Head rows are small: they share slabs.
@@ -342,74 +349,157 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 		}
 		at := len(slab)
 		slab = append(slab, data...)
-		blobs = append(blobs, blob{id: id, data: slab[at:len(slab):len(slab)]})
+		blobs = append(blobs, blob{id: id, data: slab[at:len(slab):len(slab)], head: true})
+	}
+	// Closed chunks decode a batch at a time into memory reused from one
+	// batch to the next (fold keeps nothing), so what is decoded at once
+	// stays bounded however many series a start has (a year's daily
+	// histograms of 1,000 series would take ~150 MB); head points are kept
+	// until the chunks are done.
+	const batch = 256
+	var bufs []*decodeBuf
+	// byPartition decodes and folds the blobs of a start partition by
+	// partition on all cores (see partition above); false if there are too
+	// few partitions for that.
+	byPartition := func(table string, st int64, each func(st int64, blobs []blob) error) (bool, error) {
+		idx := map[int][]int{}
+		var keys []int
+		for i := range blobs {
+			p := partition(blobs[i].id)
+			if _, ok := idx[p]; !ok {
+				keys = append(keys, p)
+			}
+			idx[p] = append(idx[p], i)
+		}
+		workers := min(runtime.GOMAXPROCS(0), len(keys))
+		if workers < 2 {
+			return false, nil
+		}
+		errs := make([]error, len(keys))
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range workers {
+			wg.Go(func() {
+				buf := &decodeBuf{}
+				for k := int(next.Add(1) - 1); k < len(keys); k = int(next.Add(1) - 1) {
+					for _, i := range idx[keys[k]] {
+						b := &blobs[i]
+						var o decodeOptions
+						if opts != nil {
+							o = opts(b.id)
+						}
+						o.buf = buf
+						if b.kind, b.pts, b.err = decodeChunkWith(b.data, o); b.err != nil {
+							errs[k] = fmt.Errorf("%s %d/%d of series %d: %w", table, tier, st, b.id, b.err)
+							break
+						}
+						if err := each(st, blobs[i:i+1]); err != nil {
+							errs[k] = err
+							break
+						}
+						b.pts = nil
+					}
+				}
+			})
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				return true, err
+			}
+		}
+		return true, nil
 	}
 	// process decodes the blobs fetched from table at start st (all of the
-	// head's) on all cores and hands them to each.
-	process := func(table string, st int64, each func(blobs []blob) error) error {
+	// head's) on all cores, a batch at a time, and hands each batch to each;
+	// then calls after, if set, while the blobs' data is still there.
+	process := func(table string, st int64, each func(st int64, blobs []blob) error, after func(st int64, blobs []blob) error) error {
 		defer func() { blobs = blobs[:0] }()
 		if len(blobs) == 0 {
 			return nil
 		}
-		// kb is the worker's memory for head points, which are kept.
-		decode := func(i int, kb *decodeBuf) {
-			b := &blobs[i]
-			var o decodeOptions
-			if opts != nil {
-				o = opts(b.id)
-			}
-			o.buf = b.buf
-			if o.buf == nil {
-				o.buf = kb
-			}
-			b.kind, b.pts, b.err = decodeChunkWith(b.data, o)
-			if b.err != nil && prefix > 0 && len(b.data) == prefix {
-				b.refetch, b.err = true, nil // the prefix was too short
-			}
-			if b.err != nil {
-				b.err = fmt.Errorf("%s %d/%d of series %d: %w", table, tier, st, b.id, b.err)
-			}
-			b.data = nil
-		}
-		if workers := min(runtime.GOMAXPROCS(0), len(blobs)/64); workers > 1 {
-			var next atomic.Int64
-			var wg sync.WaitGroup
-			for range workers {
-				wg.Go(func() {
-					kb := &decodeBuf{keep: true}
-					for i := int(next.Add(1) - 1); i < len(blobs); i = int(next.Add(1) - 1) {
-						decode(i, kb)
-					}
-				})
-			}
-			wg.Wait()
-		} else {
-			kb := &decodeBuf{keep: true}
-			for i := range blobs {
-				decode(i, kb)
-			}
-		}
-		for i := range blobs {
-			b := &blobs[i]
-			if b.err != nil {
-				return b.err
-			}
-			if !b.refetch {
-				continue
-			}
-			var data []byte
-			if err := q.QueryRowContext(ctx, `SELECT data FROM `+table+` WHERE tier = ? AND start = ? AND series = ?`, tier, st, b.id).Scan(&data); err != nil {
+		if partition != nil && table == "chunks" && prefix == 0 {
+			done, err := byPartition(table, st, each)
+			if done || err != nil {
+				if err == nil && after != nil {
+					err = after(st, blobs)
+				}
 				return err
 			}
-			var o decodeOptions
-			if opts != nil {
-				o = opts(b.id)
+		}
+		for lo := 0; lo < len(blobs); lo += batch {
+			part := blobs[lo:min(lo+batch, len(blobs))]
+			for len(bufs) < len(part) {
+				bufs = append(bufs, &decodeBuf{})
 			}
-			if b.kind, b.pts, b.err = decodeChunkWith(data, o); b.err != nil {
-				return fmt.Errorf("%s %d/%d of series %d: %w", table, tier, st, b.id, b.err)
+			// kb is the worker's memory for head points, which are kept.
+			decode := func(i int, kb *decodeBuf) {
+				b := &part[i]
+				var o decodeOptions
+				if opts != nil {
+					o = opts(b.id)
+				}
+				o.buf = bufs[i]
+				if b.head {
+					o.buf = kb
+				}
+				b.kind, b.pts, b.err = decodeChunkWith(b.data, o)
+				if b.err != nil && prefix > 0 && len(b.data) == prefix {
+					b.refetch, b.err = true, nil // the prefix was too short
+				}
+				if b.err != nil {
+					b.err = fmt.Errorf("%s %d/%d of series %d: %w", table, tier, st, b.id, b.err)
+				}
+			}
+			if workers := min(runtime.GOMAXPROCS(0), len(part)/64); workers > 1 {
+				var next atomic.Int64
+				var wg sync.WaitGroup
+				for range workers {
+					wg.Go(func() {
+						kb := &decodeBuf{keep: true}
+						for i := int(next.Add(1) - 1); i < len(part); i = int(next.Add(1) - 1) {
+							decode(i, kb)
+						}
+					})
+				}
+				wg.Wait()
+			} else {
+				kb := &decodeBuf{keep: true}
+				for i := range part {
+					decode(i, kb)
+				}
+			}
+			for i := range part {
+				b := &part[i]
+				if b.err != nil {
+					return b.err
+				}
+				if !b.refetch {
+					continue
+				}
+				var data []byte
+				if err := q.QueryRowContext(ctx, `SELECT data FROM `+table+` WHERE tier = ? AND start = ? AND series = ?`, tier, st, b.id).Scan(&data); err != nil {
+					return err
+				}
+				var o decodeOptions
+				if opts != nil {
+					o = opts(b.id)
+				}
+				if b.kind, b.pts, b.err = decodeChunkWith(data, o); b.err != nil {
+					return fmt.Errorf("%s %d/%d of series %d: %w", table, tier, st, b.id, b.err)
+				}
+			}
+			if err := each(st, part); err != nil {
+				return err
+			}
+			for i := range part {
+				part[i].pts = nil
 			}
 		}
-		return each(blobs)
+		if after != nil {
+			return after(st, blobs)
+		}
+		return nil
 	}
 	// When the selection is a large share of all series, a scan of the
 	// range that skips the unselected rows is cheaper than seeking to each
@@ -429,7 +519,7 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 	}
 	// fetchHead hands each all head rows in range, decoded: they are one
 	// window each, fetched by one range query (per part).
-	fetchHead := func(each func(blobs []blob) error) error {
+	fetchHead := func(each func(st int64, blobs []blob) error) error {
 		if want != nil {
 			if err := queryRawBlobs(ctx, q, `SELECT series, `+col+` FROM head WHERE tier = ? AND start >= ? AND start < ?`,
 				[]any{tier, from, to}, func(id int64, data sql.RawBytes) error {
@@ -440,7 +530,7 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 				}); err != nil {
 				return err
 			}
-			return process("head", from, each)
+			return process("head", from, each, nil)
 		}
 		for _, p := range parts {
 			if err := queryRawBlobs(ctx, q, `SELECT series, `+col+` FROM head WHERE tier = ? AND start >= ? AND start < ? AND `+p.cond,
@@ -451,11 +541,11 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 				return err
 			}
 		}
-		return process("head", from, each)
+		return process("head", from, each, nil)
 	}
 	// fetchChunks hands each the chunks one chunk start at a time, decoded:
 	// one scan of the range (want), or seeks per series at each start.
-	fetchChunks := func(each func(blobs []blob) error) error {
+	fetchChunks := func(each func(st int64, blobs []blob) error, after func(st int64, blobs []blob) error) error {
 		lo := alignDown(from, ti.span)
 		if want != nil {
 			rows, err := q.QueryContext(ctx, `SELECT start, series, `+col+` FROM chunks WHERE tier = ? AND start >= ? AND start < ? ORDER BY start`, tier, lo, to)
@@ -474,7 +564,7 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 					continue
 				}
 				if st != cur {
-					if err := process("chunks", cur, each); err != nil {
+					if err := process("chunks", cur, each, after); err != nil {
 						return err
 					}
 					cur = st
@@ -487,7 +577,7 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 			if err := rows.Err(); err != nil {
 				return err
 			}
-			return process("chunks", cur, each)
+			return process("chunks", cur, each, after)
 		}
 		sts, err := starts("chunks", lo)
 		if err != nil {
@@ -514,7 +604,7 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 					return err
 				}
 			}
-			if err := process("chunks", st, each); err != nil {
+			if err := process("chunks", st, each, after); err != nil {
 				return err
 			}
 		}
@@ -534,7 +624,7 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 		pts  []point
 	}
 	heads := map[int64]*headPoints{}
-	if err := fetchHead(func(blobs []blob) error {
+	if err := fetchHead(func(_ int64, blobs []blob) error {
 		for _, b := range blobs {
 			h := heads[b.id]
 			if h == nil {
@@ -550,7 +640,20 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 	for _, h := range heads {
 		slices.SortStableFunc(h.pts, func(a, b point) int { return cmpInt(a.start, b.start) })
 	}
-	if err := fetchChunks(func(blobs []blob) error {
+	var afterChunks func(st int64, blobs []blob) error
+	if post != nil {
+		afterChunks = func(st int64, blobs []blob) error {
+			if len(blobs) == 0 {
+				return nil
+			}
+			raw := make(map[int64][]byte, len(blobs))
+			for _, b := range blobs {
+				raw[b.id] = b.data
+			}
+			return post(st, st+ti.span, func(id int64) []byte { return raw[id] })
+		}
+	}
+	if err := fetchChunks(func(st int64, blobs []blob) error {
 		for _, b := range blobs {
 			pts := inRange(b.pts)
 			h := heads[b.id]
@@ -586,7 +689,7 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 			}
 		}
 		return nil
-	}); err != nil {
+	}, afterChunks); err != nil {
 		return err
 	}
 	ids := make([]int64, 0, len(heads))

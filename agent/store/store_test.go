@@ -791,7 +791,7 @@ func TestQueryPartial(t *testing.T) {
 						out[id] += p.count
 					}
 					return nil
-				})
+				}, nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -860,5 +860,72 @@ func TestQueryPartial(t *testing.T) {
 		if len(part) != 4 || part[1].Agg.Count >= hours[1].Agg.Count {
 			t.Fatalf("partial day: %d rows", len(part))
 		}
+	})
+
+	// Peak: the busiest hour of each group and day carries its whole
+	// aggregate, every other hour counts only; the same as a CountsOnly
+	// query and a Steps query of the busiest hours. Days with a head row
+	// (a late window after Maintain) and a partial first day are read
+	// again rather than from the chunk in memory.
+	t.Run("peak", func(t *testing.T) {
+		check := func(t *testing.T, q Query, full []Row) {
+			t.Helper()
+			pq := q
+			pq.CountsOnly, pq.Peak = true, 24*time.Hour
+			got := query(t, s, pq)
+			if len(got) != len(full) {
+				t.Fatalf("%d rows, want %d", len(got), len(full))
+			}
+			type key struct {
+				svc string
+				day int64
+			}
+			best := map[key]int{}
+			for i, f := range full {
+				k := key{f.Attributes["service.name"], f.Time.Unix() / 86400}
+				if b, ok := best[k]; !ok || f.Agg.Count > full[b].Agg.Count {
+					best[k] = i
+				}
+			}
+			peaks := 0
+			for i, g := range got {
+				f := full[i]
+				if !g.Time.Equal(f.Time) || g.Attributes["service.name"] != f.Attributes["service.name"] || g.Agg.Count != f.Agg.Count || g.Agg.ErrorCount != f.Agg.ErrorCount {
+					t.Fatalf("row %d: %v %+v, want %v %+v", i, g.Time, g.Agg, f.Time, f.Agg)
+				}
+				if best[key{f.Attributes["service.name"], f.Time.Unix() / 86400}] != i {
+					if g.Agg.Hist != nil {
+						t.Fatalf("row %d (%v) is not its day's busiest hour but has a histogram", i, g.Time)
+					}
+					continue
+				}
+				peaks++
+				if g.Agg.Hist == nil || g.Agg.Min != f.Agg.Min || g.Agg.Max != f.Agg.Max || !sameHist(g.Agg.Hist, f.Agg.Hist) {
+					t.Fatalf("busiest hour %d (%v): %+v, want %+v", i, g.Time, g.Agg, f.Agg)
+				}
+			}
+			if peaks != len(best) {
+				t.Fatalf("%d busiest hours, want %d", peaks, len(best))
+			}
+		}
+		t.Run("chunks", func(t *testing.T) { check(t, base, full) })
+		t.Run("partial first day", func(t *testing.T) {
+			q := base
+			q.From = t0.Add(30 * time.Hour)
+			check(t, q, query(t, s, q))
+		})
+		t.Run("head row", func(t *testing.T) {
+			w := &metric.Window{Start: t0.Add(50 * time.Hour), Duration: time.Hour, Revision: 1}
+			a := hist("/x", 0.1, 0.2, 0.3, 5, 5, 5, 5)
+			a.Resource = metric.NewAttrs(map[string]string{"service.name": "a"})
+			w.Series = append(w.Series, a)
+			write(t, s, w)
+			var heads int
+			s.db.QueryRow(`SELECT count(*) FROM head WHERE tier = 1`).Scan(&heads)
+			if heads == 0 {
+				t.Fatal("the late window did not go to the head")
+			}
+			check(t, base, query(t, s, base))
+		})
 	})
 }
