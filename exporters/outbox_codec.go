@@ -70,8 +70,8 @@ func appendRecord(dst []byte, w *metric.Window) ([]byte, error) {
 	dst = append(dst, make([]byte, frameHeader+payloadHeaderSize+maxBodyLenSize)...)
 	dst[base+frameHeader] = codecVersion
 	binary.LittleEndian.PutUint64(dst[base+frameHeader+1:], uint64(unixNanos(w.Start)))
-	c := chunkCompressor{out: dst, piece: make([]byte, 0, snappyBlock+4096)}
-	b := c.piece
+	c := chunkCompressor{out: dst}
+	b := make([]byte, 0, snappyBlock+4096) // the body not yet compressed
 	b = binary.AppendUvarint(b, uint64(max(w.Revision, 0)))
 	b = binary.AppendVarint(b, int64(w.Duration))
 	b = binary.AppendUvarint(b, uint64(len(w.Series)))
@@ -137,10 +137,9 @@ func appendRecord(dst []byte, w *metric.Window) ([]byte, error) {
 // chunkCompressor appends the snappy block of a body given piece by piece
 // to out, without the block's length header.
 type chunkCompressor struct {
-	out   []byte
-	piece []byte // the body not yet compressed (its array is reused)
-	tmp   []byte // snappy.Encode's output for one 64 KiB block
-	n     uint64 // body bytes compressed
+	out []byte
+	tmp []byte // snappy.Encode's output for one 64 KiB block
+	n   uint64 // body bytes compressed
 }
 
 // compress compresses the full 64 KiB blocks of b (all of it when final)
