@@ -421,7 +421,46 @@ func appendPackedInts(dst []byte, vs []uint64, w int, skipZero bool) []byte {
 // allocations per chunk.
 type packedReader struct {
 	arena []uint64
-	left  int // windows still to decode, for sizing the arena
+	left  int  // windows still to decode, for sizing the arena
+	lazy  bool // leave the counts encoded (hdata.packed)
+}
+
+// packedSign is one sign's bucket counts as a packed record holds them.
+type packedSign struct {
+	n   int    // buckets spanned
+	w   int    // bits per count
+	bm  []byte // which of the n are non-zero (then only those are in src), or nil
+	src []byte
+}
+
+// at returns the k-th count in src.
+func (ps *packedSign) at(k int) uint64 {
+	if pos := k * ps.w; ps.w <= 56 && pos>>3+8 <= len(ps.src) {
+		return binary.LittleEndian.Uint64(ps.src[pos>>3:]) >> (pos & 7) & (1<<ps.w - 1)
+	}
+	return unpackAt(ps.src, k, ps.w)
+}
+
+// unpack writes the n counts into dst (len n).
+func (ps *packedSign) unpack(dst []uint64) error {
+	if ps.bm == nil {
+		unpackInts(dst, ps.src, ps.w)
+		return nil
+	}
+	clear(dst)
+	k := 0
+	for j, x := range ps.bm {
+		for x != 0 {
+			i := j*8 + bits.TrailingZeros8(x)
+			x &= x - 1
+			if i >= len(dst) {
+				return fmt.Errorf("%w: bucket bitmap", errCorrupt)
+			}
+			dst[i] = ps.at(k)
+			k++
+		}
+	}
+	return nil
 }
 
 // expect sets how many windows are still to be read.
@@ -466,7 +505,7 @@ func (r *packedReader) read(rec []byte, h *hdata) error {
 		h.zeroThreshold, fs[0], fs[1], fs[2] = fs[0], fs[1], fs[2], fs[3]
 	}
 	h.sum, h.min, h.max = fs[0], fs[1], fs[2]
-	for _, b := range [2]*buckets{&h.pos, &h.neg} {
+	for sign, b := range [2]*buckets{&h.pos, &h.neg} {
 		n := d.uvarint()
 		if d.err != nil {
 			return d.err
@@ -490,43 +529,30 @@ func (r *packedReader) read(rec []byte, h *hdata) error {
 			return fmt.Errorf("%w: bucket width %d", errCorrupt, w)
 		}
 		b.offset = int32(off)
-		b.counts = r.counts(int(n))
+		ps := packedSign{n: int(n), w: w}
 		if mode&packBitmap == 0 {
-			src := d.bytes((int(n)*w + 7) / 8)
+			ps.src = d.bytes((int(n)*w + 7) / 8)
+		} else {
+			ps.bm = d.bytes((int(n) + 7) / 8)
 			if d.err != nil {
 				return d.err
 			}
-			unpackInts(b.counts, src, w)
+			nnz := 0
+			for _, x := range ps.bm {
+				nnz += bits.OnesCount8(x)
+			}
+			ps.src = d.bytes((nnz*w + 7) / 8)
+		}
+		if d.err != nil {
+			return d.err
+		}
+		if r.lazy {
+			h.packed, h.lz[sign] = true, ps
 			continue
 		}
-		bm := d.bytes((int(n) + 7) / 8)
-		if d.err != nil {
-			return d.err
-		}
-		nnz := 0
-		for _, x := range bm {
-			nnz += bits.OnesCount8(x)
-		}
-		src := d.bytes((nnz*w + 7) / 8)
-		if d.err != nil {
-			return d.err
-		}
-		clear(b.counts)
-		k := 0
-		for j, x := range bm {
-			for x != 0 {
-				i := j*8 + bits.TrailingZeros8(x)
-				x &= x - 1
-				if i >= len(b.counts) {
-					return fmt.Errorf("%w: bucket bitmap", errCorrupt)
-				}
-				if pos := k * w; w <= 56 && pos>>3+8 <= len(src) {
-					b.counts[i] = binary.LittleEndian.Uint64(src[pos>>3:]) >> (pos & 7) & (1<<w - 1)
-				} else {
-					b.counts[i] = unpackAt(src, k, w)
-				}
-				k++
-			}
+		b.counts = r.counts(int(n))
+		if err := ps.unpack(b.counts); err != nil {
+			return err
 		}
 	}
 	if r.left > 0 {

@@ -33,6 +33,40 @@ type hdata struct {
 	// summary: the buckets were not decoded (decodeOptions.want); count
 	// holds, and in a range-coded chunk sum, min and max too.
 	summary bool
+	// packed: the buckets are still encoded (decodeOptions.lazy): pos and
+	// neg have their offsets but no counts, lz holds each sign's encoded
+	// counts. histAcc.add merges them from there; unpack decodes them for
+	// anything else.
+	packed bool
+	lz     [2]packedSign
+}
+
+// size returns how many buckets sign (0 positive, 1 negative) spans.
+func (d *hdata) size(sign int) int {
+	if d.packed {
+		return d.lz[sign].n
+	}
+	if sign == 0 {
+		return len(d.pos.counts)
+	}
+	return len(d.neg.counts)
+}
+
+// unpack decodes packed buckets (a no-op for others).
+func (d *hdata) unpack() error {
+	if !d.packed {
+		return nil
+	}
+	for i, b := range [2]*buckets{&d.pos, &d.neg} {
+		if ps := &d.lz[i]; ps.n > 0 {
+			b.counts = make([]uint64, ps.n)
+			if err := ps.unpack(b.counts); err != nil {
+				return err
+			}
+		}
+	}
+	d.packed, d.lz = false, [2]packedSign{}
+	return nil
 }
 
 type buckets struct {
@@ -178,6 +212,11 @@ type decodeOptions struct {
 	// buf, if set, lends the memory of the decoded points: they are valid
 	// until buf is used again.
 	buf *decodeBuf
+	// lazy leaves a packed chunk's buckets encoded (hdata.packed): the
+	// points then refer to the chunk's bytes, which must outlive them. A
+	// query merging thousands of windows adds their counts straight into
+	// its sums rather than writing each window's buckets out first.
+	lazy bool
 }
 
 // decodeBuf is memory reused from one chunk decode to the next or, with
@@ -276,7 +315,7 @@ func decodeSelected(d *decoder, n int, base, res int64, opt decodeOptions) (metr
 		pts[k].h = &hs[k]
 	}
 	lens := d.intColumn(n)
-	var r packedReader
+	r := packedReader{lazy: opt.lazy}
 	if opt.buf != nil {
 		r.arena = opt.buf.arena[:0]
 		if opt.buf.keep {
@@ -437,7 +476,7 @@ func decodeChunkWith(b []byte, opt decodeOptions) (metric.Kind, []point, error) 
 		}
 		if version == chunkPacked {
 			lens := d.intColumn(n)
-			var r packedReader
+			r := packedReader{lazy: opt.lazy}
 			if opt.buf != nil {
 				r.arena = opt.buf.arena[:0]
 				if opt.buf.keep {

@@ -1,8 +1,10 @@
 package store
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
+	"math/bits"
 
 	"github.com/sabakiio/sabaki/histogram"
 )
@@ -34,6 +36,9 @@ func (d *hdata) histogram() (*histogram.Histogram, error) {
 // histogramSized rebuilds the histogram with limits of at least maxSize and
 // maxScale, raised to what the stored one needs.
 func (d *hdata) histogramSized(maxSize int, maxScale int32) (*histogram.Histogram, error) {
+	if err := d.unpack(); err != nil {
+		return nil, err
+	}
 	h, err := histogram.FromData(histogram.Data{
 		Scale:         d.scale,
 		ZeroThreshold: d.zeroThreshold,
@@ -69,13 +74,34 @@ type histAcc struct {
 	sum       float64
 	min, max  float64 // ±Inf while no observation
 	signs     [2]accRange
-	bad       bool // a window's counts did not add up to its count
+	bad       bool        // a window's counts did not add up to its count
+	scratch   [2][]uint64 // packed counts decoded (add)
 }
 
 // accRange is one sign's populated bucket range at the accumulator's scale.
 type accRange struct {
 	lo     int64
 	counts []uint64 // empty: no bucket
+}
+
+// populated returns the first and last bucket the bitmap marks non-zero
+// (ok false: none), given the offset; a bit past n makes the range run past
+// n, which add catches. The bitmap's first and last set bits bound the
+// populated range.
+func (ps *packedSign) populated(offset int32) (first, last int64, ok bool) {
+	i, j := 0, len(ps.bm)-1
+	for i <= j && ps.bm[i] == 0 {
+		i++
+	}
+	for j >= i && ps.bm[j] == 0 {
+		j--
+	}
+	if i > j {
+		return 0, 0, false
+	}
+	lo := i*8 + bits.TrailingZeros8(ps.bm[i])
+	hi := j*8 + 7 - bits.LeadingZeros8(ps.bm[j])
+	return int64(offset) + int64(lo), int64(offset) + int64(hi), true
 }
 
 // populated returns the first and last non-zero bucket of b (ok false: none).
@@ -97,19 +123,20 @@ func populated(b *buckets) (first, last int64, ok bool) {
 // accepts, with no zero threshold and with min and max known.
 func (d *hdata) eligible() bool {
 	if d.zeroThreshold != 0 || d.scale < histogram.MinScale || d.scale > histogram.DefaultMaxScale ||
-		len(d.pos.counts) > 1<<12 || len(d.neg.counts) > 1<<12 {
+		d.size(0) > 1<<12 || d.size(1) > 1<<12 {
 		return false
 	}
 	// Cheap checks only: the whole range within bounds (FromData checks
 	// the populated part), min and max given. That the counts add up to
 	// count is checked by add while it adds them.
 	hasBuckets := false
-	for _, b := range [2]*buckets{&d.pos, &d.neg} {
-		if len(b.counts) == 0 {
+	for i, b := range [2]*buckets{&d.pos, &d.neg} {
+		n := d.size(i)
+		if n == 0 {
 			continue
 		}
 		hasBuckets = true
-		if int64(b.offset) < minIndex64(d.scale) || int64(b.offset)+int64(len(b.counts))-1 > maxIndex64(d.scale) {
+		if int64(b.offset) < minIndex64(d.scale) || int64(b.offset)+int64(n)-1 > maxIndex64(d.scale) {
 			return false
 		}
 	}
@@ -123,6 +150,9 @@ func (d *hdata) eligible() bool {
 // without overflowing (what FromData checks), for callers that cannot
 // report histAcc's error later.
 func (d *hdata) countsAddUp() bool {
+	if d.unpack() != nil {
+		return false
+	}
 	total := d.zeroCount
 	for _, b := range [2]*buckets{&d.pos, &d.neg} {
 		for _, c := range b.counts {
@@ -156,7 +186,7 @@ func maxIndex64(s int32) int64 {
 func newHistAcc(d *hdata) *histAcc {
 	a := &histAcc{
 		scale:    d.scale,
-		maxSize:  int64(max(histogram.DefaultMaxSize, len(d.pos.counts), len(d.neg.counts))),
+		maxSize:  int64(max(histogram.DefaultMaxSize, d.size(0), d.size(1))),
 		maxScale: max(histogram.DefaultMaxScale, d.scale),
 		min:      math.Inf(1),
 		max:      math.Inf(-1),
@@ -169,10 +199,34 @@ func newHistAcc(d *hdata) *histAcc {
 // add merges an eligible window; first is for newHistAcc (which has set the
 // scale and sum: a histogram from an empty window still has them).
 func (a *histAcc) add(d *hdata, first bool) {
+	if d.packed && ((d.lz[0].n > 0 && d.lz[0].bm == nil) || (d.lz[1].n > 0 && d.lz[1].bm == nil)) {
+		// Counts packed without a bitmap: decoded into scratch memory
+		// first (a bitmap says where the non-zero ones are; this does not).
+		u := *d
+		u.packed, u.lz = false, [2]packedSign{}
+		for i, b := range [2]*buckets{&u.pos, &u.neg} {
+			if ps := &d.lz[i]; ps.n > 0 {
+				if cap(a.scratch[i]) < ps.n {
+					a.scratch[i] = make([]uint64, ps.n)
+				}
+				b.counts = a.scratch[i][:ps.n]
+				if ps.unpack(b.counts) != nil {
+					a.bad = true
+					return
+				}
+			}
+		}
+		a.add(&u, first)
+		return
+	}
 	var rs [2][3]int64 // per sign: first, last, ok
 	empty := d.zeroCount == 0
 	for i, b := range [2]*buckets{&d.pos, &d.neg} {
-		if f, l, ok := populated(b); ok {
+		f, l, ok := populated(b)
+		if d.packed {
+			f, l, ok = d.lz[i].populated(b.offset)
+		}
+		if ok {
 			rs[i] = [3]int64{f, l, 1}
 			empty = false
 		}
@@ -228,6 +282,41 @@ func (a *histAcc) add(d *hdata, first bool) {
 		shift := d.scale - s
 		r := &a.signs[i]
 		r.grow(rs[i][0]>>shift, rs[i][1]>>shift)
+		if d.packed {
+			// Only the non-zero counts, where the bitmap puts them, read
+			// in order from the bit-packed values.
+			ps := &d.lz[i]
+			if rs[i][1]-int64(b.offset) >= int64(ps.n) {
+				a.bad = true // a bitmap bit past the buckets
+				continue
+			}
+			src, w, mask := ps.src, ps.w, uint64(1)<<ps.w-1
+			cnt, base := r.counts, int64(b.offset)
+			var carry uint64
+			pos, k := 0, 0
+			for j, x := range ps.bm {
+				for x != 0 {
+					bit := j*8 + bits.TrailingZeros8(x)
+					x &= x - 1
+					var c uint64
+					if w <= 56 && pos>>3+8 <= len(src) {
+						c = binary.LittleEndian.Uint64(src[pos>>3:]) >> (pos & 7) & mask
+					} else {
+						c = unpackAt(src, k, w)
+					}
+					pos += w
+					k++
+					cnt[(base+int64(bit))>>shift-r.lo] += c
+					var cy uint64
+					total, cy = bits.Add64(total, c, 0)
+					carry |= cy
+				}
+			}
+			if carry != 0 {
+				a.bad = true
+			}
+			continue
+		}
 		first := rs[i][0] - int64(b.offset)
 		for j, c := range b.counts[first : rs[i][1]-int64(b.offset)+1] {
 			r.counts[(rs[i][0]+int64(j))>>shift-r.lo] += c

@@ -72,6 +72,24 @@ func TestHistAccMatchesMerge(t *testing.T) {
 			t.Fatal(err)
 		}
 		same(t, got, want)
+		// The same windows as a packed chunk's records left encoded
+		// (decodeOptions.lazy): added straight from the bit-packed counts.
+		lazy := func(d *hdata) *hdata {
+			var l hdata
+			if err := (&packedReader{lazy: true}).read(appendPacked(nil, d), &l); err != nil {
+				t.Fatal(err)
+			}
+			l.count = d.count
+			return &l
+		}
+		acc = newHistAcc(lazy(ds[0]))
+		for _, d := range ds[1:] {
+			acc.add(lazy(d), false)
+		}
+		if got, err = acc.histogram(); err != nil {
+			t.Fatal(err)
+		}
+		same(t, got, want)
 		// Split in two accumulators merged, as a group merges its series.
 		k := 1 + r.IntN(n)
 		a, b := newHistAcc(ds[0]), (*histAcc)(nil)
@@ -137,5 +155,56 @@ func TestHistEligible(t *testing.T) {
 		if got := d.eligible(); got != tc.want {
 			t.Errorf("%s: eligible %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestHistAccPackedCorrupt: packed counts that a bitmap puts past the
+// buckets, or that do not add up to the count, are an error, not a silent
+// merge.
+func TestHistAccPackedCorrupt(t *testing.T) {
+	h := histogram.New(histogram.DefaultMaxSize, 3)
+	for _, v := range []float64{1, 1.1, 5, 5, 5, 90, 91, 300} {
+		h.Record(v)
+	}
+	d := toHData(h)
+	rec := appendPacked(nil, d)
+	read := func(rec []byte) *hdata {
+		var l hdata
+		if err := (&packedReader{lazy: true}).read(rec, &l); err != nil {
+			t.Fatal(err)
+		}
+		l.count = d.count
+		return &l
+	}
+	if l := read(rec); !l.packed || l.lz[0].bm == nil {
+		t.Fatalf("record not read as bitmap-packed: %+v", l)
+	}
+	acc := newHistAcc(read(rec))
+	acc.add(read(rec), false)
+	if _, err := acc.histogram(); err != nil {
+		t.Fatalf("good records: %v", err)
+	}
+	// A wrong count.
+	l := read(rec)
+	l.count++
+	acc = newHistAcc(read(rec))
+	acc.add(l, false)
+	if _, err := acc.histogram(); err == nil {
+		t.Fatal("counts not adding up were merged")
+	}
+	// The bitmap's last byte with a bit past the buckets: the record says
+	// n buckets, the bitmap marks bucket n (its padding bits).
+	n := len(d.pos.counts)
+	if n%8 == 0 {
+		t.Fatalf("no padding bit with %d buckets: change the test data", n)
+	}
+	l = read(rec)
+	bm := append([]byte(nil), l.lz[0].bm...)
+	bm[len(bm)-1] |= 1 << (n % 8)
+	l.lz[0].bm = bm
+	acc = newHistAcc(read(rec))
+	acc.add(l, false)
+	if _, err := acc.histogram(); err == nil {
+		t.Fatal("a bitmap bit past the buckets was merged")
 	}
 }

@@ -108,7 +108,7 @@ func (r *peakReader) read(ids []int64, groupOf func(id int64) (string, metric.Ki
 				}
 				return len(ws) > 0 && ws[0] == t
 			}
-			kind, pts, err := decodeChunkWith(data, decodeOptions{want: wanted, buf: buf})
+			kind, pts, err := decodeChunkWith(data, decodeOptions{want: wanted, buf: buf, lazy: true})
 			if err != nil {
 				return fmt.Errorf("chunk of series %d: %w", id, err)
 			}

@@ -339,7 +339,7 @@ func (s *Store) query(ctx context.Context, tx *sql.Tx, q Query) ([]Row, error) {
 		g.accs = newStepTable(nSteps, len(groups))
 	}
 	opts := func(id int64) decodeOptions {
-		o := decodeOptions{countsOnly: q.CountsOnly}
+		o := decodeOptions{countsOnly: q.CountsOnly, lazy: true}
 		if g := groupOfID[id]; g != nil && q.Steps != nil {
 			steps := g.steps
 			o.want = func(start int64) bool {
