@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"runtime"
 	"slices"
 	"sort"
@@ -602,32 +603,48 @@ func (b *builder) requests(ctx context.Context, f family, info store.MetricInfo)
 		label string
 		t     int64
 	}
-	hours := map[gkey]*hourAcc{}
-	var order []gkey
 	labels := map[string]map[string]string{}
 	// A label is one store group unless series spell its key differently
 	// (service.name and service_name): then the store's busiest hour of
 	// each group is not the label's, and its hours are read again below.
 	storeGroups := map[string]map[string]bool{}
 	peakHist := map[gkey]*histogram.Histogram{}
+	// A label's hours, in the order first seen (time order but where a
+	// label's store groups interleave), indexed by time.
+	type labelHours struct {
+		hours []hourAcc
+		at    map[int64]int
+	}
+	byLabel := map[string]*labelHours{}
+	// Rows come group by group, a group's rows sharing one attributes map:
+	// the label is resolved once per run of them.
+	var lastAttrs uintptr
+	var label string
+	var lh *labelHours
 	for i := range rows {
 		r := &rows[i]
-		label, attrs := b.label(f, names, r.Attributes)
-		labels[label] = attrs
-		if storeGroups[label] == nil {
-			storeGroups[label] = map[string]bool{}
+		if p := reflect.ValueOf(r.Attributes).Pointer(); lh == nil || p != lastAttrs {
+			var attrs map[string]string
+			label, attrs = b.label(f, names, r.Attributes)
+			labels[label] = attrs
+			if storeGroups[label] == nil {
+				storeGroups[label] = map[string]bool{}
+				byLabel[label] = &labelHours{at: map[int64]int{}}
+			}
+			storeGroups[label][groupKey(keys, r.Attributes)] = true
+			lastAttrs, lh = p, byLabel[label]
 		}
-		storeGroups[label][groupKey(keys, r.Attributes)] = true
+		t := r.Time.Unix()
 		if r.Agg.Hist != nil {
-			peakHist[gkey{label, r.Time.Unix()}] = r.Agg.Hist
+			peakHist[gkey{label, t}] = r.Agg.Hist
 		}
-		k := gkey{label, r.Time.Unix()}
-		h := hours[k]
-		if h == nil {
-			h = &hourAcc{t: r.Time}
-			hours[k] = h
-			order = append(order, k)
+		j, ok := lh.at[t]
+		if !ok {
+			j = len(lh.hours)
+			lh.at[t] = j
+			lh.hours = append(lh.hours, hourAcc{t: r.Time})
 		}
+		h := &lh.hours[j]
 		if r.Kind == metric.Histogram {
 			h.count += float64(r.Agg.Count)
 		} else {
@@ -636,12 +653,6 @@ func (b *builder) requests(ctx context.Context, f family, info store.MetricInfo)
 		h.errs += float64(r.Agg.ErrorCount)
 		h.tracked = h.tracked || r.Agg.ErrorTracked
 	}
-	slices.SortFunc(order, func(a, b gkey) int {
-		if c := strings.Compare(a.label, b.label); c != 0 {
-			return c
-		}
-		return int(a.t - b.t)
-	})
 	// Per group and day: fold the hours.
 	type dayAcc struct {
 		day         time.Time
@@ -650,13 +661,19 @@ func (b *builder) requests(ctx context.Context, f family, info store.MetricInfo)
 		peak        *hourAcc
 	}
 	days := map[string][]*dayAcc{}
-	var labelOrder []string
-	for i := 0; i < len(order); {
-		label := order[i].label
+	labelOrder := make([]string, 0, len(byLabel))
+	for label := range byLabel {
 		labelOrder = append(labelOrder, label)
+	}
+	slices.Sort(labelOrder)
+	for _, label := range labelOrder {
+		hs := byLabel[label].hours
+		if !slices.IsSortedFunc(hs, func(a, b hourAcc) int { return a.t.Compare(b.t) }) {
+			slices.SortFunc(hs, func(a, b hourAcc) int { return a.t.Compare(b.t) })
+		}
 		var cur *dayAcc
-		for ; i < len(order) && order[i].label == label; i++ {
-			h := hours[order[i]]
+		for i := range hs {
+			h := &hs[i]
 			d := h.t.UTC().Truncate(24 * time.Hour)
 			if cur == nil || !d.Equal(cur.day) {
 				cur = &dayAcc{day: d}
