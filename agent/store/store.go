@@ -287,11 +287,7 @@ func (s *Store) syncTiers(ctx context.Context) error {
 func url(path string, readOnly bool) string {
 	q := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=synchronous(NORMAL)&_pragma=temp_store(memory)"
 	if readOnly {
-		// A reader (query, export) maps the file rather than copying each
-		// page it reads through read(2): a capacity report reads most of
-		// a year's hourly tier, and spends ~5 % less CPU this way. SQLite
-		// caps the map at 2 GB and reads the rest, and the WAL, as before.
-		q += "&_pragma=query_only(1)&_pragma=mmap_size(2147418112)"
+		q += "&_pragma=query_only(1)"
 	} else {
 		// Checkpoint every 256 pages (16 MiB at 64 KiB pages) rather than
 		// SQLite's 1000, and cut the WAL file back to 64 MiB afterwards.
