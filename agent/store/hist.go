@@ -1,7 +1,6 @@
 package store
 
 import (
-	"encoding/binary"
 	"fmt"
 	"math"
 	"math/bits"
@@ -82,6 +81,11 @@ type histAcc struct {
 type accRange struct {
 	lo     int64
 	counts []uint64 // empty: no bucket
+	// counts is a window of buf (buf[0] is bucket base), which has room on
+	// both sides, all zero: merging a group's series widens the range a
+	// bucket or two at a time, and each widening would otherwise copy it.
+	buf  []uint64
+	base int64
 }
 
 // populated returns the first and last bucket the bitmap marks non-zero
@@ -290,23 +294,31 @@ func (a *histAcc) add(d *hdata, first bool) {
 				a.bad = true // a bitmap bit past the buckets
 				continue
 			}
-			src, w, mask := ps.src, ps.w, uint64(1)<<ps.w-1
-			cnt, base := r.counts, int64(b.offset)
+			// The values first (one tight loop over the bits), then where
+			// the bitmap puts them: two simple loops beat one that does both.
+			nnz := len(ps.src) * 8
+			if ps.w > 0 {
+				nnz /= ps.w
+			}
+			if cap(a.scratch[i]) < nnz {
+				a.scratch[i] = make([]uint64, nnz)
+			}
+			vals := a.scratch[i][:nnz]
+			unpackInts(vals, ps.src, ps.w)
+			cnt, at := r.counts, int64(b.offset)-r.lo<<shift
 			var carry uint64
-			pos, k := 0, 0
+			k := 0
 			for j, x := range ps.bm {
-				for x != 0 {
-					bit := j*8 + bits.TrailingZeros8(x)
+				for x != 0 && k < len(vals) {
+					bit := int64(j*8 + bits.TrailingZeros8(x))
 					x &= x - 1
-					var c uint64
-					if w <= 56 && pos>>3+8 <= len(src) {
-						c = binary.LittleEndian.Uint64(src[pos>>3:]) >> (pos & 7) & mask
-					} else {
-						c = unpackAt(src, k, w)
-					}
-					pos += w
+					c := vals[k]
 					k++
-					cnt[(base+int64(bit))>>shift-r.lo] += c
+					if shift == 0 {
+						cnt[at+bit] += c
+					} else {
+						cnt[(at+bit)>>shift] += c
+					}
 					var cy uint64
 					total, cy = bits.Add64(total, c, 0)
 					carry |= cy
@@ -388,21 +400,28 @@ func (r *accRange) downscale(k int32) {
 	for j, c := range r.counts {
 		out[(r.lo+int64(j))>>k-lo] += c
 	}
-	r.lo, r.counts = lo, out
+	r.lo, r.counts, r.buf, r.base = lo, out, out, lo
 }
 
 // grow makes the range cover [lo, hi].
 func (r *accRange) grow(lo, hi int64) {
-	if len(r.counts) == 0 {
-		r.lo, r.counts = lo, make([]uint64, hi-lo+1)
-		return
+	if len(r.counts) > 0 {
+		cl, ch := r.lo, r.lo+int64(len(r.counts))-1
+		if lo >= cl && hi <= ch {
+			return
+		}
+		lo, hi = min(lo, cl), max(hi, ch)
+		if lo >= r.base && hi < r.base+int64(len(r.buf)) {
+			r.lo, r.counts = lo, r.buf[lo-r.base:hi-r.base+1]
+			return
+		}
 	}
-	cl, ch := r.lo, r.lo+int64(len(r.counts))-1
-	if lo >= cl && hi <= ch {
-		return
+	slack := max(8, (hi-lo+1)/4)
+	buf := make([]uint64, hi-lo+1+2*slack)
+	base := lo - slack
+	if len(r.counts) > 0 {
+		copy(buf[r.lo-base:], r.counts)
 	}
-	nl, nh := min(lo, cl), max(hi, ch)
-	out := make([]uint64, nh-nl+1)
-	copy(out[cl-nl:], r.counts)
-	r.lo, r.counts = nl, out
+	r.buf, r.base = buf, base
+	r.lo, r.counts = lo, buf[lo-base:hi-base+1]
 }
