@@ -24,6 +24,7 @@ type peakReader struct {
 	// counts are final only once the head has been folded, after the
 	// chunks, so they are read again like periods of other tiers.
 	headed map[int64]bool
+	bufs   []*decodeBuf // a worker's, reused from one chunk start to the next
 }
 
 func (s *Store) newPeakReader(ctx context.Context, q rowQuerier, seg segment, from, stepS, peakS int64) (*peakReader, error) {
@@ -129,11 +130,14 @@ func (r *peakReader) read(ids []int64, groupOf func(id int64) (string, metric.Ki
 		return nil
 	}
 	workers := min(runtime.GOMAXPROCS(0), len(groups))
+	for len(r.bufs) < workers {
+		r.bufs = append(r.bufs, &decodeBuf{})
+	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range workers {
+	for w := range workers {
 		wg.Go(func() {
-			buf := &decodeBuf{}
+			buf := r.bufs[w]
 			for i := int(next.Add(1) - 1); i < len(groups); i = int(next.Add(1) - 1) {
 				groups[i].err = do(groups[i], buf)
 			}

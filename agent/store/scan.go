@@ -361,6 +361,7 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 	// byPartition decodes and folds the blobs of a start partition by
 	// partition on all cores (see partition above); false if there are too
 	// few partitions for that.
+	var pbufs []*decodeBuf // a worker's, reused from one start to the next
 	byPartition := func(table string, st int64, each func(st int64, blobs []blob) error) (bool, error) {
 		idx := map[int][]int{}
 		var keys []int
@@ -376,11 +377,14 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 			return false, nil
 		}
 		errs := make([]error, len(keys))
+		for len(pbufs) < workers {
+			pbufs = append(pbufs, &decodeBuf{})
+		}
 		var next atomic.Int64
 		var wg sync.WaitGroup
-		for range workers {
+		for w := range workers {
 			wg.Go(func() {
-				buf := &decodeBuf{}
+				buf := pbufs[w]
 				for k := int(next.Add(1) - 1); k < len(keys); k = int(next.Add(1) - 1) {
 					for _, i := range idx[keys[k]] {
 						b := &blobs[i]
