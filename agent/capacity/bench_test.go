@@ -34,24 +34,18 @@ func benchOptions(days int) synth.Options {
 // CAPACITY_BENCH_DAYS=30 makes a smaller one. The directory name carries a
 // version: bump it when the stored format changes.
 //
-// Build reads the latency histogram three times (see requests): the hourly
-// counts (CountsOnly: a 2 KB prefix of each chunk), the busiest hour of each
-// group and day (Steps: five windows of each packed 120-hour chunk), and
-// the days (Rollups: the daily tier's 365 points per series).
+// Build reads the latency histogram twice, at the same time: the hourly
+// tier once for every hour's count and each day's busiest hour with its
+// buckets (store.Query.Peak), and the days from the daily tier (Rollups).
 //
-//	go test ./agent/capacity -run '^$' -bench BuildYear -benchtime 3x -benchmem -count 2
+//	go test ./agent/capacity -run '^$' -bench 'BuildYear|BuildDefault' -benchtime 3x -benchmem -count 2
 //
-// Measured on 2026-11-26 on the 2 cores shared with five other engineers
-// (load average 3–4.5, so about one core for this process): build 4.37–4.63
-// s/op (7.3 s/op in a run at higher load), 2.3 GB and 3.1 M allocations per
-// op, about 4.0 CPU-seconds per op (CPU profile over 4 builds: 15.9 s);
-// store_query (the same three reads one after the other, where Build runs
-// two halves of the year at once) 6.3–7.4 s/op. Before (2026-11-25, every
-// hourly histogram decoded): build 171 s/op, 29.8 GB, 88.9 M allocations.
-// The 2 s target needs the two cores to itself, and still ~2× less CPU: the
-// profile is decoding chunks (37 %: count columns, the wanted windows'
-// buckets), SQLite reading them (24 %, the modernc driver copying each
-// blob), merging buckets (9 %) and allocation/GC (~15 %).
+// Measured on 2026-11-26 on the idle 2-core machine: build 1.68-1.94 s/op,
+// 1.07 GB and 1.64 M allocations per op, against 3.24-3.48 s/op, 2.35 GB
+// and 3.10 M for the session's starting tree (three reads, the hourly tier
+// twice) in the same session, and 171 s/op the session before (every hourly
+// histogram decoded). The one-shot command over the same store takes
+// 1.52-1.61 s (README, capacity).
 func BenchmarkBuildYear(b *testing.B) {
 	days := 365
 	if s := os.Getenv("CAPACITY_BENCH_DAYS"); s != "" {
@@ -82,23 +76,16 @@ func BenchmarkBuildYear(b *testing.B) {
 			}
 		}
 	})
-	// The store's share: the three reads Build makes of the latency
-	// histogram, grouped by service (hourly counts; one hour a day with its
-	// histograms, 14:00 UTC standing in for the peak; the days' histograms
-	// from the daily rollups).
+	// The store's share: the two reads Build makes of the latency
+	// histogram, grouped by service (the hourly counts with each day's
+	// busiest hour, and the days from the daily rollups), one after the
+	// other and each over the whole year (Build splits each in two halves
+	// and runs all four at once).
 	keys := []string{"service.name", "service_name"}
-	peaks := func(map[string]string) []time.Time {
-		var ts []time.Time
-		for d := o.Start; d.Before(end); d = d.AddDate(0, 0, 1) {
-			ts = append(ts, d.Add(14*time.Hour))
-		}
-		return ts
-	}
 	b.Run("store_query", func(b *testing.B) {
 		for b.Loop() {
 			for _, q := range []store.Query{
-				{Metric: "http.server.request.duration", GroupBy: keys, From: o.Start, To: end, Step: time.Hour, CountsOnly: true},
-				{Metric: "http.server.request.duration", GroupBy: keys, From: o.Start, To: end, Step: time.Hour, Steps: peaks},
+				{Metric: "http.server.request.duration", GroupBy: keys, From: o.Start, To: end, Step: time.Hour, CountsOnly: true, Peak: 24 * time.Hour},
 				{Metric: "http.server.request.duration", GroupBy: keys, From: o.Start, To: end, Step: 24 * time.Hour, Rollups: true},
 			} {
 				rows, err := st.Query(context.Background(), q)
