@@ -51,6 +51,9 @@ type daemon struct {
 	// writes holds windows whose store write failed and writes them again
 	// (storeretry.go).
 	writes *storeRetry
+	// enq holds windows an exporter's outbox refused and offers them again
+	// (enqueueretry.go).
+	enq *enqueueRetry
 
 	runCtx    context.Context
 	runCancel context.CancelFunc
@@ -155,6 +158,7 @@ func startDaemon(ctx context.Context, cfg *Config, cfgPath string, opt daemonOpt
 		}
 	})
 	d.admin.AddStatus("store", d.writes.status)
+	d.admin.AddStatus("exporter queues", d.enq.status)
 	d.admin.Handle("GET /api/v1/exemplars", exemplarsHandler(d.store, d.log))
 	// Windows stored but not queued for an exporter (kill -9 between the
 	// two) are queued now, before new ones (replay.go).
@@ -178,6 +182,7 @@ func startDaemon(ctx context.Context, cfg *Config, cfgPath string, opt daemonOpt
 	d.bg.Go(func() { d.pipe.Run(d.runCtx) })
 	d.bg.Go(d.maintain)
 	d.bg.Go(func() { d.writes.run(d.runCtx) })
+	d.bg.Go(func() { d.enq.run(d.runCtx, d.eachExporter) })
 
 	// 4. sources
 	if err := srcs.start(d.runCtx, d.pipe); err != nil {
@@ -229,11 +234,13 @@ func (d *daemon) registerSelfMetrics() {
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sabaki_agent_config_reloads_total", Help: "SIGHUP config reloads, by result (ok, rejected)."}, []string{"result"}),
 		enqueueFails: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sabaki_agent_enqueue_errors_total", Help: "Closed windows an exporter's queue refused."}, []string{"exporter"}),
+			Name: "sabaki_agent_enqueue_errors_total",
+			Help: "Closed windows an exporter's queue did not take when handed over (refused, or earlier windows still waiting); an outbox's wait in memory and are offered again (sabaki_agent_enqueue_pending_windows)."}, []string{"exporter"}),
 	}
 	d.m.reloads.WithLabelValues("ok")
 	d.m.reloads.WithLabelValues("rejected")
 	d.reg.MustRegister(build, d.m.reloads, d.m.enqueueFails)
+	d.enq = newEnqueueRetry(d.log.With("component", "exporters"), d.reg, d.m.enqueueFails)
 }
 
 // applyMemoryLimit makes agent.memory_limit the Go runtime's soft memory
@@ -257,7 +264,10 @@ func applyMemoryLimit(limit int64, getenv func(string) string, log *slog.Logger)
 // does not take (a full disk) waits in memory and is written again, in
 // order, every later window behind it (storeretry.go); the error is
 // returned so that the pipeline keeps the window's delta journal until
-// then. The exporters get the window now, once, whatever the store did.
+// then. The exporters get the window now, whatever the store did; one
+// whose outbox refuses it (a full disk) gets it later, in order: the
+// window waits in memory, every later one for that exporter behind it
+// (enqueueretry.go).
 func (d *daemon) onWindowState(w *metric.Window, ch agent.StateChange) error {
 	storeErr := d.writes.Write(w, ch)
 	if w == nil {
@@ -266,12 +276,26 @@ func (d *daemon) onWindowState(w *metric.Window, ch agent.StateChange) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, e := range d.exps {
-		if err := e.q.Enqueue(w); err != nil {
-			d.m.enqueueFails.WithLabelValues(e.name).Inc()
+		switch err := d.enq.Offer(e.name, e.q, w); {
+		case err == nil, errors.Is(err, errEnqueueWaiting):
+		case retryableEnqueue(err):
+			d.log.Error("queueing window for exporter failed; kept in memory and offered again until the outbox takes it",
+				"exporter", e.name, "window", w.Start, "err", err)
+		default:
 			d.log.Error("queueing window for exporter failed", "exporter", e.name, "window", w.Start, "err", err)
 		}
 	}
 	return storeErr
+}
+
+// eachExporter calls fn for every running exporter's queue, holding d.mu
+// (so a queue is not shut down meanwhile): the retries of refused windows.
+func (d *daemon) eachExporter(fn func(name string, q exportQueue)) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, e := range d.exps {
+		fn(e.name, e.q)
+	}
 }
 
 // maintain runs store maintenance (compaction, rollups, retention) once a
@@ -335,6 +359,7 @@ func discardExporters(exps []*runningExporter, log *slog.Logger) {
 
 func (d *daemon) startExporters(exps []*runningExporter) {
 	for _, e := range exps {
+		d.enq.add(e.name)
 		// /readyz shows each outbox's depth and is not ready when one is
 		// close to its bounds (agent/admin/outbox.go).
 		if ob, ok := e.q.(*exporters.Outbox); ok && d.admin != nil {
@@ -403,6 +428,11 @@ func (d *daemon) shutdown() error {
 	exps := d.exps
 	d.exps = nil
 	d.mu.Unlock()
+	// A last offer of windows an outbox refused; the rest is replayed from
+	// the store at the next start.
+	for _, e := range exps {
+		d.enq.finish(e.name, e.q)
+	}
 	drainErr := stopExporters(ctx, exps, d.log)
 	d.pipe.Close()
 	var errs []error
@@ -550,6 +580,13 @@ func (d *daemon) reloadExporters(cfg *Config) error {
 	replayCommitted(d.runCtx, d.store, built, cfg.Histogram, d.log)
 	d.exps = append(d.exps, built...)
 	d.mu.Unlock()
+	// Windows waiting for an exporter the new config dropped are given up
+	// (counted); a restarted one's are offered to its new outbox.
+	names := map[string]bool{}
+	for _, e := range cfg.Exporters {
+		names[e.Name] = true
+	}
+	d.enq.prune(func(name string) bool { return names[name] })
 	if len(stop)+len(built) > 0 {
 		d.log.Info("exporters restarted", "stopped", len(stop), "started", len(built))
 	}
