@@ -31,8 +31,11 @@ func benchOptions(days int) synth.Options {
 // the last day from its 1-minute tier, which the generator leaves empty, so
 // 364 days are read). The store is generated once (about 10 minutes on a
 // loaded 2-core machine) and kept in the temp directory for later runs;
-// CAPACITY_BENCH_DAYS=30 makes a smaller one. The directory name carries a
-// version: bump it when the stored format changes.
+// CAPACITY_BENCH_DAYS=30 makes a smaller one, and CAPACITY_BENCH_LATENCIES=160
+// dense hours (160 distinct latencies an hour instead of 20), and
+// CAPACITY_BENCH_RATE=20 twenty times the requests (~12,000 an hour a
+// route, which no longer fit a packed chunk when dense). The directory
+// name carries a version: bump it when the stored format changes.
 //
 // Build reads the latency histogram twice, at the same time: the hourly
 // tier once for every hour's count and each day's busiest hour with its
@@ -52,7 +55,21 @@ func BenchmarkBuildYear(b *testing.B) {
 		fmt.Sscan(s, &days)
 	}
 	o := benchOptions(days)
-	dir := filepath.Join(os.TempDir(), fmt.Sprintf("sabaki-capacity-bench-v4-%d", days), "store")
+	name := fmt.Sprintf("sabaki-capacity-bench-v4-%d", days)
+	if s := os.Getenv("CAPACITY_BENCH_LATENCIES"); s != "" {
+		fmt.Sscan(s, &o.LatencyPoints)
+		name += fmt.Sprintf("-dense%d", o.LatencyPoints)
+	}
+	if s := os.Getenv("CAPACITY_BENCH_RATE"); s != "" {
+		var k float64
+		fmt.Sscan(s, &k)
+		for i := range o.Services {
+			o.Services[i].Base *= k
+			o.Services[i].Growth *= k
+		}
+		name += "-rate" + s
+	}
+	dir := filepath.Join(os.TempDir(), name, "store")
 	if _, err := os.Stat(filepath.Join(dir, "done")); err != nil {
 		os.RemoveAll(dir)
 		start := time.Now()

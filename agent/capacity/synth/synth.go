@@ -43,6 +43,10 @@ type Options struct {
 	// Extra adds series without Cloud Run/SQL/LLM metrics: only the app
 	// histogram for each route (for the benchmark's series count).
 	AppOnly bool
+	// LatencyPoints, if set, spreads each window's requests over this many
+	// latencies (a log-normal shape) instead of the 20 of latencyShape: a
+	// dense histogram (~LatencyPoints buckets), as a busy route has.
+	LatencyPoints int
 }
 
 // Default is the data the golden tests use: 91 days from Monday 2026-06-01,
@@ -131,6 +135,17 @@ func Generate(ctx context.Context, dir string, o Options) error {
 // log-normal-ish latency distribution (seconds), scaled with load.
 var latencyShape = []float64{0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1, 1.05, 1.1, 1.2, 1.3, 1.45, 1.6, 1.8, 2.1, 2.5, 3, 3.8, 5, 8}
 
+// denseShape is n latency factors at evenly spaced quantiles of a
+// log-normal distribution (σ 0.8), median 1.
+func denseShape(n int) []float64 {
+	out := make([]float64, n)
+	for i := range out {
+		q := (float64(i) + 0.5) / float64(n)
+		out[i] = math.Exp(0.8 * math.Sqrt2 * math.Erfinv(2*q-1))
+	}
+	return out
+}
+
 func window(o Options, t time.Time, dur time.Duration, rng *rand.Rand) *metric.Window {
 	w := &metric.Window{Start: t, Duration: dur}
 	secs := dur.Seconds()
@@ -147,9 +162,13 @@ func window(o Options, t time.Time, dur time.Duration, rng *rand.Rand) *metric.W
 			n := uint64(math.Round(rate * share * secs))
 			h := histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale)
 			base := 0.04 * (1 + rate/50) * (1 + float64(ri)*0.5)
-			per := n / uint64(len(latencyShape))
-			rest := n - per*uint64(len(latencyShape))
-			for i, f := range latencyShape {
+			shape := latencyShape
+			if o.LatencyPoints > 0 {
+				shape = denseShape(o.LatencyPoints)
+			}
+			per := n / uint64(len(shape))
+			rest := n - per*uint64(len(shape))
+			for i, f := range shape {
 				c := per
 				if uint64(i) < rest {
 					c++
