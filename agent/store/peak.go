@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"runtime"
-	"sync"
-	"sync/atomic"
 
 	"github.com/sabakiio/sabaki/metric"
 )
@@ -133,17 +131,7 @@ func (r *peakReader) read(ids []int64, groupOf func(id int64) (string, metric.Ki
 	for len(r.bufs) < workers {
 		r.bufs = append(r.bufs, &decodeBuf{})
 	}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			buf := r.bufs[w]
-			for i := int(next.Add(1) - 1); i < len(groups); i = int(next.Add(1) - 1) {
-				groups[i].err = do(groups[i], buf)
-			}
-		})
-	}
-	wg.Wait()
+	parallel(len(groups), workers, func(w, i int) { groups[i].err = do(groups[i], r.bufs[w]) })
 	for _, g := range groups {
 		if g.err != nil {
 			return g.err

@@ -168,22 +168,7 @@ func (s *Store) scanWith(ctx context.Context, q rowQuerier, tier int, from, to i
 		res[i] = decoded{kind, pts, err}
 		b.data = nil
 	}
-	if workers := min(runtime.GOMAXPROCS(0), len(blobs)/64); workers > 1 {
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		for range workers {
-			wg.Go(func() {
-				for i := int(next.Add(1) - 1); i < len(blobs); i = int(next.Add(1) - 1) {
-					decode(i)
-				}
-			})
-		}
-		wg.Wait()
-	} else {
-		for i := range blobs {
-			decode(i)
-		}
-	}
+	parallel(len(blobs), len(blobs)/64, func(_, i int) { decode(i) })
 	for i := range res {
 		if res[i].err != nil {
 			return nil, res[i].err
@@ -361,6 +346,21 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 	// byPartition decodes and folds the blobs of a start partition by
 	// partition on all cores (see partition above); false if there are too
 	// few partitions for that.
+	// decodeBlob decodes b, fetched from table at start st, into buf.
+	decodeBlob := func(table string, st int64, b *blob, buf *decodeBuf) {
+		var o decodeOptions
+		if opts != nil {
+			o = opts(b.id)
+		}
+		o.buf = buf
+		b.kind, b.pts, b.err = decodeChunkWith(b.data, o)
+		if b.err != nil && prefix > 0 && len(b.data) == prefix {
+			b.refetch, b.err = true, nil // the prefix was too short
+		}
+		if b.err != nil {
+			b.err = fmt.Errorf("%s %d/%d of series %d: %w", table, tier, st, b.id, b.err)
+		}
+	}
 	var pbufs []*decodeBuf // a worker's, reused from one start to the next
 	byPartition := func(table string, st int64, each func(st int64, blobs []blob) error) (bool, error) {
 		idx := map[int][]int{}
@@ -380,33 +380,20 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 		for len(pbufs) < workers {
 			pbufs = append(pbufs, &decodeBuf{})
 		}
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		for w := range workers {
-			wg.Go(func() {
-				buf := pbufs[w]
-				for k := int(next.Add(1) - 1); k < len(keys); k = int(next.Add(1) - 1) {
-					for _, i := range idx[keys[k]] {
-						b := &blobs[i]
-						var o decodeOptions
-						if opts != nil {
-							o = opts(b.id)
-						}
-						o.buf = buf
-						if b.kind, b.pts, b.err = decodeChunkWith(b.data, o); b.err != nil {
-							errs[k] = fmt.Errorf("%s %d/%d of series %d: %w", table, tier, st, b.id, b.err)
-							break
-						}
-						if err := each(st, blobs[i:i+1]); err != nil {
-							errs[k] = err
-							break
-						}
-						b.pts = nil
-					}
+		parallel(len(keys), workers, func(w, k int) {
+			for _, i := range idx[keys[k]] {
+				b := &blobs[i]
+				if decodeBlob(table, st, b, pbufs[w]); b.err != nil {
+					errs[k] = b.err
+					return
 				}
-			})
-		}
-		wg.Wait()
+				if err := each(st, blobs[i:i+1]); err != nil {
+					errs[k] = err
+					return
+				}
+				b.pts = nil
+			}
+		})
 		for _, err := range errs {
 			if err != nil {
 				return true, err
@@ -438,41 +425,17 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 			}
 			// kb is the worker's memory for head points, which are kept.
 			decode := func(i int, kb *decodeBuf) {
-				b := &part[i]
-				var o decodeOptions
-				if opts != nil {
-					o = opts(b.id)
+				buf := bufs[i]
+				if part[i].head {
+					buf = kb
 				}
-				o.buf = bufs[i]
-				if b.head {
-					o.buf = kb
-				}
-				b.kind, b.pts, b.err = decodeChunkWith(b.data, o)
-				if b.err != nil && prefix > 0 && len(b.data) == prefix {
-					b.refetch, b.err = true, nil // the prefix was too short
-				}
-				if b.err != nil {
-					b.err = fmt.Errorf("%s %d/%d of series %d: %w", table, tier, st, b.id, b.err)
-				}
+				decodeBlob(table, st, &part[i], buf)
 			}
-			if workers := min(runtime.GOMAXPROCS(0), len(part)/64); workers > 1 {
-				var next atomic.Int64
-				var wg sync.WaitGroup
-				for range workers {
-					wg.Go(func() {
-						kb := &decodeBuf{keep: true}
-						for i := int(next.Add(1) - 1); i < len(part); i = int(next.Add(1) - 1) {
-							decode(i, kb)
-						}
-					})
-				}
-				wg.Wait()
-			} else {
-				kb := &decodeBuf{keep: true}
-				for i := range part {
-					decode(i, kb)
-				}
+			kbs := make([]*decodeBuf, min(runtime.GOMAXPROCS(0), max(1, len(part)/64)))
+			for w := range kbs {
+				kbs[w] = &decodeBuf{keep: true}
 			}
+			parallel(len(part), len(kbs), func(w, i int) { decode(i, kbs[w]) })
 			for i := range part {
 				b := &part[i]
 				if b.err != nil {
@@ -709,4 +672,28 @@ func (s *Store) stream(ctx context.Context, q rowQuerier, tier int, from, to int
 		}
 	}
 	return nil
+}
+
+// parallel calls fn(w, i) for every i in [0, n) on at most workers
+// goroutines (never more than GOMAXPROCS; one means the caller's), each
+// taking the next i when done with one; w is the goroutine's index, for
+// memory of its own. It returns when all calls have.
+func parallel(n, workers int, fn func(w, i int)) {
+	workers = min(workers, runtime.GOMAXPROCS(0), n)
+	if workers <= 1 {
+		for i := range n {
+			fn(0, i)
+		}
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				fn(w, i)
+			}
+		})
+	}
+	wg.Wait()
 }
