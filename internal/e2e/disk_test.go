@@ -45,8 +45,10 @@ func fillDisk(t testing.TB, dir string) func() {
 // store writes and outbox enqueues in /metrics and its log, and keeps the
 // windows the store refused (sabaki_agent_store_pending_windows); when
 // space returns it stores them, in order, and new windows again, and the
-// store passes SQLite's integrity check and `sabaki query`; the Mackerel
-// outbox sends again. Nothing acknowledged is lost: every scraped
+// store passes SQLite's integrity check and `sabaki query`. The windows the
+// Mackerel outbox refused wait too (sabaki_agent_enqueue_pending_windows)
+// and are queued once space returns, without a restart: Mackerel gets
+// every window the pipeline emitted, none given up. Nothing acknowledged is lost: every scraped
 // observation and every acknowledged OTLP delta observation is in the
 // store, unless a window was given up (counted), which this short outage
 // must not need. Short and full alike.
@@ -115,13 +117,15 @@ func TestDiskFull(t *testing.T) {
 	})
 	retried := a.metricWhere("sabaki_agent_store_retries_total", `result="stored"`)
 	abandoned := a.metricValue("sabaki_agent_store_windows_abandoned_total")
-	// The exporter recovers too: what was queued after the space returned
-	// is sent.
-	var enq, sent, dropped, waiting float64
-	waitFor(t, 90*time.Second, "the outbox to drain after space returned", func() bool {
+	// The exporter recovers too: the windows its outbox refused are queued
+	// after the space returned, and every emitted window is sent.
+	var enq, sent, dropped, waiting, emitted float64
+	waitFor(t, 90*time.Second, "the outbox to take the refused windows and send every window", func() bool {
+		emitted = a.metricValue("sabaki_pipeline_windows_total")
 		enq, sent, dropped, waiting = exporterCounts(a)
-		return waiting == 0 && sent > sentAtFree
+		return waiting == 0 && sent > sentAtFree && a.metricValue("sabaki_agent_enqueue_pending_windows") == 0 && sent >= emitted
 	})
+	enqRetried := a.metricWhere("sabaki_agent_enqueue_retries_total", `result="queued"`)
 	a.stop()
 
 	t.Logf("%s: during 4 s of full disk: %v store write errors (%v windows waiting), %v windows refused by the outbox; after: %v store write errors, %v windows stored late, %v given up; outbox: %v enqueued, %v sent (%v when space returned), %v dropped; peak RSS %d KiB",
@@ -137,6 +141,13 @@ func TestDiskFull(t *testing.T) {
 	}
 	if !strings.Contains(a.out.String(), "queueing window for exporter failed") {
 		t.Errorf("no error logged for the windows the outbox refused")
+	}
+	t.Logf("windows emitted %v, sent to Mackerel %v; queued late after the outbox refused them %v, given up %v", emitted, sent, enqRetried, a.counts.enqLost)
+	if enqRetried == 0 || !strings.Contains(a.out.String(), "queued a window for an exporter after its outbox refused it") {
+		t.Errorf("no window queued late after space returned (sabaki_agent_enqueue_retries_total{result=\"queued\"} %v, or no log line)", enqRetried)
+	}
+	if a.counts.enqLost != 0 || a.counts.dropped != 0 {
+		t.Errorf("Mackerel did not get every window: %v given up after refused enqueues, %v dropped by the outbox", a.counts.enqLost, a.counts.dropped)
 	}
 	if storeErrs2-storeErrs > 2 {
 		t.Errorf("store writes kept failing after space returned: %v → %v", storeErrs, storeErrs2)

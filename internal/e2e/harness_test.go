@@ -116,7 +116,9 @@ type agent struct {
 type windowCounts struct {
 	// storeErrs are windows the store did not take when handed over
 	// (they wait and are written again); storeLost those given up.
-	closed, revised, sent, dropped, storeErrs, storeLost, refused float64
+	// refused are windows an outbox did not take when handed over (they
+	// wait and are offered again); enqLost those given up.
+	closed, revised, sent, dropped, storeErrs, storeLost, refused, enqLost float64
 	// pointDrops are the pipeline's dropped points by reason.
 	pointDrops map[string]float64
 }
@@ -130,6 +132,7 @@ func (a *agent) readCounts() windowCounts {
 		storeErrs:  a.metricWhere("sabaki_agent_store_write_errors_total"),
 		storeLost:  a.metricWhere("sabaki_agent_store_windows_abandoned_total"),
 		refused:    a.metricWhere("sabaki_agent_enqueue_errors_total"),
+		enqLost:    a.metricWhere("sabaki_agent_enqueue_windows_abandoned_total"),
 		pointDrops: a.pointDrops(),
 	}
 }
@@ -154,19 +157,19 @@ func (c windowCounts) add(d windowCounts) windowCounts {
 		}
 	}
 	return windowCounts{c.closed + d.closed, c.revised + d.revised, c.sent + d.sent, c.dropped + d.dropped,
-		c.storeErrs + d.storeErrs, c.storeLost + d.storeLost, c.refused + d.refused, drops}
+		c.storeErrs + d.storeErrs, c.storeLost + d.storeLost, c.refused + d.refused, c.enqLost + d.enqLost, drops}
 }
 
 // figures logs a scenario's summary in one greppable line (FIGURES): the
 // windows the pipeline closed (and revised), sent to Mackerel, lost (store
-// writes given up, exporter drops, refused enqueues; and the store writes
-// that failed and were retried), the observations lost
+// writes given up, exporter drops, enqueues given up; and the store writes
+// that failed and the enqueues refused, both retried), the observations lost
 // and counted twice end to end, and the peak RSS. Counters are read just
 // before each stop or kill, so windows flushed at shutdown are not in them.
 func figures(t testing.TB, c windowCounts, lostObs, dupObs float64, peakKiB int64) {
 	t.Helper()
-	t.Logf("FIGURES %s: windows closed %v (revised %v), sent to Mackerel %v, lost %v (store writes given up %v of %v failed, exporter drops %v, refused enqueues %v); observations lost %v, counted twice %v; points dropped by the pipeline %v; peak RSS %.1f MiB",
-		t.Name(), c.closed, c.revised, c.sent, c.storeLost+c.dropped+c.refused, c.storeLost, c.storeErrs, c.dropped, c.refused, lostObs, dupObs, c.pointDrops, float64(peakKiB)/1024)
+	t.Logf("FIGURES %s: windows closed %v (revised %v), sent to Mackerel %v, lost %v (store writes given up %v of %v failed, exporter drops %v, enqueues given up %v of %v refused); observations lost %v, counted twice %v; points dropped by the pipeline %v; peak RSS %.1f MiB",
+		t.Name(), c.closed, c.revised, c.sent, c.storeLost+c.dropped+c.enqLost, c.storeLost, c.storeErrs, c.dropped, c.enqLost, c.refused, lostObs, dupObs, c.pointDrops, float64(peakKiB)/1024)
 }
 
 // lostDup splits got − want into what is missing and what is in excess.
