@@ -109,13 +109,28 @@ func encodeChunk(dst []byte, kind metric.Kind, res int64, pts []point) []byte {
 	if kind == metric.Histogram && res >= packedMinRes {
 		at := len(dst)
 		dst = encodeChunkVersion(dst, chunkPacked, kind, res, pts)
-		if len(dst)-at <= packedMaxBytes || res >= 86400 {
+		packed := len(dst) - at
+		if packed <= packedMaxBytes || res >= 86400 {
 			return dst
 		}
-		dst = dst[:at] // too big to stay in its b-tree page: range-coded
+		// Too big to stay in its b-tree page: range-coded, unless that
+		// does not fit either and the packed one needs no more overflow
+		// pages (SQLite gives a row's overflow a 64 KB page of its own:
+		// the packed one then costs no more disk, and reads much faster).
+		rc := encodeChunkVersion(nil, chunkVersion, kind, res, pts)
+		if len(rc) > packedMaxBytes && packed <= packedOverflowMax {
+			return dst
+		}
+		return append(dst[:at], rc...)
 	}
 	return encodeChunkVersion(dst, chunkVersion, kind, res, pts)
 }
+
+// packedOverflowMax is the largest row that takes one overflow page at
+// the store's 64 KB page size: SQLite keeps ~8 KB of an overflowing row in
+// its b-tree page and the rest, up to a page less 4 bytes, on the first
+// overflow page.
+const packedOverflowMax = 8000 + 65532
 
 // packedMaxBytes is the largest packed chunk written. SQLite keeps at most
 // ~16 KB of a row of a WITHOUT ROWID table in its 64 KB b-tree page and puts

@@ -299,6 +299,25 @@ func TestPackedTooBig(t *testing.T) {
 	if packed := encodeChunkVersion(nil, chunkPacked, metric.Histogram, 3600, pts); len(packed) <= packedMaxBytes {
 		t.Fatalf("packed is %d bytes: the test needs a bigger chunk", len(packed))
 	}
+	if len(b) > packedMaxBytes {
+		t.Fatalf("range-coded is %d bytes: the test needs one that fits its page", len(b))
+	}
+	// A chunk neither way fits in its page: packed (the same overflow page).
+	big := slices.Clone(pts)
+	for i := range big {
+		// 150 latencies with ~20-bit counts: ~400 bytes an hour either way.
+		h := histogram.New(histogram.DefaultMaxSize, histogram.DefaultMaxScale)
+		for j := range 150 {
+			h.RecordN(math.Exp(float64(j)*0.04-4), uint64(100_000+r.IntN(900_000)))
+		}
+		big[i].h = toHData(h)
+	}
+	if p, rc := encodeChunkVersion(nil, chunkPacked, metric.Histogram, 3600, big), encodeChunkVersion(nil, chunkVersion, metric.Histogram, 3600, big); len(rc) <= packedMaxBytes || len(p) > packedOverflowMax {
+		t.Fatalf("packed %d, range-coded %d bytes: the test needs both over %d and packed within %d", len(p), len(rc), packedMaxBytes, packedOverflowMax)
+	}
+	if v := encodeChunk(nil, metric.Histogram, 3600, big)[0]; v != chunkPacked {
+		t.Fatalf("version %d for a chunk that overflows either way, want %d (packed)", v, chunkPacked)
+	}
 	// Daily chunks are packed whatever their size.
 	days := slices.Clone(pts)
 	for i := range days {
