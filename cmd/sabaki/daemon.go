@@ -162,7 +162,7 @@ func startDaemon(ctx context.Context, cfg *Config, cfgPath string, opt daemonOpt
 	d.admin.Handle("GET /api/v1/exemplars", exemplarsHandler(d.store, d.log))
 	// Windows stored but not queued for an exporter (kill -9 between the
 	// two) are queued now, before new ones (replay.go).
-	replayCommitted(d.runCtx, d.store, exps, cfg.Histogram, d.log)
+	replayCommitted(d.runCtx, d.store, exps, cfg.Histogram, d.enq, d.log)
 
 	// 3. pipeline
 	res := detectResource(d.runCtx, cfg.Resource, d.log)
@@ -577,7 +577,7 @@ func (d *daemon) reloadExporters(cfg *Config) error {
 	d.mu.Lock()
 	// Under d.mu, so that a window stored meanwhile is either replayed or
 	// queued by onWindowState once the new exporters are in d.exps.
-	replayCommitted(d.runCtx, d.store, built, cfg.Histogram, d.log)
+	replayCommitted(d.runCtx, d.store, built, cfg.Histogram, d.enq, d.log)
 	d.exps = append(d.exps, built...)
 	d.mu.Unlock()
 	// Windows waiting for an exporter the new config dropped are given up

@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sabakiio/sabaki/agent"
+	"github.com/sabakiio/sabaki/agent/store"
 	"github.com/sabakiio/sabaki/exporters"
 	"github.com/sabakiio/sabaki/metric"
 )
@@ -26,6 +28,8 @@ type faultyOutbox struct {
 	refused int
 }
 
+func (f *faultyOutbox) outbox() *exporters.Outbox { return f.Outbox }
+
 func (f *faultyOutbox) Enqueue(w *metric.Window) error {
 	if f.fail != 0 {
 		if f.fail > 0 {
@@ -36,6 +40,11 @@ func (f *faultyOutbox) Enqueue(w *metric.Window) error {
 	}
 	return f.Outbox.Enqueue(w)
 }
+
+// enqT0 is the first window of the enqueue tests: three minutes ago,
+// within the real outbox's max_age (its clock is the wall clock) and, for
+// the replay, in the store's head table (windows of the open chunk).
+var enqT0 = time.Now().UTC().Truncate(time.Minute).Add(-3 * time.Minute)
 
 // enqRig is the daemon's hand-over to one exporter: a real outbox (sending
 // to a recording exporter) behind the fault hook, and enqueueRetry on a
@@ -52,7 +61,7 @@ type enqRig struct {
 }
 
 func newEnqRig(t *testing.T, maxWindows int) *enqRig {
-	g := &enqRig{t: t, exp: &recordingExporter{}, log: &strings.Builder{}, now: retryT0}
+	g := &enqRig{t: t, exp: &recordingExporter{}, log: &strings.Builder{}, now: enqT0}
 	ob, err := exporters.NewOutbox(exporters.DefaultOutboxConfig(), g.exp, exporters.Settings{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +88,7 @@ func newEnqRig(t *testing.T, maxWindows int) *enqRig {
 }
 
 func (g *enqRig) window(minute, rev int) *metric.Window {
-	return &metric.Window{Start: retryT0.Add(time.Duration(minute) * time.Minute), Duration: time.Minute, Revision: rev,
+	return &metric.Window{Start: enqT0.Add(time.Duration(minute) * time.Minute), Duration: time.Minute, Revision: rev,
 		Series: []metric.Aggregate{{Name: "requests", Kind: metric.Gauge, Sum: float64(minute), Count: 1, Last: float64(minute)}}}
 }
 
@@ -110,7 +119,7 @@ func (g *enqRig) waitSent(n int) []string {
 func minutes(from, to int) string {
 	var s []string
 	for m := from; m < to; m++ {
-		s = append(s, retryT0.Add(time.Duration(m)*time.Minute).Format("15:04")+"/0")
+		s = append(s, enqT0.Add(time.Duration(m)*time.Minute).Format("15:04")+"/0")
 	}
 	return strings.Join(s, " ")
 }
@@ -263,3 +272,36 @@ type refusing struct {
 }
 
 func (r refusing) Enqueue(*metric.Window) error { return r.err }
+
+// TestReplayRefusedAtStart: the disk is still full when the agent starts,
+// so the outbox refuses the stored windows replayCommitted hands it; they
+// wait in memory and reach the exporter, in order, once the outbox takes
+// windows again, with the windows closed meanwhile behind them.
+func TestReplayRefusedAtStart(t *testing.T) {
+	g := newEnqRig(t, 0)
+	if err := g.ob.MarkAccepted(nil); err != nil { // an outbox with marks: not Fresh
+		t.Fatal(err)
+	}
+	st, err := store.Open(store.Dir(t.TempDir()), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for ; g.next < 3; g.next++ { // stored, never queued (the previous process stopped)
+		if err := st.WriteWithState(context.Background(), rigWindow(enqT0.Add(time.Duration(g.next)*time.Minute), 0, 1), nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.ob.fail = -1
+	exps := []*runningExporter{{name: "rec", cfg: &exporters.RemoteWriteConfig{Outbox: exporters.DefaultOutboxConfig()}, q: g.ob}}
+	replayCommitted(context.Background(), st, exps, agent.HistogramConfig{}, g.r, slog.New(slog.NewTextHandler(g.log, nil)))
+	if got := g.r.pending("rec"); got != 3 {
+		t.Fatalf("%d windows waiting after a refused replay, want 3", got)
+	}
+	g.close() // window 3 closes while the disk is still full
+	g.ob.fail = 0
+	g.close() // window 4: 0..3 queued first
+	if got, want := strings.Join(g.waitSent(5), " "), minutes(0, 5); got != want {
+		t.Errorf("sent %s, want %s", got, want)
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -14,9 +15,16 @@ import (
 // replayCommitted hands each outbox the windows the store committed that the
 // outbox never accepted: onWindowState stores a window (with the baselines
 // that advance with it) and then enqueues it, so a kill -9 between the two
-// leaves the window in the store only. The daemon calls it after opening the
-// store and before the pipeline runs, and for exporters a reload restarted
-// (the windows stored while they were stopped).
+// leaves the window in the store only, as does a stop while windows an
+// outbox refused (disk full) still waited in memory (enqueueretry.go). The
+// daemon calls it after opening the store and before the pipeline runs, and
+// for exporters a reload restarted (the windows stored while they were
+// stopped).
+//
+// With enq (nil in tests without one) the windows go through enq.Offer: one
+// the outbox refuses with a write error (the disk still full at start)
+// waits in memory and is offered again, with every later one for that
+// exporter behind it, instead of staying unsent until the next restart.
 //
 // Only windows within the outbox's max_age and still in the store's head
 // table (about Grace, 10 min, after their chunk ends) are replayed; a window
@@ -27,19 +35,20 @@ import (
 //
 // Failures are logged, not returned: the agent starts without the replay
 // rather than not at all.
-func replayCommitted(ctx context.Context, st *store.Store, exps []*runningExporter, hc agent.HistogramConfig, log *slog.Logger) {
+func replayCommitted(ctx context.Context, st *store.Store, exps []*runningExporter, hc agent.HistogramConfig, enq *enqueueRetry, log *slog.Logger) {
 	type target struct {
 		e     *runningExporter
 		ob    *exporters.Outbox
 		from  time.Time
 		fresh bool
 		n     int
+		kept  int // refused (a write error) or behind a refused one: waiting in enq
 	}
 	began := time.Now()
 	var ts []*target
 	from := began
 	for _, e := range exps {
-		ob, ok := e.q.(*exporters.Outbox)
+		ob, ok := outboxOf(e.q)
 		if !ok {
 			continue
 		}
@@ -87,7 +96,21 @@ func replayCommitted(ctx context.Context, st *store.Store, exps []*runningExport
 					break // compacted meanwhile
 				}
 			}
-			if err := t.ob.Enqueue(w); err != nil {
+			var err error
+			if enq != nil {
+				err = enq.Offer(t.e.name, t.e.q, w)
+			} else {
+				err = t.ob.Enqueue(w)
+			}
+			if enq != nil && (errors.Is(err, errEnqueueWaiting) || retryableEnqueue(err)) {
+				if t.kept == 0 {
+					log.Error("replaying a stored window to an exporter failed; kept in memory and offered again until the outbox takes it",
+						"exporter", t.e.name, "window", k.Start, "err", err)
+				}
+				t.kept++
+				continue
+			}
+			if err != nil {
 				log.Error("replaying a stored window to an exporter failed", "exporter", t.e.name, "window", k.Start, "err", err)
 				continue
 			}
@@ -99,5 +122,20 @@ func replayCommitted(ctx context.Context, st *store.Store, exps []*runningExport
 			log.Info("replayed stored windows the exporter had not received (the agent stopped between storing and queueing them)",
 				"exporter", t.e.name, "windows", t.n, "took", time.Since(began).Round(time.Millisecond).String())
 		}
+		if t.kept > 0 {
+			log.Warn("stored windows the exporter had not received wait in memory: its outbox refused them", "exporter", t.e.name, "windows", t.kept)
+		}
 	}
+}
+
+// outboxOf returns the outbox behind an exporter's queue, if it has one (a
+// test's fault hook wraps one and says so with an outbox method).
+func outboxOf(q exportQueue) (*exporters.Outbox, bool) {
+	switch v := q.(type) {
+	case *exporters.Outbox:
+		return v, true
+	case interface{ outbox() *exporters.Outbox }:
+		return v.outbox(), true
+	}
+	return nil, false
 }

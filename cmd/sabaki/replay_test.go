@@ -69,7 +69,7 @@ func (r *crashRig) open() {
 	// What startDaemon does between opening the store and running the
 	// pipeline.
 	replayCommitted(context.Background(), r.st, []*runningExporter{{name: "rec", cfg: &exporters.RemoteWriteConfig{Outbox: cfg}, q: r.ob}},
-		agent.HistogramConfig{}, slog.New(slog.DiscardHandler))
+		agent.HistogramConfig{}, nil, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	r.stop, r.done = cancel, make(chan struct{})
 	go func() { defer close(r.done); r.ob.Run(ctx) }()
@@ -244,7 +244,7 @@ func BenchmarkReplayCommitted(b *testing.B) {
 				}
 				b.StartTimer()
 				replayCommitted(context.Background(), st, []*runningExporter{{name: "rec", cfg: &exporters.RemoteWriteConfig{Outbox: cfg}, q: ob}},
-					agent.HistogramConfig{}, slog.New(slog.DiscardHandler))
+					agent.HistogramConfig{}, nil, slog.New(slog.DiscardHandler))
 				b.StopTimer()
 				if ob.Depth() != missing {
 					b.Fatalf("replayed %d windows, want %d", ob.Depth(), missing)
