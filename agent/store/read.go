@@ -538,12 +538,16 @@ func (s *Store) query(ctx context.Context, tx *sql.Tx, q Query) ([]Row, error) {
 	}
 	rows := make([]Row, 0, n)
 	for _, g := range groups {
+		pr := peakRows[g.key]
 		g.accs.each(func(i int64, a *rowAcc) {
-			agg, ferr := a.m.finish()
+			var agg Agg
+			var ferr error
 			if m := g.peaks[i]; m != nil {
 				agg, ferr = m.finish()
-			} else if pa, ok := peakRows[g.key][i]; ok {
+			} else if pa, ok := pr[i]; ok {
 				agg = pa
+			} else {
+				agg, ferr = a.m.finish()
 			}
 			if ferr != nil && err == nil {
 				err = ferr
