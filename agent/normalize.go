@@ -83,6 +83,9 @@ type rawState struct {
 	saved               bool
 	// inOverflow: the last aggregate was a max_series overflow series.
 	inOverflow bool
+	// detached: p.raw does not hold the state (forgotten, or never kept), so
+	// a position consume remembered must not use it.
+	detached bool
 }
 
 // nanos is t as UnixNano, 0 for the zero time.

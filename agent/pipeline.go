@@ -146,11 +146,15 @@ type Pipeline struct {
 	prev     *ruleSet
 	switchAt int64 // windows with idx >= switchAt use cur, older ones prev
 	raw      map[rawID]*rawState
-	seed0    maphash.Seed
-	seed1    maphash.Seed
-	windows  map[int64]*window
-	series   int // series across open windows, for MaxWindowSeries
-	lastGC   time.Time
+	// byPos holds, per source, the raw state of each position of the
+	// source's last batch (consume). Taken out of the map while a batch
+	// uses it.
+	byPos   map[string][]posEntry
+	seed0   maphash.Seed
+	seed1   maphash.Seed
+	windows map[int64]*window
+	series  int // series across open windows, for MaxWindowSeries
+	lastGC  time.Time
 
 	// Durability (durable.go), under mu.
 	loose    []baseMark            // baselines to save with the next window
@@ -315,7 +319,7 @@ func NewPipeline(cfg PipelineConfig, set Settings) (*Pipeline, error) {
 		window: cfg.Window, grace: cfg.Grace, maxSize: cfg.MaxSize, maxScale: cfg.MaxScale,
 		maxPending: int64(cfg.MaxPendingPoints), maxSeries: cfg.MaxWindowSeries, maxRaw: cfg.MaxRawSeries,
 		lateness: cfg.Lateness, cur: rs, prev: rs,
-		raw: map[rawID]*rawState{}, windows: map[int64]*window{},
+		raw: map[rawID]*rawState{}, byPos: map[string][]posEntry{}, windows: map[int64]*window{},
 		seed0: maphash.MakeSeed(), seed1: maphash.MakeSeed(),
 		restored: map[[16]byte]restored{}, admitted: map[string]map[string]int32{},
 		m: m,
@@ -410,11 +414,31 @@ func (p *Pipeline) Consume(ctx context.Context, b metric.Batch) error {
 }
 
 // consume aggregates b (already journalled, or replayed from the journal).
+//
+// A source sends its series in the same order scrape after scrape, so the
+// raw state found for position i of a source's batch is remembered and tried
+// first for position i of its next batch: at 105k series a lookup in p.raw
+// misses the CPU caches (ctrl word, then key) and was 14 % of the agent's
+// CPU. The remembered state is used only when its rawID equals the series'
+// one and it is still in p.raw (rawState.detached); otherwise p.raw decides,
+// as before. A batch from a source whose positions another batch is using
+// (concurrent pushes) goes without.
 func (p *Pipeline) consume(b metric.Batch, now time.Time) {
 	bufp := keyBufs.Get().(*[]byte)
 	var drops dropCounts
+	p.mu.Lock()
+	pos := p.byPos[b.Source]
+	delete(p.byPos, b.Source)
+	p.mu.Unlock()
+	if n := len(b.Series); len(pos) < n {
+		pos = append(pos, make([]posEntry, n-len(pos))...)
+	} else {
+		clear(pos[n:]) // states of a longer batch: not kept alive
+		pos = pos[:n]
+	}
 	for i := range b.Series {
 		s := &b.Series[i]
+		e := &pos[i]
 		if len(s.Points) == 0 {
 			continue
 		}
@@ -425,16 +449,30 @@ func (p *Pipeline) consume(b metric.Batch, now time.Time) {
 		key := appendRawKey((*bufp)[:0], b.Source, s)
 		*bufp = key
 		id := rawID{maphash.Bytes(p.seed0, key), maphash.Bytes(p.seed1, key)}
+		hint := e.st
+		if e.id != id {
+			hint = nil
+		}
 		p.mu.Lock()
-		p.consumeSeries(id, key, s, now, &drops)
+		e.st = p.consumeSeries(id, hint, key, s, now, &drops)
 		p.mu.Unlock()
+		e.id = id
 	}
 	keyBufs.Put(bufp)
+	p.mu.Lock()
+	p.byPos[b.Source] = pos
+	p.mu.Unlock()
 	for i, c := range drops {
 		if c > 0 {
 			p.m.dropped[dropReasons[i]].Add(float64(c))
 		}
 	}
+}
+
+// posEntry is the raw state remembered for one position of a source's batch.
+type posEntry struct {
+	id rawID
+	st *rawState
 }
 
 type dropCounts [8]int
@@ -463,10 +501,15 @@ func appendRawKey(dst []byte, source string, s *metric.Series) []byte {
 	return appendIdentity(dst, s.Name, s.Kind, s.Resource, s.Attrs)
 }
 
-// consumeSeries handles one series under p.mu.
-func (p *Pipeline) consumeSeries(id rawID, key []byte, s *metric.Series, now time.Time, drops *dropCounts) {
+// consumeSeries handles one series under p.mu. hint, when not nil, is the
+// state consume remembered for the series' position with the same id. It
+// returns the series' state when p.raw holds it, else nil.
+func (p *Pipeline) consumeSeries(id rawID, hint *rawState, key []byte, s *metric.Series, now time.Time, drops *dropCounts) *rawState {
 	cumulative := s.Kind != metric.Gauge && s.Temporality != metric.Delta
-	st := p.raw[id]
+	st := hint
+	if st == nil || st.detached {
+		st = p.raw[id]
+	}
 	if st == nil {
 		st = &rawState{}
 		st.isError, st.errTracked = markError(s.Attrs)
@@ -476,7 +519,7 @@ func (p *Pipeline) consumeSeries(id rawID, key []byte, s *metric.Series, now tim
 			// beyond the raw limit, nor beyond its metric's max_series.
 			if full || !p.admit(st, s, now) {
 				drops[idxMaxSeries] += len(s.Points)
-				return
+				return nil
 			}
 			if p.durable {
 				st.sid = sidOf(key)
@@ -485,7 +528,9 @@ func (p *Pipeline) consumeSeries(id rawID, key []byte, s *metric.Series, now tim
 		}
 		if !full {
 			p.raw[id] = st
-		} // else a gauge or delta series: aggregated, its state not kept
+		} else { // a gauge or delta series: aggregated, its state not kept
+			st.detached = true
+		}
 	}
 
 	st.seen = uint32(now.Unix())
@@ -608,8 +653,13 @@ func (p *Pipeline) consumeSeries(id rawID, key []byte, s *metric.Series, now tim
 		// Gauge and delta state is only a cache: none is kept for series
 		// folded into an overflow series, whose number max_series does not
 		// bound.
+		st.detached = true
 		delete(p.raw, id)
 	}
+	if st.detached {
+		return nil
+	}
+	return st
 }
 
 func bad(v float64) bool { return math.IsNaN(v) || math.IsInf(v, 0) }
@@ -945,6 +995,7 @@ func (p *Pipeline) gc(now time.Time) {
 				p.forget = append(p.forget, st.sid)
 			}
 			p.release(st)
+			st.detached = true // consume's remembered positions must not use it
 			delete(p.raw, k)
 			continue
 		}

@@ -1051,3 +1051,67 @@ func TestLateUpdatesOfCompactedWindow(t *testing.T) {
 		t.Errorf("after the lateness: %d windows, %d series counted", len(h.p.windows), h.p.series)
 	}
 }
+
+// TestConsumeRemembersPositions: consume tries the state of a position's
+// series in the source's previous batch first; a batch in another order, a
+// shorter or longer batch, and a series forgotten while silent must count
+// exactly as a lookup by identity does.
+func TestConsumeRemembersPositions(t *testing.T) {
+	route := func(r string, p metric.Point) metric.Series {
+		return metric.Series{Name: "requests", Kind: metric.Counter, Temporality: metric.Cumulative, Attrs: attrsOf("route", r), Points: []metric.Point{p}}
+	}
+	type batch struct {
+		at     time.Duration // wall clock (a Run tick) before the batch
+		series []metric.Series
+	}
+	for _, tc := range []struct {
+		name    string
+		batches []batch
+		want    map[string]float64 // sum over all windows per route
+		raw     int                // raw series kept at the end
+	}{
+		{name: "same order", batches: []batch{
+			{0, []metric.Series{route("/a", pt(0, 10)), route("/b", pt(0, 100))}},
+			{5 * time.Second, []metric.Series{route("/a", pt(5*time.Second, 15)), route("/b", pt(5*time.Second, 130))}},
+		}, want: map[string]float64{"/a": 5, "/b": 30}, raw: 2},
+		{name: "reordered", batches: []batch{
+			{0, []metric.Series{route("/a", pt(0, 10)), route("/b", pt(0, 100))}},
+			{5 * time.Second, []metric.Series{route("/b", pt(5*time.Second, 130)), route("/a", pt(5*time.Second, 15))}},
+			{10 * time.Second, []metric.Series{route("/a", pt(10*time.Second, 17)), route("/b", pt(10*time.Second, 131))}},
+		}, want: map[string]float64{"/a": 7, "/b": 31}, raw: 2},
+		{name: "shorter then longer", batches: []batch{
+			{0, []metric.Series{route("/a", pt(0, 10)), route("/b", pt(0, 100))}},
+			{5 * time.Second, []metric.Series{route("/a", pt(5*time.Second, 12))}},
+			{10 * time.Second, []metric.Series{route("/a", pt(10*time.Second, 13)), route("/c", pt(10*time.Second, 7)), route("/b", pt(10*time.Second, 104))}},
+		}, want: map[string]float64{"/a": 3, "/b": 4}, raw: 3},
+		{name: "forgotten while silent", batches: []batch{
+			{0, []metric.Series{route("/a", pt(0, 5))}},
+			// 13 min > 2×lateness + 10 min: the state is forgotten, so the
+			// series' return is a first sight (its baseline, no delta).
+			{13 * time.Minute, []metric.Series{route("/a", pt(13*time.Minute, 50))}},
+			{13*time.Minute + 5*time.Second, []metric.Series{route("/a", pt(13*time.Minute+5*time.Second, 60))}},
+		}, want: map[string]float64{"/a": 10}, raw: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, PipelineConfig{Lateness: time.Minute})
+			for _, b := range tc.batches {
+				h.at(b.at)
+				h.consume(b.series...)
+			}
+			h.p.Flush()
+			got := map[string]float64{}
+			for _, w := range h.take() {
+				for _, a := range w.Series {
+					r, _ := a.Attrs.Get("route")
+					got[r] += a.Sum
+				}
+			}
+			if !maps.Equal(got, tc.want) {
+				t.Errorf("sums per route = %v, want %v", got, tc.want)
+			}
+			if n := len(h.p.raw); n != tc.raw {
+				t.Errorf("raw series = %d", n)
+			}
+		})
+	}
+}
