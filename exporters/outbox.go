@@ -194,6 +194,12 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// ErrWrite marks an Enqueue that failed writing the window to disk (a full
+// disk, an I/O error): the window was not accepted, and offering it again
+// once the disk has room is right. Other Enqueue errors (closed, larger
+// than max_bytes) are final.
+var ErrWrite = errors.New("outbox write failed")
+
 // NewOutbox opens (or creates) the outbox of exp under
 // set.DataDir/outbox/<exp.Name()>, recovering what a previous run left: the
 // unsent windows are sent first by Run. It registers its self-metrics on
@@ -470,7 +476,7 @@ func (o *Outbox) Enqueue(w *metric.Window) error {
 	}
 	if err := o.appendLocked(frame, w.Start); err != nil {
 		o.m.enqueueFailed()
-		return fmt.Errorf("outbox of %s: writing window %s: %w", o.name, fmtTime(w.Start), err)
+		return fmt.Errorf("outbox of %s: writing window %s: %w: %w", o.name, fmtTime(w.Start), ErrWrite, err)
 	}
 	o.held = nil
 	if len(o.q) == 1 || (len(o.q) == 2 && o.sending && o.q[0].seq == o.inflight) {

@@ -642,3 +642,23 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// TestOutboxWriteErrorIsErrWrite: an Enqueue that cannot write the window
+// (here its directory is gone; a full disk fails the same call) says so with
+// ErrWrite, which the daemon offers again later, while a window larger than
+// max_bytes is refused for good without it.
+func TestOutboxWriteErrorIsErrWrite(t *testing.T) {
+	env := newOutboxEnv(t)
+	o := env.open(&recExporter{name: "x"}, nil)
+	if err := os.RemoveAll(o.dir); err != nil {
+		t.Fatal(err)
+	}
+	err := o.Enqueue(testWindow(t0, 20))
+	if !errors.Is(err, ErrWrite) {
+		t.Fatalf("Enqueue into a removed directory: %v, want ErrWrite", err)
+	}
+	o.cfg.MaxBytes = 10
+	if err := o.Enqueue(testWindow(t0.Add(time.Minute), 20)); err == nil || errors.Is(err, ErrWrite) {
+		t.Fatalf("Enqueue of a window over max_bytes: %v, want a final error without ErrWrite", err)
+	}
+}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sabakiio/sabaki/exporters"
 	"github.com/sabakiio/sabaki/metric"
 )
 
@@ -144,7 +145,7 @@ func newEnqueueRetry(log *slog.Logger, reg prometheus.Registerer, handErrors *pr
 // failure worth offering the window again for (see enqueueRetry).
 func retryableEnqueue(err error) bool {
 	var pe *fs.PathError
-	return errors.As(err, &pe)
+	return errors.Is(err, exporters.ErrWrite) || errors.As(err, &pe)
 }
 
 // add registers an exporter's metric series (zero), so that a dashboard
