@@ -35,8 +35,9 @@ var errEnqueueWaiting = errors.New("waiting behind earlier windows the exporter'
 //
 // The contract, and why:
 //
-//   - Only a write failure is retried: an error wrapping an *fs.PathError
-//     (open, write, fsync of a segment: ENOSPC, EFBIG, EIO, EDQUOT). The
+//   - Only a write failure is retried: an error wrapping exporters.ErrWrite
+//     or an *fs.PathError (open, write, fsync of a segment: ENOSPC, EFBIG,
+//     EIO, EDQUOT). The
 //     outbox's other refusals are final and counted by the outbox itself
 //     (a window larger than max_bytes: dropped{reason="bytes"}) or are a
 //     shutdown (closed); offering them again would not change the answer.
