@@ -566,11 +566,11 @@ type hourAcc struct {
 	tracked bool
 }
 
-// requests reads the request metric in three passes, so that a year of
-// hourly histograms is not decoded bucket by bucket: the hourly counts
-// (which find each day's busiest hour), the histograms of those peak hours
-// only, and whole days from the store's daily rollups. Every histogram is
-// still an exact merge of the stored windows.
+// requests reads the request metric so that a year of hourly histograms is
+// not decoded bucket by bucket: the hourly tier once, for every hour's count
+// and the histogram of each day's busiest hour (store.Query.Peak), and at
+// the same time whole days from the store's daily rollups. Every histogram
+// is still an exact merge of the stored windows.
 func (b *builder) requests(ctx context.Context, f family, info store.MetricInfo) error {
 	names := b.names(f)
 	keys := queryKeys(names)
