@@ -216,6 +216,7 @@ type Prometheus struct {
 	convMu sync.Mutex
 	series []metric.Series // the previous batch's series, reused
 	arena  promArena
+	perm   []int32 // orderByTarget's scratch
 
 	// bufs are body buffers not in use. A buffer is held from a target's
 	// fetch to the end of its conversion, so at most as many exist as
@@ -300,8 +301,8 @@ type promTarget struct {
 
 	// seen and next hold the identity hashes of the series of the previous
 	// and the current scrape, sorted (8 bytes a series, against ~50 in a
-	// map).
-	seen, next []uint64
+	// map); order those of the previous scrape as exposed.
+	seen, next, order []uint64
 	// exemplars of the previous successful scrape (promDedupExemplars)
 	exSeen, exNext map[uint64]struct{}
 	conv           promConverter
@@ -414,7 +415,7 @@ func (p *Prometheus) Close() error {
 
 type promScrapeResult struct {
 	t        *promTarget
-	n        int // series converted
+	start, n int // series converted: p.series[start:start+n]
 	duration time.Duration
 	err      error
 }
@@ -434,11 +435,12 @@ func (p *Prometheus) Collect(ctx context.Context, at time.Time) (metric.Batch, e
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			n, d, err := p.scrape(ctx, t, at)
-			results[i] = promScrapeResult{t: t, n: n, duration: d, err: err}
+			start, n, d, err := p.scrape(ctx, t, at)
+			results[i] = promScrapeResult{t: t, start: start, n: n, duration: d, err: err}
 		})
 	}
 	wg.Wait()
+	p.orderByTarget(results)
 
 	b := metric.Batch{Source: p.name, Series: slices.Grow(p.series, 3*len(results))}
 	var errs []error
@@ -606,15 +608,16 @@ func (p *Prometheus) sdError(st *fileSDState, path string, err error) {
 }
 
 // scrape fetches one target and converts its exposition, appending its
-// series to p.series. It returns how many series it added (none on an
-// error) and how long the scrape took, not counting the wait for p.convMu.
-func (p *Prometheus) scrape(ctx context.Context, t *promTarget, at time.Time) (int, time.Duration, error) {
+// series to p.series. It returns where in p.series they start and how many
+// it added (none on an error), and how long the scrape took, not counting
+// the wait for p.convMu.
+func (p *Prometheus) scrape(ctx context.Context, t *promTarget, at time.Time) (int, int, time.Duration, error) {
 	start := p.now()
 	buf := p.getBuf()
 	defer p.putBuf(buf)
 	format, err := p.fetch(ctx, t, buf)
 	if err != nil {
-		return 0, p.now().Sub(start), err
+		return 0, 0, p.now().Sub(start), err
 	}
 	fetched := p.now()
 	p.convMu.Lock()
@@ -633,13 +636,49 @@ func (p *Prometheus) scrape(ctx context.Context, t *promTarget, at time.Time) (i
 	if err != nil {
 		clear(out[n0:])
 		p.series = out[:n0]
-		return 0, took, err
+		return 0, 0, took, err
 	}
 	p.series = out
 	series := out[n0:]
 	p.trackStaleness(t, series)
 	promDedupExemplars(t, series)
-	return len(series), took, nil
+	return n0, len(series), took, nil
+}
+
+// orderByTarget puts the targets' series in p.series in the order of
+// results (the targets' order), each target's in exposition order. Targets
+// are converted in the order their fetches finish, which changes from one
+// collection to the next; a batch in a stable order lets the pipeline find
+// each series' state by its position in the previous batch instead of a
+// hash-map lookup that misses the CPU caches at 105k series. The series
+// are permuted in place (one int32 per series of scratch).
+func (p *Prometheus) orderByTarget(results []promScrapeResult) {
+	total, sorted := 0, true
+	for _, r := range results {
+		sorted = sorted && r.start == total
+		total += r.n
+	}
+	if sorted || total != len(p.series) {
+		return
+	}
+	dest := slices.Grow(p.perm[:0], total)[:total]
+	at := 0
+	for _, r := range results {
+		for j := range r.n {
+			dest[r.start+j] = int32(at + j)
+		}
+		at += r.n
+	}
+	// Follow each cycle of the permutation, marking placed slots with -1.
+	for i := range dest {
+		for dest[i] >= 0 && int(dest[i]) != i {
+			j := dest[i]
+			p.series[i], p.series[j] = p.series[j], p.series[i]
+			dest[i], dest[j] = dest[j], -1
+		}
+		dest[i] = -1
+	}
+	p.perm = dest[:0]
 }
 
 // fetch reads one target's exposition into buf and returns its format.
@@ -711,7 +750,9 @@ func (p *Prometheus) authorize(req *http.Request) error {
 var promSeed = maphash.MakeSeed()
 
 // trackStaleness counts series that were in the previous successful scrape
-// of t and are not in this one.
+// of t and are not in this one. A target exposes the same series in the
+// same order scrape after scrape: then nothing is gone and nothing needs
+// sorting (the sort was 2 % of the agent's CPU at 105k series).
 func (p *Prometheus) trackStaleness(t *promTarget, series []metric.Series) {
 	var h maphash.Hash
 	h.SetSeed(promSeed)
@@ -727,6 +768,10 @@ func (p *Prometheus) trackStaleness(t *promTarget, series []metric.Series) {
 		}
 		t.next = append(t.next, h.Sum64())
 	}
+	if t.seen != nil && slices.Equal(t.next, t.order) {
+		return // t.seen holds the same hashes, sorted
+	}
+	t.order = append(t.order[:0], t.next...)
 	slices.Sort(t.next)
 	gone, j := 0, 0
 	for _, k := range t.seen {

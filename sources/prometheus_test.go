@@ -1481,3 +1481,142 @@ func FuzzText(f *testing.F) {
 		}
 	})
 }
+
+// TestPrometheusStaleCount follows the stale-series count over scrapes whose
+// series repeat, reorder, disappear and come back (the unchanged order
+// skips the comparison of sorted hashes).
+func TestPrometheusStaleCount(t *testing.T) {
+	var mu sync.Mutex
+	var body string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		w.Header().Set("Content-Type", string(expfmt.FmtText))
+		_, _ = w.Write([]byte(body))
+	}))
+	defer srv.Close()
+	p, _ := newTestPrometheus(t, promCfg(srv.URL), slog.New(slog.DiscardHandler))
+	for i, step := range []struct {
+		keys  []string // series m{k=...}, in exposition order
+		stale float64  // stale series counted so far
+	}{
+		{[]string{"a", "b"}, 0},
+		{[]string{"a", "b"}, 0},
+		{[]string{"b", "a"}, 0},
+		{[]string{"a"}, 1},
+		{[]string{"a"}, 1},
+		{[]string{"a", "c"}, 1},
+		{[]string{"c", "a"}, 1},
+		{[]string{"c"}, 2},
+		{[]string{"b"}, 3},
+		{[]string{"b"}, 3},
+	} {
+		var sb strings.Builder
+		sb.WriteString("# TYPE m gauge\n")
+		for _, k := range step.keys {
+			fmt.Fprintf(&sb, "m{k=%q} 1\n", k)
+		}
+		mu.Lock()
+		body = sb.String()
+		mu.Unlock()
+		if _, err := p.Collect(context.Background(), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if v := promSelfValue(p.m.stale.WithLabelValues("app")); v != step.stale {
+			t.Errorf("scrape %d (%v): stale series = %v, want %v", i, step.keys, v, step.stale)
+		}
+	}
+}
+
+// TestPrometheusOrderByTarget: whatever order the targets were converted in,
+// the batch holds each target's series in target order, each target's in
+// exposition order.
+func TestPrometheusOrderByTarget(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, tc := range []struct {
+		name  string
+		sizes []int // series per target, in target order
+		conv  []int // the order the targets were converted in
+	}{
+		{name: "in order", sizes: []int{3, 2, 4}, conv: []int{0, 1, 2}},
+		{name: "reversed", sizes: []int{3, 2, 4}, conv: []int{2, 1, 0}},
+		{name: "failed targets", sizes: []int{0, 5, 0, 1, 3}, conv: []int{3, 1, 4, 0, 2}},
+		{name: "one target", sizes: []int{7}, conv: []int{0}},
+		{name: "none", sizes: nil, conv: nil},
+		{name: "50 shuffled", sizes: func() []int {
+			s := make([]int, 50)
+			for i := range s {
+				s[i] = rng.IntN(40)
+			}
+			return s
+		}(), conv: rng.Perm(50)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &Prometheus{}
+			results := make([]promScrapeResult, len(tc.sizes))
+			for _, i := range tc.conv {
+				results[i] = promScrapeResult{start: len(p.series), n: tc.sizes[i]}
+				for j := range tc.sizes[i] {
+					p.series = append(p.series, metric.Series{Name: fmt.Sprintf("t%d-%d", i, j)})
+				}
+			}
+			for range 2 { // the scratch is reused
+				p.orderByTarget(results)
+				var want []string
+				for i, n := range tc.sizes {
+					for j := range n {
+						want = append(want, fmt.Sprintf("t%d-%d", i, j))
+					}
+				}
+				got := make([]string, 0, len(p.series))
+				for _, s := range p.series {
+					got = append(got, s.Name)
+				}
+				if !slices.Equal(got, want) {
+					t.Fatalf("series = %v, want %v", got, want)
+				}
+				at := 0
+				for i := range results {
+					results[i].start = at
+					at += results[i].n
+				}
+			}
+		})
+	}
+}
+
+// TestPrometheusBatchInTargetOrder: a target that answers last still comes
+// first in the batch when it is first in the config.
+func TestPrometheusBatchInTargetOrder(t *testing.T) {
+	release := make(chan struct{})
+	var urls []string
+	for i := range 3 {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			if i == 0 {
+				<-release // answers after the others were fetched
+			}
+			w.Header().Set("Content-Type", string(expfmt.FmtText))
+			fmt.Fprintf(w, "# TYPE m gauge\nm{k=\"%d-b\"} 1\nm{k=\"%d-a\"} 1\n", i, i)
+			if i == 2 {
+				close(release)
+			}
+		}))
+		defer srv.Close()
+		urls = append(urls, srv.URL)
+	}
+	p, _ := newTestPrometheus(t, promCfg(urls...), slog.New(slog.DiscardHandler))
+	b, err := p.Collect(context.Background(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range b.Series {
+		if s.Name == "m" {
+			k, _ := s.Attrs.Get("k")
+			got = append(got, k)
+		}
+	}
+	if want := []string{"0-b", "0-a", "1-b", "1-a", "2-b", "2-a"}; !slices.Equal(got, want) {
+		t.Errorf("series in the batch: %v, want %v", got, want)
+	}
+}
