@@ -165,8 +165,10 @@ func startChanged(prev, cur int64) bool {
 
 // histDelta applies a cumulative histogram point (whose histogram the
 // pipeline owns) to the baseline and returns the delta histogram (owned by
-// the caller), or nil when the point only set the baseline.
-func (st *rawState) histDelta(pt *metric.Point, agentStart int64, maxSize int, maxScale int32) *histogram.Histogram {
+// the caller), or nil when the point only set the baseline. scratch holds
+// the bucket differences until the delta histogram is built from them
+// (reused by the next call).
+func (st *rawState) histDelta(pt *metric.Point, agentStart int64, maxSize int, maxScale int32, scratch *[]uint64) *histogram.Histogram {
 	start := nanos(pt.Start)
 	cur := pt.Hist.Data()
 	prev, prevStart, had := st.lastHist, st.start, st.hasBase
@@ -180,25 +182,32 @@ func (st *rawState) histDelta(pt *metric.Point, agentStart int64, maxSize int, m
 	if startChanged(prevStart, start) {
 		return pt.Hist
 	}
-	if d, ok := subtractHist(&cur, prev, maxSize, maxScale); ok {
+	if d, ok := subtractHist(&cur, prev, maxSize, maxScale, scratch); ok {
 		return d
 	}
 	return pt.Hist // reset
 }
 
 // subtractHist returns cur − prev, or ok=false when the result would be
-// negative anywhere (the producer reset).
-func subtractHist(cur, prev *histogram.Data, maxSize int, maxScale int32) (*histogram.Histogram, bool) {
+// negative anywhere (the producer reset). The differences are computed in
+// *scratch (grown as needed): the histogram built from them copies them.
+func subtractHist(cur, prev *histogram.Data, maxSize int, maxScale int32, scratch *[]uint64) (*histogram.Histogram, bool) {
 	cd, pd := *cur, *prev
 	if cd.Count < pd.Count || cd.ZeroCount < pd.ZeroCount {
 		return nil, false
 	}
 	scale := min(cd.Scale, pd.Scale)
-	pos, ok := subtractBuckets(downscaleBuckets(cd.Positive, cd.Scale-scale), downscaleBuckets(pd.Positive, pd.Scale-scale))
+	cpos, cneg := downscaleBuckets(cd.Positive, cd.Scale-scale), downscaleBuckets(cd.Negative, cd.Scale-scale)
+	buf := *scratch
+	if need := len(cpos.Counts) + len(cneg.Counts); cap(buf) < need {
+		buf = make([]uint64, need)
+		*scratch = buf
+	}
+	pos, ok := subtractBuckets(buf[:len(cpos.Counts)], cpos, downscaleBuckets(pd.Positive, pd.Scale-scale))
 	if !ok {
 		return nil, false
 	}
-	neg, ok := subtractBuckets(downscaleBuckets(cd.Negative, cd.Scale-scale), downscaleBuckets(pd.Negative, pd.Scale-scale))
+	neg, ok := subtractBuckets(buf[len(cpos.Counts):len(cpos.Counts)+len(cneg.Counts)], cneg, downscaleBuckets(pd.Negative, pd.Scale-scale))
 	if !ok {
 		return nil, false
 	}
@@ -321,7 +330,8 @@ func downscaleBuckets(b histogram.Buckets, by int32) histogram.Buckets {
 }
 
 // subtractBuckets returns a − b, or ok=false if any bucket would go negative.
-func subtractBuckets(a, b histogram.Buckets) (histogram.Buckets, bool) {
+// The result's counts are a slice of dst, which has len(a.Counts).
+func subtractBuckets(dst []uint64, a, b histogram.Buckets) (histogram.Buckets, bool) {
 	for j, c := range b.Counts {
 		if c == 0 {
 			continue
@@ -331,7 +341,7 @@ func subtractBuckets(a, b histogram.Buckets) (histogram.Buckets, bool) {
 			return histogram.Buckets{}, false
 		}
 	}
-	out := histogram.Buckets{Offset: a.Offset, Counts: make([]uint64, len(a.Counts))}
+	out := histogram.Buckets{Offset: a.Offset, Counts: dst}
 	copy(out.Counts, a.Counts)
 	for j, c := range b.Counts {
 		if c != 0 {

@@ -149,12 +149,15 @@ type Pipeline struct {
 	// byPos holds, per source, the raw state of each position of the
 	// source's last batch (consume). Taken out of the map while a batch
 	// uses it.
-	byPos   map[string][]posEntry
-	seed0   maphash.Seed
-	seed1   maphash.Seed
-	windows map[int64]*window
-	series  int // series across open windows, for MaxWindowSeries
-	lastGC  time.Time
+	byPos map[string][]posEntry
+	// histScratch holds a cumulative histogram's bucket differences
+	// (rawState.histDelta) until the delta histogram copies them.
+	histScratch []uint64
+	seed0       maphash.Seed
+	seed1       maphash.Seed
+	windows     map[int64]*window
+	series      int // series across open windows, for MaxWindowSeries
+	lastGC      time.Time
 
 	// Durability (durable.go), under mu.
 	loose    []baseMark            // baselines to save with the next window
@@ -624,7 +627,7 @@ func (p *Pipeline) consumeSeries(id rawID, hint *rawState, key []byte, s *metric
 				if p.durable {
 					prev = markOf(st)
 				}
-				h = st.histDelta(pt, p.startNs, p.maxSize, p.maxScale)
+				h = st.histDelta(pt, p.startNs, p.maxSize, p.maxScale, &p.histScratch)
 				var a *agg
 				if h == nil {
 					// first sight: the baseline only

@@ -1115,3 +1115,42 @@ func TestConsumeRemembersPositions(t *testing.T) {
 		})
 	}
 }
+
+// TestCumulativeHistogramDeltasShareScratch: the bucket differences of
+// several cumulative histograms in one batch go through one scratch buffer;
+// each delta must hold its own series' new observations.
+func TestCumulativeHistogramDeltasShareScratch(t *testing.T) {
+	h := newHarness(t, PipelineConfig{})
+	series := func(route string, at time.Duration, vs []float64) metric.Series {
+		s := histSeries(metric.Cumulative, hpt(at, newHist(vs...)))
+		s.Attrs = attrsOf("route", route)
+		return s
+	}
+	small := []float64{0.001, 0.002, 0.004}
+	large := []float64{100, 200, 400, 800, -3}
+	h.consume(series("/s", 10*time.Second, small), series("/l", 10*time.Second, large))
+	addS, addL := []float64{0.003, 0.0015}, []float64{150, 1600, -5}
+	h.consume(series("/s", 20*time.Second, append(slices.Clone(small), addS...)), series("/l", 20*time.Second, append(slices.Clone(large), addL...)))
+	h.at(2 * time.Minute)
+	ws := h.take()
+	if len(ws) != 1 {
+		t.Fatalf("%d windows", len(ws))
+	}
+	for _, tc := range []struct {
+		route string
+		want  []float64
+	}{{"/s", addS}, {"/l", addL}} {
+		a := find(ws[0], "latency", "route", tc.route)
+		if a == nil || a.Hist == nil {
+			t.Fatalf("%s: histogram missing", tc.route)
+		}
+		want := newHist(tc.want...)
+		if want.Scale() > a.Hist.Scale() { // the cumulative histogram's scale
+			want.Downscale(want.Scale() - a.Hist.Scale())
+		}
+		gd, wd := a.Hist.Data(), want.Data()
+		if gd.Count != wd.Count || gd.Scale != wd.Scale || !equalBuckets(gd.Positive, wd.Positive) || !equalBuckets(gd.Negative, wd.Negative) {
+			t.Errorf("%s: delta = %+v, want %+v", tc.route, gd, wd)
+		}
+	}
+}
