@@ -915,6 +915,11 @@ type promConverter struct {
 	// intern holds label names and values seen before (kept per target
 	// across scrapes): repeated strings cost no allocation.
 	intern map[string]string
+	// labelPos holds the metric labels of the target's previous protobuf
+	// scrape in exposition order (decodeLabel), nlabel counts those of the
+	// current one.
+	labelPos []promLabel
+	nlabel   int
 	// dropped counts exposed series that were skipped, by reason.
 	dropped map[string]int
 	// arena, when set, provides the series' points and attributes (see
@@ -989,6 +994,15 @@ func (c *promConverter) internString(s string) string {
 	}
 	c.intern[s] = s
 	return s
+}
+
+// trimLabelPos drops the remembered labels past those of the scrape just
+// decoded.
+func (c *promConverter) trimLabelPos() {
+	if c.nlabel < len(c.labelPos) {
+		clear(c.labelPos[c.nlabel:])
+		c.labelPos = c.labelPos[:c.nlabel]
+	}
 }
 
 func (c *promConverter) str(b []byte) string {

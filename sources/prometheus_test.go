@@ -1155,7 +1155,8 @@ func promUnpack(t testing.TB, msg []byte, md protoreflect.MessageDescriptor) []b
 // whenever the generated decoder accepts the input the hand-written one
 // produces the same series.
 func FuzzProto(f *testing.F) {
-	f.Add(promProtoBody(f, newPromApp(f).reg))
+	warmBody := promProtoBody(f, newPromApp(f).reg)
+	f.Add(warmBody)
 	f.Add([]byte{})
 	f.Add([]byte{0x05, 0x0a, 0x01, 'x', 0x18, 0x04})
 	f.Fuzz(func(t *testing.T, body []byte) {
@@ -1177,6 +1178,23 @@ func FuzzProto(f *testing.F) {
 		want, refErr := promParseDTO(&ref, body)
 		got := promConverter{at: at, honorTimestamps: true}
 		series, err := got.parse(nil, body, expfmt.FmtProtoDelim)
+		// A converter that decoded another scrape first remembers its
+		// labels by position (decodeLabel): it must decide the same.
+		warm := promConverter{at: at, honorTimestamps: true}
+		if _, err := warm.parse(nil, warmBody, expfmt.FmtProtoDelim); err != nil {
+			t.Fatal(err)
+		}
+		for range 2 {
+			series2, err2 := warm.parse(nil, body, expfmt.FmtProtoDelim)
+			if (err == nil) != (err2 == nil) {
+				t.Fatalf("after another scrape: error %v, fresh converter: %v", err2, err)
+			}
+			if err == nil {
+				if d := promDiff(series2, series); d != "" {
+					t.Fatalf("after another scrape, decoders disagree: %s", d)
+				}
+			}
+		}
 		if refErr != nil {
 			return // the generated decoder refuses; ours may be more lenient (UTF-8 names)
 		}
@@ -1618,5 +1636,60 @@ func TestPrometheusBatchInTargetOrder(t *testing.T) {
 	}
 	if want := []string{"0-b", "0-a", "1-b", "1-a", "2-b", "2-a"}; !slices.Equal(got, want) {
 		t.Errorf("series in the batch: %v, want %v", got, want)
+	}
+}
+
+// TestPrometheusProtoLabelsByPosition: labels remembered from the previous
+// scrape at the same place are used only when both name and value are the
+// same bytes; a changed value, a changed name and invalid UTF-8 where a
+// valid value was are decoded (and refused) as in a first scrape.
+func TestPrometheusProtoLabelsByPosition(t *testing.T) {
+	body := func(labels ...string) []byte {
+		m := &dto.Metric{Gauge: &dto.Gauge{Value: proto.Float64(1)}}
+		for i := 0; i+1 < len(labels); i += 2 {
+			m.Label = append(m.Label, &dto.LabelPair{Name: proto.String(labels[i]), Value: proto.String(labels[i+1])})
+		}
+		mf := &dto.MetricFamily{Name: proto.String("m"), Type: dto.MetricType_GAUGE.Enum(), Metric: []*dto.Metric{m, m}}
+		var buf bytes.Buffer
+		if _, err := protodelim.MarshalTo(&buf, mf); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
+	}
+	c := promConverter{at: time.Unix(1764072060, 0)}
+	for i, step := range []struct {
+		labels  []string
+		wantErr bool
+	}{
+		{labels: []string{"a", "1", "b", "2"}},
+		{labels: []string{"a", "1", "b", "2"}},
+		{labels: []string{"a", "1", "b", "3"}},
+		{labels: []string{"a", "1", "c", "3"}},
+		{labels: []string{"a", "1", "c", "\xff"}, wantErr: true},
+		{labels: []string{"a", "1", "c", "3"}},
+		{labels: []string{"a", "1"}},
+		{labels: []string{"a", "1", "c", "3", "d", "4"}},
+		{labels: []string{"\xff", "1", "c", "3", "d", "4"}, wantErr: true},
+		{labels: []string{"a", "1", "c", "3", "d", "4"}},
+	} {
+		series, err := c.parse(nil, body(step.labels...), expfmt.FmtProtoDelim)
+		if (err != nil) != step.wantErr {
+			t.Fatalf("scrape %d %q: err = %v, want error %v", i, step.labels, err, step.wantErr)
+		}
+		if err != nil {
+			continue
+		}
+		want := map[string]string{}
+		for j := 0; j+1 < len(step.labels); j += 2 {
+			want[step.labels[j]] = step.labels[j+1]
+		}
+		if len(series) != 2 {
+			t.Fatalf("scrape %d: %d series", i, len(series))
+		}
+		for _, s := range series {
+			if !s.Attrs.Equal(metric.NewAttrs(want)) {
+				t.Errorf("scrape %d: attributes %v, want %v", i, s.Attrs, want)
+			}
+		}
 	}
 }
