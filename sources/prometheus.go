@@ -298,6 +298,9 @@ type fileSDState struct {
 type promTarget struct {
 	spec     promTargetSpec
 	resource metric.Attrs
+	// loopback: the target's host is a loopback address or localhost, so
+	// its body is asked for uncompressed (fetch).
+	loopback bool
 
 	// seen and next hold the identity hashes of the series of the previous
 	// and the current scrape, sorted (8 bytes a series, against ~50 in a
@@ -515,7 +518,7 @@ func (p *Prometheus) currentTargets() []*promTarget {
 		}
 		t, ok := p.targets[k]
 		if !ok {
-			t = &promTarget{spec: s, resource: p.resourceFor(s)}
+			t = &promTarget{spec: s, resource: p.resourceFor(s), loopback: promLoopback(s.url)}
 		}
 		next[k] = t
 		out = append(out, t)
@@ -688,7 +691,15 @@ func (p *Prometheus) fetch(ctx context.Context, t *promTarget, buf *bytes.Buffer
 		return "", fmt.Errorf("build request: %w", err)
 	}
 	req.Header.Set("Accept", promAccept)
-	req.Header.Set("Accept-Encoding", "gzip")
+	if t.loopback {
+		// Compression on a loopback connection saves no bandwidth and
+		// costs both sides CPU: inflating was 12 % of the agent's CPU at
+		// 105k series (50 loopback targets), and the target deflates every
+		// scrape. A target elsewhere is asked for gzip, as Prometheus does.
+		req.Header.Set("Accept-Encoding", "identity")
+	} else {
+		req.Header.Set("Accept-Encoding", "gzip")
+	}
 	req.Header.Set("User-Agent", "sabaki")
 	req.Header.Set("X-Prometheus-Scrape-Timeout-Seconds", strconv.FormatFloat(p.cfg.Timeout.D().Seconds(), 'f', -1, 64))
 	if err := p.authorize(req); err != nil {
@@ -721,6 +732,21 @@ func (p *Prometheus) fetch(ctx context.Context, t *promTarget, buf *bytes.Buffer
 		return "", fmt.Errorf("body exceeds body_size_limit (%s uncompressed); raise body_size_limit or expose fewer series", appFormatBytes(limit))
 	}
 	return expfmt.ResponseFormat(resp.Header), nil
+}
+
+// promLoopback reports whether a target URL's host is localhost or a
+// loopback IP address.
+func promLoopback(target string) bool {
+	u, err := url.Parse(target)
+	if err != nil {
+		return false
+	}
+	host := u.Hostname()
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (p *Prometheus) authorize(req *http.Request) error {

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -554,9 +555,12 @@ func TestPrometheusGzipAndAuth(t *testing.T) {
 				_, _ = w.Write(gz.Bytes())
 			}))
 			defer srv.Close()
-			cfg := promCfg(srv.URL)
+			// A host that is not loopback (dialled to the test server) is
+			// asked for gzip.
+			cfg := promCfg("http://metrics.example/metrics")
 			tc.cfg(&cfg)
 			p, _ := newTestPrometheus(t, cfg, nil)
+			promDialTo(p, srv)
 			b, err := p.Collect(context.Background(), time.Now())
 			if err != nil {
 				t.Fatalf("Collect: %v", err)
@@ -565,8 +569,9 @@ func TestPrometheusGzipAndAuth(t *testing.T) {
 				t.Errorf("counter %v", c.Points[0].Value)
 			}
 			// Without credentials the same server refuses: up=0.
-			cfg = promCfg(srv.URL)
+			cfg = promCfg("http://metrics.example/metrics")
 			p2, _ := newTestPrometheus(t, cfg, nil)
+			promDialTo(p2, srv)
 			b, err = p2.Collect(context.Background(), time.Now())
 			if !IsPartial(err) || !strings.Contains(err.Error(), "401") {
 				t.Errorf("without credentials: err %v", err)
@@ -1690,6 +1695,69 @@ func TestPrometheusProtoLabelsByPosition(t *testing.T) {
 			if !s.Attrs.Equal(metric.NewAttrs(want)) {
 				t.Errorf("scrape %d: attributes %v, want %v", i, s.Attrs, want)
 			}
+		}
+	}
+}
+
+// promDialTo makes p's client connect to srv whatever the target's host.
+func promDialTo(p *Prometheus, srv *httptest.Server) {
+	tr := p.client.Transport.(*http.Transport).Clone()
+	tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, srv.Listener.Addr().String())
+	}
+	p.client.Transport = tr
+}
+
+// TestPrometheusLoopbackUncompressed: a loopback target is asked for its
+// body uncompressed, one elsewhere for gzip (TestPrometheusGzipAndAuth);
+// a loopback target that compresses anyway is still read.
+func TestPrometheusLoopbackUncompressed(t *testing.T) {
+	for _, tc := range []struct {
+		url      string
+		loopback bool
+	}{
+		{"http://127.0.0.1:9100/metrics", true},
+		{"http://127.3.4.5:9100/metrics", true},
+		{"http://localhost:3000/metrics", true},
+		{"http://LOCALHOST/metrics", true},
+		{"http://[::1]:9100/metrics", true},
+		{"https://10.0.0.1:9100/metrics", false},
+		{"http://app.internal:3000/metrics", false},
+		{"http://[2001:db8::1]/metrics", false},
+		{"http://localhost.example.com/metrics", false},
+	} {
+		if got := promLoopback(tc.url); got != tc.loopback {
+			t.Errorf("promLoopback(%q) = %v, want %v", tc.url, got, tc.loopback)
+		}
+	}
+	for _, compress := range []bool{false, true} {
+		var accept string
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			accept = r.Header.Get("Accept-Encoding")
+			body := []byte("# TYPE m gauge\nm 3\n")
+			w.Header().Set("Content-Type", string(expfmt.FmtText))
+			if compress {
+				var gz bytes.Buffer
+				zw := gzip.NewWriter(&gz)
+				_, _ = zw.Write(body)
+				_ = zw.Close()
+				w.Header().Set("Content-Encoding", "gzip")
+				body = gz.Bytes()
+			}
+			_, _ = w.Write(body)
+		}))
+		p, _ := newTestPrometheus(t, promCfg(srv.URL), nil)
+		b, err := p.Collect(context.Background(), time.Now())
+		srv.Close()
+		if err != nil {
+			t.Fatalf("compress=%v: %v", compress, err)
+		}
+		if accept != "identity" {
+			t.Errorf("compress=%v: Accept-Encoding %q, want identity", compress, accept)
+		}
+		if m := promOne(t, b, "m", nil); m.Points[0].Value != 3 {
+			t.Errorf("compress=%v: m = %v", compress, m.Points[0].Value)
 		}
 	}
 }
