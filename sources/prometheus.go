@@ -664,24 +664,35 @@ func (p *Prometheus) orderByTarget(results []promScrapeResult) {
 	if sorted || total != len(p.series) {
 		return
 	}
-	dest := slices.Grow(p.perm[:0], total)[:total]
+	// src[i] is where the series that belongs at i is now.
+	src := slices.Grow(p.perm[:0], total)[:total]
 	at := 0
 	for _, r := range results {
 		for j := range r.n {
-			dest[r.start+j] = int32(at + j)
+			src[at+j] = int32(r.start + j)
 		}
 		at += r.n
 	}
-	// Follow each cycle of the permutation, marking placed slots with -1.
-	for i := range dest {
-		for dest[i] >= 0 && int(dest[i]) != i {
-			j := dest[i]
-			p.series[i], p.series[j] = p.series[j], p.series[i]
-			dest[i], dest[j] = dest[j], -1
+	// Follow each cycle once, moving every series one time (a swap per
+	// step moved each three times: 3 % of the agent's CPU at 105k series);
+	// filled slots are marked -1.
+	for i := range src {
+		if src[i] < 0 || int(src[i]) == i {
+			continue
 		}
-		dest[i] = -1
+		tmp := p.series[i]
+		for j := i; ; {
+			k := int(src[j])
+			src[j] = -1
+			if k == i {
+				p.series[j] = tmp
+				break
+			}
+			p.series[j] = p.series[k]
+			j = k
+		}
 	}
-	p.perm = dest[:0]
+	p.perm = src[:0]
 }
 
 // fetch reads one target's exposition into buf and returns its format.
