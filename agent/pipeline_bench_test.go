@@ -142,18 +142,7 @@ func BenchmarkRetainedMemory(b *testing.B) {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		batches := make([]metric.Batch, targets)
-		for tgt := range batches {
-			res := attrsOf("service.name", "app", "service.instance.id", fmt.Sprintf("10.0.0.%d:3000", tgt))
-			bt := metric.Batch{Source: "app"}
-			for i := range perTarget {
-				bt.Series = append(bt.Series, metric.Series{Name: fmt.Sprintf("http_requests_total_%d", i%50), Kind: metric.Counter,
-					Temporality: metric.Cumulative, Resource: res,
-					Attrs:  attrsOf("http.route", fmt.Sprintf("/api/v1/items/%d", i), "code", "200"),
-					Points: []metric.Point{{}}})
-			}
-			batches[tgt] = bt
-		}
+		batches := counterBatches(targets, perTarget, "10.0.0.%d:3000")
 		var maxTick time.Duration
 		var maxHold float64
 		for step := range 7 * 4 {
@@ -216,18 +205,7 @@ func BenchmarkEmitWindow(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			batches := make([]metric.Batch, targets)
-			for tgt := range batches {
-				res := attrsOf("service.name", "app", "service.instance.id", fmt.Sprintf("10.0.%d.1:3000", tgt))
-				bt := metric.Batch{Source: "app"}
-				for i := range perTarget {
-					bt.Series = append(bt.Series, metric.Series{Name: fmt.Sprintf("http_requests_total_%d", i%50), Kind: metric.Counter,
-						Temporality: metric.Cumulative, Resource: res,
-						Attrs:  attrsOf("http.route", fmt.Sprintf("/api/v1/items/%d", i), "code", "200"),
-						Points: []metric.Point{{}}})
-				}
-				batches[tgt] = bt
-			}
+			batches := counterBatches(targets, perTarget, "10.0.%d.1:3000")
 			n := 0
 			fill := func() {
 				n++
@@ -262,4 +240,23 @@ func BenchmarkEmitWindow(b *testing.B) {
 			b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "cpu-ms")
 		})
 	}
+}
+
+// counterBatches is one scrape of targets × perTarget cumulative counters
+// (50 names, a route each), the instance address from instanceFmt and the
+// target's index; the points' values are left for the caller to set.
+func counterBatches(targets, perTarget int, instanceFmt string) []metric.Batch {
+	batches := make([]metric.Batch, targets)
+	for tgt := range batches {
+		res := attrsOf("service.name", "app", "service.instance.id", fmt.Sprintf(instanceFmt, tgt))
+		bt := metric.Batch{Source: "app"}
+		for i := range perTarget {
+			bt.Series = append(bt.Series, metric.Series{Name: fmt.Sprintf("http_requests_total_%d", i%50), Kind: metric.Counter,
+				Temporality: metric.Cumulative, Resource: res,
+				Attrs:  attrsOf("http.route", fmt.Sprintf("/api/v1/items/%d", i), "code", "200"),
+				Points: []metric.Point{{}}})
+		}
+		batches[tgt] = bt
+	}
+	return batches
 }
